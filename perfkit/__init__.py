@@ -1,0 +1,14 @@
+"""perfkit: measure LLM inference (prompt and token phases) and compare two systems honestly.
+
+The measuring core imports only torch, transformers, numpy, pandas, pyarrow, PyYAML and tqdm; notebook
+and plotting machinery live elsewhere and are never imported from here.
+"""
+
+__version__ = "0.1.0"
+
+
+def load_results(path):
+    """Every measured point under `path` as a pandas DataFrame (see perfkit.results)."""
+    from perfkit.results import load_results as _load
+
+    return _load(path)

@@ -1,0 +1,208 @@
+"""Measure one workload point: W warm-up runs, then R timed repeats of prefill + greedy decode.
+
+Physics, briefly. The prompt phase (prefill) pushes B·I tokens through every weight matrix at once: it
+is bound by matrix throughput, so ttft grows with B·I. The token phase (decode) produces one token per
+sequence per step and must read every weight (and the KV cache so far) from memory each step: at small
+batch it is bound by memory bandwidth, so a step costs about the same for B = 1 as for B = 8, and batch
+buys throughput almost for free until the arithmetic catches up. That is why the study separates the
+two phases and searches over batch size for max throughput.
+
+Contract. `measure_point` takes a model that is already built (a sweep builds each model once) and
+returns a `PointMeasurement`: the raw per-repeat samples (ttft, e2e and every decode step, seconds), the
+peak memory, the warm-up time and the generated tokens of the last repeat. `to_row` turns it into one
+results row with the metrics of `perfkit.metrics`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import torch
+
+from perfkit.backends import get_backend
+from perfkit.errors import UsageError
+from perfkit.memory import PeakMemory
+from perfkit.metrics import point_metrics
+from perfkit.models import context_length, dtype_name, parse_dtype, resolve_model
+from perfkit.timing import clock_for, synchronize
+
+
+@dataclasses.dataclass(frozen=True)
+class System:
+    """How a model is run: the things a target and a baseline may differ in."""
+
+    label: str = "default"
+    backend: str = "hf-loop"
+    dtype: str = "float32"
+    device: str = "cpu"
+    attn_implementation: str = "sdpa"
+
+
+@dataclasses.dataclass(frozen=True)
+class Point:
+    model: str
+    input_len: int
+    output_len: int
+    batch: int
+
+
+@dataclasses.dataclass
+class PointMeasurement:
+    point: Point
+    system: System
+    ttft_s: list[float]
+    e2e_s: list[float]
+    step_s: list[list[float]]  # per repeat, output_len − 1 decode step times
+    warmup_s: float
+    setup_s: float  # backend set-up (cache allocation, graph capture): never inside ttft
+    peak_mem_bytes: int | None
+    peak_mem_scope: str
+    tokens: torch.Tensor  # (batch, output_len) of the last repeat
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def default_dtype(device: str) -> str:
+    return "bfloat16" if device.startswith("cuda") else "float32"
+
+
+def check_device(device: str) -> torch.device:
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UsageError(f"unknown device {device!r}: expected cpu or cuda[:N]") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"device {device!r} asked for, but CUDA is not available on this machine: use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UsageError(f"device {device!r} does not exist: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type != "cpu":
+        raise UsageError(f"unsupported device {device!r}: expected cpu or cuda[:N]")
+    return dev
+
+
+def validate(system: System, point: Point) -> None:
+    """Check everything about a point before any model is built. Raises UsageError."""
+    resolve_model(point.model)
+    parse_dtype(system.dtype)
+    get_backend(system.backend)
+    check_device(system.device)
+    for field in ("input_len", "output_len", "batch"):
+        value = getattr(point, field)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise UsageError(f"{field.replace('_', '-')} must be a positive integer, got {value!r}")
+    ctx = context_length(point.model)
+    if point.input_len + point.output_len > ctx:
+        raise UsageError(
+            f"input-len {point.input_len} + output-len {point.output_len} = {point.input_len + point.output_len} "
+            f"exceeds {point.model}'s context of {ctx} tokens"
+        )
+
+
+def synthetic_prompt(batch: int, input_len: int, vocab_size: int, seed: int = 0) -> torch.Tensor:
+    """Seeded random token ids on the host: exactly input_len per sequence, no padding."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab_size, (batch, input_len), generator=gen, dtype=torch.long)
+
+
+def _one_repeat(backend, model, prompt, output_len, device):
+    clock = clock_for(device, output_len + 1)
+    tokens = backend.run(model, prompt, output_len, clock)
+    marks = clock.seconds()
+    if len(marks) != output_len + 1:
+        raise RuntimeError(f"backend {backend.name} marked {len(marks)} times, expected {output_len + 1}")
+    steps = [b - a for a, b in zip(marks[1:], marks[2:])]
+    return marks[1], marks[-1], steps, tokens
+
+
+def measure_point(model, system: System, point: Point, warmup: int = 1, repeats: int = 3, seed: int = 0) -> PointMeasurement:
+    """Time `point` on an already built `model`. Raises torch.OutOfMemoryError as is (a sweep records it)."""
+    if repeats < 1 or warmup < 0:
+        raise UsageError(f"need repeats >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
+    device = model.device
+    backend = get_backend(system.backend)
+    prompt = synthetic_prompt(point.batch, point.input_len, model.config.vocab_size, seed)
+    ttft_s, e2e_s, step_s = [], [], []
+    with torch.inference_mode(), PeakMemory(device) as mem:
+        setup_s = backend.prepare(model, point.batch, point.input_len, point.output_len)
+        t1 = time.perf_counter()
+        for _ in range(warmup):
+            backend.run(model, prompt, point.output_len, clock_for(device, point.output_len + 1))
+        synchronize(device)
+        warmup_s = time.perf_counter() - t1
+        for _ in range(repeats):
+            ttft, e2e, steps, tokens = _one_repeat(backend, model, prompt, point.output_len, device)
+            ttft_s.append(ttft)
+            e2e_s.append(e2e)
+            step_s.append(steps)
+        tokens = tokens.to("cpu")
+    return PointMeasurement(point, system, ttft_s, e2e_s, step_s, warmup_s, setup_s, mem.peak_bytes, mem.scope, tokens)
+
+
+def to_row(m: PointMeasurement) -> dict:
+    """One results row (without provenance): identity, metrics, raw samples."""
+    p, s = m.point, m.system
+    row = {
+        "system": s.label,
+        "model": p.model,
+        "dtype": dtype_name(parse_dtype(s.dtype)),
+        "backend": s.backend,
+        "attn_implementation": s.attn_implementation,
+        "input_len": p.input_len,
+        "output_len": p.output_len,
+        "batch": p.batch,
+        "status": "ok",
+        "error": None,
+    }
+    row.update(point_metrics(p.batch, p.input_len, p.output_len, m.ttft_s, m.e2e_s))
+    row.update(
+        {
+            "peak_mem_bytes": m.peak_mem_bytes,
+            "peak_mem_scope": m.peak_mem_scope,
+            "warmup_ms": m.warmup_s * 1e3,
+            "setup_ms": m.setup_s * 1e3,
+            "generated_tokens": int(m.tokens.numel()),
+            "ttft_ms_samples": [t * 1e3 for t in m.ttft_s],
+            "e2e_ms_samples": [t * 1e3 for t in m.e2e_s],
+            "decode_step_ms_samples": [[t * 1e3 for t in steps] for steps in m.step_s],
+        }
+    )
+    return row
+
+
+def failed_row(system: System, point: Point, status: str, error: str) -> dict:
+    """The row of a point that produced no timings: status "oom" or "error", with the message."""
+    nan = float("nan")
+    row = {
+        "system": system.label,
+        "model": point.model,
+        "dtype": system.dtype,
+        "backend": system.backend,
+        "attn_implementation": system.attn_implementation,
+        "input_len": point.input_len,
+        "output_len": point.output_len,
+        "batch": point.batch,
+        "status": status,
+        "error": error,
+    }
+    row.update(point_metrics(point.batch, point.input_len, point.output_len, [], []))
+    row.update({"repeats": 0, "peak_mem_bytes": None, "noisy": False})
+    return row
+
+
+def with_provenance(row: dict, run_id: str, env: dict, key_fields: dict) -> dict:
+    """Complete a row with its run, its machine and software, and the key of what defines it."""
+    from perfkit.provenance import utc_now
+    from perfkit.results import point_key
+
+    out = dict(row)
+    out["run_id"] = run_id
+    out["point_key"] = point_key(key_fields)
+    for field in ("device", "device_name", "driver_version", "cuda_version", "torch_version",
+                  "transformers_version", "git_commit"):
+        out[field] = env.get(field)
+    out["created_utc"] = utc_now()
+    return out

@@ -1,0 +1,90 @@
+"""The study's metrics, computed from raw per-repeat samples. Every formula lives here, once.
+
+Per repeat a point yields `ttft_s` (start → first token of every sequence) and `e2e_s` (start → last
+token); everything else derives from them and the workload (batch B, input_len I, output_len O):
+
+    ttft_ms        median ttft                                   prompt phase latency
+    prefill_tok_s  B·I / median ttft                             prompt phase throughput
+    e2e_ms         median e2e
+    output_tok_s   B·O / median e2e        B = 1: single user throughput; B > 1: multi user total throughput
+    tpot_ms        median over repeats of (e2e − ttft)/(O − 1)   time per output token after the first
+    decode_tok_s   B / tpot = B·(O − 1)/(e2e − ttft)             token phase throughput alone
+    total_tok_s    B·(I + O) / median e2e                        every processed token
+
+Throughputs are work over the median latency (not the median of per-repeat throughputs) so that each
+throughput and its latency describe the same repeat. With O = 1 there is no decode step: tpot_ms and
+decode_tok_s are NaN.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+
+# torch.utils.benchmark's rule of thumb: a spread this large relative to the median deserves a warning.
+NOISY_IQR_FRACTION = 0.1
+
+
+def summary(values_ms: Sequence[float]) -> dict[str, float]:
+    """median, IQR, p10, p90 and n of raw samples."""
+    a = np.asarray(values_ms, dtype=float)
+    if a.size == 0:
+        nan = float("nan")
+        return {"median": nan, "iqr": nan, "p10": nan, "p90": nan, "n": 0}
+    q10, q25, q50, q75, q90 = np.percentile(a, [10, 25, 50, 75, 90])
+    return {"median": float(q50), "iqr": float(q75 - q25), "p10": float(q10), "p90": float(q90), "n": int(a.size)}
+
+
+def is_noisy(values: Sequence[float]) -> bool:
+    s = summary(values)
+    return s["n"] > 1 and s["median"] > 0 and s["iqr"] / s["median"] > NOISY_IQR_FRACTION
+
+
+def point_metrics(batch: int, input_len: int, output_len: int, ttft_s: Sequence[float], e2e_s: Sequence[float]) -> dict:
+    """Every derived column of a results row, from the raw per-repeat ttft and e2e (seconds)."""
+    ttft = np.asarray(ttft_s, dtype=float)
+    e2e = np.asarray(e2e_s, dtype=float)
+    ttft_ms = summary(ttft * 1e3)
+    e2e_ms = summary(e2e * 1e3)
+    if output_len > 1:
+        tpot_ms = summary((e2e - ttft) / (output_len - 1) * 1e3)
+    else:
+        tpot_ms = summary([])
+    nan = float("nan")
+
+    def rate(tokens: float, ms: float) -> float:
+        return tokens / (ms / 1e3) if ms > 0 and not math.isnan(ms) else nan
+
+    return {
+        "ttft_ms": ttft_ms["median"],
+        "ttft_iqr_ms": ttft_ms["iqr"],
+        "ttft_p10_ms": ttft_ms["p10"],
+        "ttft_p90_ms": ttft_ms["p90"],
+        "e2e_ms": e2e_ms["median"],
+        "e2e_iqr_ms": e2e_ms["iqr"],
+        "e2e_p10_ms": e2e_ms["p10"],
+        "e2e_p90_ms": e2e_ms["p90"],
+        "tpot_ms": tpot_ms["median"],
+        "tpot_iqr_ms": tpot_ms["iqr"],
+        "prefill_tok_s": rate(batch * input_len, ttft_ms["median"]),
+        "output_tok_s": rate(batch * output_len, e2e_ms["median"]),
+        "decode_tok_s": rate(batch, tpot_ms["median"]),
+        "total_tok_s": rate(batch * (input_len + output_len), e2e_ms["median"]),
+        "repeats": ttft_ms["n"],
+        "noisy": bool(is_noisy(ttft) or is_noisy(e2e)),
+    }
+
+
+def truncate_e2e_s(ttft_s: Sequence[float], step_s: Sequence[Sequence[float]], output_len: int) -> list[float]:
+    """e2e of a shorter generation read off a longer one: ttft + the first output_len − 1 decode steps.
+
+    Valid because greedy decoding of the first output_len tokens does the same work whatever comes after.
+    """
+    out = []
+    for ttft, steps in zip(ttft_s, step_s):
+        if len(steps) < output_len - 1:
+            raise ValueError(f"a run of {len(steps) + 1} tokens cannot give output_len {output_len}")
+        out.append(float(ttft) + float(sum(steps[: output_len - 1])))
+    return out
