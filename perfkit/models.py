@@ -178,15 +178,22 @@ def build_model(model: str, dtype: torch.dtype, device: str | torch.device, attn
         with torch.device(device):
             m = AutoModelForCausalLM.from_config(spec.config(), dtype=dtype, attn_implementation=attn_implementation)
     else:
+        import importlib.util
+
+        # With accelerate, safetensors stream straight onto the device; without it (the GPU machine has
+        # none) transformers loads on the host and we move the model: real weights must be read anyway.
+        placement = {"device_map": str(device)} if importlib.util.find_spec("accelerate") else {}
         m = AutoModelForCausalLM.from_pretrained(
             model,
             dtype=dtype,
-            device_map=str(device),
             attn_implementation=attn_implementation,
             use_safetensors=True,
             trust_remote_code=False,
             local_files_only=True,
+            **placement,
         )
+        if not placement:
+            m = m.to(device)
     return m.eval()
 
 

@@ -1,0 +1,102 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, run_cli
+from perfkit.results import COLUMNS
+
+
+def test_models_json_lists_the_registry():
+    r = run_cli("models", "--json")
+    assert r.returncode == 0, r.stderr
+    rows = {m["name"]: m for m in json.loads(r.stdout)}
+    assert set(rows) == {"llama3-8b", "llama2-13b", "mistral-7b", "tiny-llama3-8b", "tiny-llama2-13b",
+                         "tiny-mistral-7b"}
+    assert rows["llama2-13b"]["kv_heads"] == 40 and rows["llama3-8b"]["vocab"] == 128256
+    assert round(rows["mistral-7b"]["params"] / 1e9, 2) == 7.24
+
+
+def test_env_json_has_provenance():
+    r = run_cli("env", "--json")
+    env = json.loads(r.stdout)
+    for field in ("device_name", "cpu_model", "torch_version", "transformers_version", "created_utc", "git_commit"):
+        assert field in env
+    assert env["torch_version"].startswith("2.")
+
+
+def test_run_json_has_every_column_and_appends(tmp_path):
+    args = ["run", "--model", "tiny-llama2-13b", "--input-len", "16", "--output-len", "4", "--batch", "2",
+            "--repeats", "2", "--warmup", "0", "--system", "cli", "--out", str(tmp_path), "--json"]
+    r = run_cli(*args)
+    assert r.returncode == 0, r.stderr
+    row = json.loads(r.stdout)
+    assert set(COLUMNS) <= set(row)
+    assert (row["system"], row["batch"], row["status"], row["repeats"]) == ("cli", 2, "ok", 2)
+    assert row["output_tok_s"] == pytest.approx(2 * 4 / (row["e2e_ms"] / 1e3))
+    assert run_cli(*args).returncode == 0
+    from perfkit import load_results
+
+    assert len(load_results(tmp_path)) == 2  # a second run appends, never overwrites
+    assert len(os.listdir(tmp_path / "runs")) == 2
+
+
+BAD = [
+    (["--model", "llama4"], "unknown model 'llama4'"),
+    (["--model", "/nonexistent/ckpt"], "does not exist"),
+    (["--model", "tiny-llama3-8b", "--input-len", "0"], "input-len must be a positive integer"),
+    (["--model", "tiny-llama3-8b", "--batch", "-1"], "batch must be a positive integer"),
+    (["--model", "tiny-llama3-8b", "--output-len", "x"], "expected an integer"),
+    (["--model", "llama2-13b", "--input-len", "4000", "--output-len", "128"], "exceeds llama2-13b's context"),
+    (["--model", "tiny-llama3-8b", "--dtype", "int3"], "unknown dtype 'int3'"),
+    (["--model", "tiny-llama3-8b", "--backend", "tensorrt"], "unknown backend 'tensorrt'"),
+]
+
+
+@pytest.mark.parametrize("extra,message", BAD)
+def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, extra, message):
+    base = {"--input-len": "8", "--output-len": "4", "--batch": "1"}
+    args = ["run", *extra]
+    for flag, value in base.items():
+        if flag not in extra:
+            args += [flag, value]
+    r = run_cli(*args, "--out", str(tmp_path / "out"))
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_checkpoint_that_is_not_one(tmp_path):
+    r = run_cli("run", "--model", str(tmp_path), "--input-len", "8", "--output-len", "4")
+    assert r.returncode == 2 and "not a checkpoint" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="CUDA absence is checked on the CPU machines")
+def test_cuda_asked_for_where_there_is_none():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    r = run_cli("run", "--model", "tiny-llama3-8b", "--input-len", "8", "--output-len", "4", "--device", "cuda")
+    assert r.returncode == 2 and "CUDA is not available" in r.stderr
+
+
+def test_measuring_core_imports_no_notebook_or_plotting_machinery():
+    code = (
+        "import sys, perfkit, perfkit.cli, perfkit.measure, perfkit.results, perfkit.backends, perfkit.provenance\n"
+        "import importlib.util\n"
+        "for extra in ('perfkit.sweep', 'perfkit.params', 'perfkit.summarize', 'perfkit.compare', "
+        "'perfkit.roofline', 'perfkit.static_backend', 'perfkit.energy', 'perfkit.hardware'):\n"
+        "    if importlib.util.find_spec(extra): importlib.import_module(extra)\n"
+        "import importlib\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in "
+        "('matplotlib', 'papermill', 'nbformat', 'nbconvert', 'IPython', 'jupyter', 'jupyterlab', 'seaborn')]\n"
+        "print(bad)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", "import importlib\n" + code], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"

@@ -1,0 +1,66 @@
+import os
+
+import pyarrow.parquet as pq
+import pytest
+
+from perfkit.measure import Point, System, failed_row, measure_point, to_row, with_provenance
+from perfkit.provenance import environment
+from perfkit.results import COLUMNS, done_keys, load_results, write_point
+
+
+@pytest.fixture(scope="module")
+def rows(tiny_models):
+    env = environment("cpu")
+    out = []
+    for name in ("tiny-llama2-13b", "tiny-mistral-7b"):
+        system = System("cpu-fp32", "hf-loop", "float32", "cpu")
+        point = Point(name, 8, 4, 2)
+        m = measure_point(tiny_models[name], system, point, warmup=0, repeats=2)
+        out.append(with_provenance(to_row(m), "run-1", env, {**vars(system), **vars(point)}))
+    oom = failed_row(System("cpu-fp32"), Point("tiny-llama2-13b", 8, 4, 64), "oom", "CUDA out of memory (test)")
+    out.append(with_provenance(oom, "run-1", env, {"oom": True}))
+    return out
+
+
+def test_rows_round_trip_with_every_contract_column(tmp_path, rows):
+    for row in rows:
+        write_point(str(tmp_path), row)
+    df = load_results(tmp_path)
+    assert len(df) == 3
+    assert set(COLUMNS) <= set(df.columns)
+    ok = df[df.status == "ok"]
+    assert ok.ttft_ms.notna().all() and (ok.repeats == 2).all()
+    assert [len(s) for s in ok.ttft_ms_samples] == [2, 2]
+    assert all(len(r) == 2 and all(len(steps) == 3 for steps in r) for r in ok.decode_step_ms_samples)
+    oom = df[df.status == "oom"].iloc[0]
+    assert oom.batch == 64 and oom.error.startswith("CUDA out of memory")
+    assert df.device_name.notna().all() and df.torch_version.notna().all() and df.created_utc.notna().all()
+    assert done_keys(str(tmp_path)) == set(df.point_key)
+
+
+def test_duckdb_reads_the_files_directly(tmp_path, rows):
+    duckdb = pytest.importorskip("duckdb")
+    for row in rows:
+        write_point(str(tmp_path), row)
+    n, oom = duckdb.sql(
+        f"SELECT count(*), count(*) FILTER (WHERE status = 'oom') FROM '{tmp_path}/points/*.parquet'").fetchall()[0]
+    assert (n, oom) == (3, 1)
+
+
+def test_a_crash_mid_write_leaves_nothing_behind(tmp_path, rows, monkeypatch):
+    write_point(str(tmp_path), rows[0])
+
+    def crash(table, f, *a, **k):
+        f.write(b"PAR1 half a file")
+        raise KeyboardInterrupt("killed mid-write")
+
+    monkeypatch.setattr(pq, "write_table", crash)
+    with pytest.raises(KeyboardInterrupt):
+        write_point(str(tmp_path), rows[1])
+    assert os.listdir(tmp_path / "points") == [f"{rows[0]['point_key']}.parquet"]
+    assert len(load_results(tmp_path)) == 1
+
+
+def test_load_results_of_a_missing_path_is_an_error(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        load_results(tmp_path / "nope")
