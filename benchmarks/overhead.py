@@ -1,0 +1,76 @@
+"""Harness overhead: perfkit's measured decode time against a bare loop making the same forward calls.
+
+Both sides run the same model, prompt and number of decode steps; the bare loop is timed once around the
+whole decode loop with nothing inside it but the forward, the argmax and the next-token feed. perfkit's
+figure is the sum of its per-step times (a clock mark and a token store per step, as in a real
+measurement). The two are interleaved, repeat by repeat, so that drift in the machine's load hits both
+alike; the printed ratio is median(perfkit) / median(bare). Target: <= 1.02.
+
+    python benchmarks/overhead.py [--model tiny-llama2-13b] [--device cpu] [--output-len 64] [--repeats 9]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+import torch
+from transformers import DynamicCache
+
+from perfkit.measure import Point, System, default_dtype, measure_point, synthetic_prompt
+from perfkit.models import build_model, parse_dtype
+from perfkit.timing import synchronize
+
+
+def bare_decode_s(model, prompt, output_len):
+    """Prefill untimed, then time the decode loop as one block: the least a harness can add."""
+    device = model.device
+    with torch.inference_mode():
+        cache = DynamicCache(config=model.config)
+        ids = prompt.to(device)
+        token = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1].argmax(-1)
+        synchronize(device)
+        start = time.perf_counter()
+        for _ in range(output_len - 1):
+            token = model(input_ids=token[:, None], past_key_values=cache, use_cache=True).logits[:, -1].argmax(-1)
+        synchronize(device)
+        return time.perf_counter() - start
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="tiny-llama2-13b")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtype", default=None)
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--input-len", type=int, default=32)
+    ap.add_argument("--output-len", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=9)
+    args = ap.parse_args()
+    dtype = args.dtype or default_dtype(args.device)
+    model = build_model(args.model, parse_dtype(dtype), args.device)
+    system = System("overhead", "hf-loop", dtype, args.device)
+    point = Point(args.model, args.input_len, args.output_len, args.batch)
+    prompt = synthetic_prompt(args.batch, args.input_len, model.config.vocab_size)
+
+    measure_point(model, system, point, warmup=1, repeats=1)  # warm both paths
+    bare_decode_s(model, prompt, args.output_len)
+    ours, bare = [], []
+    for _ in range(args.repeats):
+        m = measure_point(model, system, point, warmup=0, repeats=1)
+        ours.append(sum(m.step_s[0]))
+        bare.append(bare_decode_s(model, prompt, args.output_len))
+    ratio = statistics.median(ours) / statistics.median(bare)
+    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
+    print(f"model {args.model} {dtype} on {device}: B={args.batch} I={args.input_len} O={args.output_len}, "
+          f"{args.repeats} interleaved repeats")
+    print(f"decode time: perfkit median {statistics.median(ours) * 1e3:.2f} ms, "
+          f"bare loop median {statistics.median(bare) * 1e3:.2f} ms")
+    print(f"harness overhead ratio (perfkit / bare): {ratio:.4f}  (target <= 1.02: {'met' if ratio <= 1.02 else 'NOT met'})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
