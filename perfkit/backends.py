@@ -99,6 +99,10 @@ class HFGenerate:
 
 BACKENDS = {b.name: b for b in (HFLoop, HFGenerate)}
 
+from perfkit.static_backend import StaticBackend  # noqa: E402  (static cache + CUDA graph decode)
+
+BACKENDS[StaticBackend.name] = StaticBackend
+
 
 def get_backend(name: str):
     from perfkit.errors import UsageError

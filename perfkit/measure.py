@@ -21,6 +21,7 @@ import time
 import torch
 
 from perfkit.backends import get_backend
+from perfkit.energy import EnergyMeter, energy_columns, repeat_energy
 from perfkit.errors import UsageError
 from perfkit.memory import PeakMemory
 from perfkit.metrics import point_metrics
@@ -59,6 +60,8 @@ class PointMeasurement:
     peak_mem_bytes: int | None
     peak_mem_scope: str
     tokens: torch.Tensor  # (batch, output_len) of the last repeat
+    energy_j: list | None = None  # per repeat, from the board's NVML counter; None entries where unavailable
+    power_w: list | None = None  # per repeat, energy over the wall time between the two counter reads
 
 
 def default_device() -> str:
@@ -133,13 +136,22 @@ def measure_point(model, system: System, point: Point, warmup: int = 1, repeats:
             backend.run(model, prompt, point.output_len, clock_for(device, point.output_len + 1))
         synchronize(device)
         warmup_s = time.perf_counter() - t1
+        meter = EnergyMeter(device)
+        energy_j, power_w = [], []
         for _ in range(repeats):
+            # One counter read on each side of the repeat, outside the timed loop; _one_repeat has
+            # synchronized the device before it returns, so the second read covers all of its work.
+            before = meter.read()
             ttft, e2e, steps, tokens = _one_repeat(backend, model, prompt, point.output_len, device)
+            joules, watts = repeat_energy(before, meter.read())
+            energy_j.append(joules)
+            power_w.append(watts)
             ttft_s.append(ttft)
             e2e_s.append(e2e)
             step_s.append(steps)
         tokens = tokens.to("cpu")
-    return PointMeasurement(point, system, ttft_s, e2e_s, step_s, warmup_s, setup_s, mem.peak_bytes, mem.scope, tokens)
+    return PointMeasurement(point, system, ttft_s, e2e_s, step_s, warmup_s, setup_s, mem.peak_bytes, mem.scope, tokens,
+                            energy_j, power_w)
 
 
 def to_row(m: PointMeasurement) -> dict:
@@ -170,6 +182,7 @@ def to_row(m: PointMeasurement) -> dict:
             "decode_step_ms_samples": [[t * 1e3 for t in steps] for steps in m.step_s],
         }
     )
+    row.update(energy_columns(m.energy_j or [], m.power_w or [], int(m.tokens.numel())))
     return row
 
 

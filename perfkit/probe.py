@@ -1,0 +1,191 @@
+"""`perfkit probe`: what this device actually achieves, as opposed to what its datasheet promises.
+
+Two figures, with the same definitions on a GPU and on a CPU, so that MBU and MFU against the probed
+peaks mean the same thing everywhere:
+
+    copy_bandwidth_bytes_s  2 · N / t for `dst.copy_(src)` of N bytes: every byte read once and written
+                            once (STREAM's "Copy"). N is large (1 GiB on a GPU, far beyond its L2 cache;
+                            256 MiB on a CPU, beyond its last-level cache), so this is DRAM/HBM bandwidth.
+    matmul_flops[dtype]     2 · n³ / t for `a @ b` of two n × n matrices in that dtype (n = 8192 on a GPU
+                            for 16-bit types, 4096 for float32; 1024 on a CPU), i.e. dense matrix
+                            throughput as a large GEMM sees it. float32 runs as PyTorch runs it by default
+                            (TF32 off unless torch.backends.cuda.matmul.allow_tf32 says otherwise; recorded).
+
+Each figure is timed over repeats after a warm-up (CUDA events on a GPU, perf_counter on a CPU) until
+`repeats` are done or its time budget is spent; the best repeat is the "achievable" peak (as STREAM
+reports) and the median is kept beside it. The whole probe takes a few seconds on a GPU and well under a
+minute on a CPU. The record carries the run's provenance (perfkit.provenance.environment).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+
+import torch
+
+from perfkit.models import dtype_name, parse_dtype
+
+GPU_COPY_BYTES = 1 << 30
+CPU_COPY_BYTES = 256 << 20
+
+
+def _timer(device: torch.device):
+    """A function timing `fn()` once on `device`, in seconds."""
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+        def time_cuda(fn) -> float:
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end) / 1e3
+
+        return time_cuda
+
+    def time_cpu(fn) -> float:
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
+
+    return time_cpu
+
+
+def _repeat(device, fn, repeats: int, budget_s: float) -> list[float]:
+    timer = _timer(device)
+    timer(fn)  # warm-up: first-call allocation, kernel selection, page faults
+    times, t_end = [], time.perf_counter() + budget_s
+    while len(times) < repeats and (len(times) < 2 or time.perf_counter() < t_end):
+        times.append(timer(fn))
+    return times
+
+
+def copy_bandwidth(device: torch.device, n_bytes: int | None = None, repeats: int = 20, budget_s: float = 5.0) -> dict:
+    if n_bytes is None:
+        n_bytes = GPU_COPY_BYTES if device.type == "cuda" else CPU_COPY_BYTES
+        if device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+            n_bytes = min(n_bytes, free // 4)
+    n = n_bytes // 4
+    src = torch.ones(n, dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    times = _repeat(device, lambda: dst.copy_(src), repeats, budget_s)
+    moved = 2 * n * 4
+    return {
+        "copy_bandwidth_bytes_s": moved / min(times),
+        "copy_bandwidth_median_bytes_s": moved / statistics.median(times),
+        "copy_bytes": n * 4,
+        "copy_repeats": len(times),
+    }
+
+
+def matmul_throughput(device: torch.device, dtype: torch.dtype, n: int | None = None, repeats: int = 20,
+                      budget_s: float = 5.0) -> dict:
+    if n is None:
+        if device.type == "cuda":
+            n = 4096 if dtype == torch.float32 else 8192
+        else:
+            n = 1024
+    gen = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn((n, n), generator=gen, device=device).to(dtype)
+    b = torch.randn((n, n), generator=gen, device=device).to(dtype)
+    out = torch.empty((n, n), dtype=dtype, device=device)
+    times = _repeat(device, lambda: torch.matmul(a, b, out=out), repeats, budget_s)
+    flops = 2.0 * n**3
+    return {"flops": flops / min(times), "median_flops": flops / statistics.median(times), "n": n,
+            "repeats": len(times)}
+
+
+def probe(device: str | torch.device, dtypes=("bfloat16", "float16", "float32"), budget_s: float = 5.0) -> dict:
+    """Measure this device's copy bandwidth and matrix throughput; returns the probe record."""
+    from perfkit.provenance import environment, new_run_id, utc_now
+
+    dev = torch.device(device)
+    names = [dtype_name(parse_dtype(d)) for d in dtypes]
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        record = copy_bandwidth(dev, budget_s=budget_s)
+        mm = {name: matmul_throughput(dev, parse_dtype(name), budget_s=budget_s) for name in names}
+    env = environment(dev)
+    record.update({
+        "kind": "probe",
+        "run_id": new_run_id(),
+        "device": str(dev),
+        "device_name": env["device_name"],
+        "matmul_flops": {k: v["flops"] for k, v in mm.items()},
+        "matmul_median_flops": {k: v["median_flops"] for k, v in mm.items()},
+        "matmul_n": {k: v["n"] for k, v in mm.items()},
+        "matmul_repeats": {k: v["repeats"] for k, v in mm.items()},
+        "allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32) if dev.type == "cuda" else None,
+        "torch_threads": torch.get_num_threads(),
+        "wall_s": time.perf_counter() - t0,
+        "created_utc": utc_now(),
+        "env": env,
+    })
+    return record
+
+
+def write_probe(out: str, record: dict) -> str:
+    """Write the record atomically: to `out` if it ends in .json, else to out/probes/<run_id>.json."""
+    import json
+
+    from perfkit.results import _atomic_write
+
+    path = out if out.endswith(".json") else os.path.join(out, "probes", f"{record['run_id']}.json")
+    blob = json.dumps(record, indent=2, sort_keys=True, default=str).encode()
+    _atomic_write(os.path.abspath(path), lambda f: f.write(blob))
+    return path
+
+
+def format_probe(record: dict) -> str:
+    lines = [f"{record['device_name']} ({record['device']}), {record['wall_s']:.1f} s",
+             f"  copy bandwidth  {record['copy_bandwidth_bytes_s'] / 1e9:9.1f} GB/s   (median "
+             f"{record['copy_bandwidth_median_bytes_s'] / 1e9:.1f}, {record['copy_bytes'] / 2**20:.0f} MiB copied)"]
+    for k, v in record["matmul_flops"].items():
+        lines.append(f"  matmul {k:<9}{v / 1e12:9.2f} TFLOP/s (median {record['matmul_median_flops'][k] / 1e12:.2f},"
+                     f" n = {record['matmul_n'][k]})")
+    return "\n".join(lines)
+
+
+# ---- CLI ---------------------------------------------------------------------------------------
+
+def add_parser(sub) -> None:
+    """Register `perfkit probe` on the CLI's subparsers."""
+    p = sub.add_parser("probe", help="measure this device's achievable copy bandwidth and matmul throughput")
+    p.add_argument("--device", default=None, help="cpu | cuda[:N] (default: cuda if available)")
+    p.add_argument("--dtypes", default="bfloat16,float16,float32",
+                   help="comma-separated matmul dtypes (default: bfloat16,float16,float32)")
+    p.add_argument("--budget-s", type=float, default=5.0, help="time budget per figure, seconds (default 5)")
+    p.add_argument("--out", default=None, help="results directory (writes probes/<run_id>.json) or a .json file")
+    p.add_argument("--json", action="store_true", help="print the record as JSON")
+    p.set_defaults(func=cmd_probe)
+
+
+def cmd_probe(args) -> int:
+    import sys
+
+    from perfkit.cli import print_json
+    from perfkit.errors import UsageError
+    from perfkit.measure import check_device, default_device
+
+    device = args.device or default_device()
+    check_device(device)
+    dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+    if not dtypes:
+        raise UsageError("--dtypes is empty: expected e.g. bfloat16,float32")
+    for d in dtypes:
+        parse_dtype(d)
+    if not (0 < args.budget_s <= 60):
+        raise UsageError(f"--budget-s must be in (0, 60] seconds, got {args.budget_s}")
+    print(f"probing {device}...", file=sys.stderr, flush=True)
+    record = probe(device, dtypes, budget_s=args.budget_s)
+    if args.out:
+        path = write_probe(args.out, record)
+        print(f"wrote {path}", file=sys.stderr)
+    if args.json:
+        print_json(record)
+    else:
+        print(format_probe(record))
+    return 0

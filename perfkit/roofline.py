@@ -1,0 +1,270 @@
+"""The speed of light: how fast a point could possibly run on this hardware, and how close it came.
+
+Every formula lives here, once. Notation: L layers, H hidden size, n_q query heads, n_kv key/value heads,
+d head dim (H / n_q unless the config says otherwise), F MLP intermediate size, V vocabulary, s bytes per
+element of the dtype (2 for bf16/fp16, 4 for fp32), W the sliding window (∞ without one), B batch,
+I input_len, O output_len.
+
+Parameters (Llama/Mistral layout, no biases):
+    per layer   P_layer = H·n_q·d + 2·H·n_kv·d + n_q·d·H    (q, k, v, o projections)
+                        + 3·H·F                             (gate, up, down)
+                        + 2·H                               (two RMSNorm weights)
+    total       P = V·H (embedding) + V·H (lm_head, unless tied) + L·P_layer + H (final norm)
+    weight_bytes = P · s            llama3-8b bf16: 8,030,261,248 · 2 = 16.06 GB
+
+KV cache: kv_bytes_per_token = 2 (K and V) · L · n_kv · d · s
+    llama3-8b bf16: 2·32·8·128·2 = 131,072 B = 128 KiB;  llama2-13b bf16: 2·40·40·128·2 = 800 KiB
+
+Decode (token phase) is bound by memory bandwidth: each step must read every weight it multiplies by and
+the KV cache of every sequence. The embedding table is NOT counted: a step reads one row per sequence
+(B·H·s bytes, negligible), not the table. The lm_head is counted in full (every step multiplies by all of
+it); with tied embeddings the shared table is therefore counted once, as the lm_head.
+    decode_weight_bytes = (P − V·H [if untied]) · s
+    step k = 1 … O−1 attends to min(I + k, W) cached positions per sequence, so on average over the steps
+    decode_kv_bytes     = B · kv_bytes_per_token · mean_k min(I + k, W)        (= I + O/2 without a window)
+    decode_bytes_per_step = decode_weight_bytes + decode_kv_bytes
+    decode_bound_ms     = decode_bytes_per_step / memory bandwidth
+    MBU                 = decode_bound_ms / tpot_ms  (achieved bytes/s over the peak bytes/s)
+Only useful bytes count: a static cache sized I + O that is read in full (masked) wastes bandwidth, and
+that waste shows as lower MBU, as it should. Activations, norms and the logits are ignored (< 0.1 %).
+
+Prefill (prompt phase) is bound by matrix throughput (2 FLOPs per multiply-add):
+    linear   2 · B · I · L · (P_layer − 2·H)        every prompt token through every layer's matrices
+    lm_head  2 · B · H · V                          only the last position (logits_to_keep=1)
+    attention 4 · B · L · n_q · d · Σ_{i=1..I} min(i, W)   QKᵀ and A·V over the causal (and windowed) keys
+    prefill_bound_ms = prefill_flops / peak matrix FLOP/s of the dtype
+    MFU              = prefill_bound_ms / ttft_ms
+The causal attention count is the work a causal kernel must do (half the I² square), not the full square
+that some papers count; ttft also includes moving the prompt to the device and the first argmax.
+
+Peaks come from two places: the vendor's dense spec (perfkit.hardware, matched from the device name) and
+what `perfkit probe` measured on this very device. Either may be unknown: the columns are then NaN
+("unknown"), never a guess.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+
+import numpy as np
+
+NAN = float("nan")
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+@dataclasses.dataclass(frozen=True)
+class Arch:
+    layers: int
+    hidden: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    intermediate: int
+    vocab: int
+    sliding_window: int | None = None
+    tied: bool = False
+
+    @property
+    def layer_params(self) -> int:
+        h, d = self.hidden, self.head_dim
+        attn = h * self.heads * d + 2 * h * self.kv_heads * d + self.heads * d * h
+        return attn + 3 * h * self.intermediate + 2 * h
+
+    @property
+    def params(self) -> int:
+        embed = self.vocab * self.hidden
+        lm_head = 0 if self.tied else embed
+        return embed + lm_head + self.layers * self.layer_params + self.hidden
+
+
+@functools.lru_cache(maxsize=64)
+def arch(model: str) -> Arch:
+    """Architecture numbers of a registry name or checkpoint directory (Llama/Mistral-style configs)."""
+    from perfkit.models import model_config
+
+    c = model_config(model)
+    heads = c.num_attention_heads
+    return Arch(
+        layers=c.num_hidden_layers,
+        hidden=c.hidden_size,
+        heads=heads,
+        kv_heads=getattr(c, "num_key_value_heads", None) or heads,
+        head_dim=getattr(c, "head_dim", None) or c.hidden_size // heads,
+        intermediate=c.intermediate_size,
+        vocab=c.vocab_size,
+        sliding_window=getattr(c, "sliding_window", None),
+        tied=bool(getattr(c, "tie_word_embeddings", False)),
+    )
+
+
+def _arch(model: str | Arch) -> Arch:
+    return model if isinstance(model, Arch) else arch(model)
+
+
+def dtype_bytes(dtype: str) -> int:
+    return DTYPE_BYTES[dtype]
+
+
+def weight_bytes(model: str | Arch, dtype: str) -> int:
+    a = _arch(model)
+    return a.params * dtype_bytes(dtype)
+
+
+def decode_weight_bytes(model: str | Arch, dtype: str) -> int:
+    """Weight bytes one decode step reads: all but the embedding table (one row per token is read)."""
+    a = _arch(model)
+    embed = 0 if a.tied else a.vocab * a.hidden
+    return (a.params - embed) * dtype_bytes(dtype)
+
+
+def kv_bytes_per_token(model: str | Arch, dtype: str) -> int:
+    a = _arch(model)
+    return 2 * a.layers * a.kv_heads * a.head_dim * dtype_bytes(dtype)
+
+
+def _windowed(n: np.ndarray, window: int | None) -> np.ndarray:
+    return n if window is None else np.minimum(n, window)
+
+
+def mean_decode_context(input_len: int, output_len: int, window: int | None = None) -> float:
+    """Mean number of cached positions a decode step attends to, over steps k = 1 … O−1."""
+    if output_len < 2:
+        return NAN
+    k = np.arange(1, output_len, dtype=np.float64)
+    return float(_windowed(input_len + k, window).mean())
+
+
+def decode_bytes_per_step(model: str | Arch, dtype: str, batch: int, input_len: int, output_len: int) -> float:
+    a = _arch(model)
+    ctx = mean_decode_context(input_len, output_len, a.sliding_window)
+    return decode_weight_bytes(a, dtype) + batch * kv_bytes_per_token(a, dtype) * ctx
+
+
+def prefill_flops(model: str | Arch, batch: int, input_len: int) -> float:
+    a = _arch(model)
+    linear = 2.0 * batch * input_len * a.layers * (a.layer_params - 2 * a.hidden)
+    lm_head = 2.0 * batch * a.hidden * a.vocab
+    keys = float(_windowed(np.arange(1, input_len + 1, dtype=np.float64), a.sliding_window).sum())
+    attention = 4.0 * batch * a.layers * a.heads * a.head_dim * keys
+    return linear + lm_head + attention
+
+
+def decode_bound_ms(bytes_per_step: float, bandwidth_bytes_s: float) -> float:
+    return bytes_per_step / bandwidth_bytes_s * 1e3 if _known(bandwidth_bytes_s) else NAN
+
+
+def prefill_bound_ms(flops: float, peak_flops: float) -> float:
+    return flops / peak_flops * 1e3 if _known(peak_flops) else NAN
+
+
+def fraction(bound_ms: float, measured_ms: float) -> float:
+    """Achieved fraction of the speed of light: bound time over measured time (1.0 = at the limit)."""
+    if not (_known(bound_ms) and _known(measured_ms)):
+        return NAN
+    return bound_ms / measured_ms
+
+
+def _known(x) -> bool:
+    return x is not None and isinstance(x, (int, float, np.floating)) and math.isfinite(x) and x > 0
+
+
+# ---- probes ----------------------------------------------------------------------------------------
+
+def load_probe(source) -> list[dict]:
+    """Probe records from a dict, a list of dicts, a probe JSON file, or a directory of them (probes/*.json)."""
+    if source is None:
+        return []
+    if isinstance(source, dict):
+        return [source]
+    if isinstance(source, (list, tuple)):
+        return [p for s in source for p in load_probe(s)]
+    path = os.fspath(source)
+    if os.path.isdir(path):
+        sub = os.path.join(path, "probes") if os.path.isdir(os.path.join(path, "probes")) else path
+        return [p for f in sorted(os.listdir(sub)) if f.endswith(".json") for p in load_probe(os.path.join(sub, f))]
+    with open(path) as f:
+        return [json.load(f)]
+
+
+def _probe_for(probes: list[dict], device_name) -> dict | None:
+    # A probe only speaks for the device it ran on: applying it to another would be a guess.
+    # The latest matching probe wins.
+    for p in reversed(probes):
+        if p.get("device_name") == device_name:
+            return p
+    return None
+
+
+# ---- per-row columns -------------------------------------------------------------------------------
+
+SOL_COLUMNS = [
+    "hw_name", "weight_bytes", "decode_bytes_per_step", "prefill_flops",
+    "decode_bound_ms", "prefill_bound_ms", "decode_bound_probed_ms", "prefill_bound_probed_ms",
+    "mbu_spec", "mbu_probed", "mfu_spec", "mfu_probed", "decode_gb_s", "prefill_tflop_s",
+]
+
+
+def speed_of_light_row(row: dict, hardware=None, probes: list[dict] | None = None) -> dict:
+    """The speed-of-light columns of one results row (a dict with model, dtype, batch, input_len, ...)."""
+    from perfkit.hardware import HardwareSpec, by_name, lookup
+    from perfkit.errors import UsageError
+
+    out = {c: NAN for c in SOL_COLUMNS}
+    out["hw_name"] = None
+    try:
+        a = arch(row["model"])
+    except (UsageError, OSError, AttributeError, ValueError):
+        return out  # a checkpoint that is not here, or not a Llama-style config: unknown
+    dtype = row.get("dtype")
+    if dtype not in DTYPE_BYTES:
+        return out
+    B, I, O = int(row["batch"]), int(row["input_len"]), int(row["output_len"])
+    if isinstance(hardware, HardwareSpec):
+        spec = hardware
+    elif isinstance(hardware, str):
+        spec = by_name(hardware)
+    else:
+        spec = lookup(row.get("device_name"))
+    probe = _probe_for(probes or [], row.get("device_name"))
+
+    step_bytes = decode_bytes_per_step(a, dtype, B, I, O)
+    flops = prefill_flops(a, B, I)
+    tpot = row.get("tpot_ms", NAN)
+    ttft = row.get("ttft_ms", NAN)
+    out.update(weight_bytes=float(weight_bytes(a, dtype)), decode_bytes_per_step=step_bytes, prefill_flops=flops)
+    if spec is not None:
+        out["hw_name"] = spec.name
+        out["decode_bound_ms"] = decode_bound_ms(step_bytes, spec.mem_bw_bytes_s)
+        out["prefill_bound_ms"] = prefill_bound_ms(flops, spec.matrix_flops(dtype))
+    if probe is not None:
+        out["decode_bound_probed_ms"] = decode_bound_ms(step_bytes, probe.get("copy_bandwidth_bytes_s"))
+        out["prefill_bound_probed_ms"] = prefill_bound_ms(flops, (probe.get("matmul_flops") or {}).get(dtype))
+    out["mbu_spec"] = fraction(out["decode_bound_ms"], tpot)
+    out["mbu_probed"] = fraction(out["decode_bound_probed_ms"], tpot)
+    out["mfu_spec"] = fraction(out["prefill_bound_ms"], ttft)
+    out["mfu_probed"] = fraction(out["prefill_bound_probed_ms"], ttft)
+    if _known(tpot) and _known(step_bytes):
+        out["decode_gb_s"] = step_bytes / (tpot / 1e3) / 1e9
+    if _known(ttft):
+        out["prefill_tflop_s"] = flops / (ttft / 1e3) / 1e12
+    return out
+
+
+def add_speed_of_light(df, hardware=None, probe=None):
+    """A copy of results DataFrame `df` with the speed-of-light columns (SOL_COLUMNS) added.
+
+    hardware: None to match each row's device_name against perfkit.hardware's table, or a HardwareSpec /
+    table name to use for every row. probe: None, a probe record, a list of them, a probe JSON file or a
+    results directory holding probes/*.json; a probe applies only to rows of the device it ran on.
+    """
+    import pandas as pd
+
+    probes = load_probe(probe)
+    cols = [speed_of_light_row(r, hardware, probes) for r in df.to_dict("records")]
+    sol = pd.DataFrame(cols, index=df.index, columns=SOL_COLUMNS)
+    out = df.drop(columns=[c for c in SOL_COLUMNS if c in df.columns])
+    return pd.concat([out, sol], axis=1)

@@ -1,0 +1,185 @@
+"""Backend `static`: a pre-allocated KV cache and a fixed-shape decode step, captured once as a CUDA graph.
+
+Why. transformers' eager loop spends most of a batch-1 decode step in Python and kernel launches: an 8B
+model issues ~600 small kernels per token, and the GPU waits for the host between them. A CUDA graph
+records those launches once and replays them with one call, so the step costs what the kernels cost.
+Graphs need every tensor at a fixed address with a fixed shape, hence a static cache sized for the point.
+
+What it does (the same arithmetic as `hf-loop`, greedy, exactly output_len tokens):
+- prepare(model, B, I, O), timed and returned as set-up seconds, never inside ttft or decode:
+  allocate a transformers `StaticCache` for batch B and I + O positions; on CUDA, warm the decode step up
+  on a side stream and capture it in a `torch.cuda.CUDAGraph`. Once per (model, batch, max length): every
+  warm-up and timed repeat of the point replays the same graph.
+- run(...): reset the cache (each repeat is a fresh request; not timed), mark the clock, prefill the
+  prompt in one forward pass (eager: its shape is the prompt's, and it runs once) with logits_to_keep=1,
+  then O − 1 decode steps: graph replay on CUDA, the same step function called eagerly elsewhere.
+
+The decode step reads its inputs from fixed buffers (the current token and its position) and builds its
+own attention mask from the position, so nothing in it depends on Python-side state that a replay would
+not update. transformers' sliding-window cache layer keeps such state (it branches on a Python counter
+once the window is full), so when I + O exceeds a sliding window the step runs eagerly with the model's
+own masks; on CUDA that is said loudly on stderr, as is any capture failure (never a silent fallback).
+On a CPU there are no graphs: `static` runs the same static-cache loop eagerly.
+PERFKIT_STATIC_GRAPHS=0 disables capture on CUDA too (to see what the graph buys).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import torch
+
+
+class _Buffers:
+    """Everything the decode step touches, at fixed addresses for the life of the point."""
+
+    def __init__(self, model, cache, batch: int, max_len: int):
+        device = model.device
+        self.cache = cache
+        self.token = torch.zeros((batch, 1), dtype=torch.long, device=device)  # token fed to the step
+        self.position = torch.zeros((1, 1), dtype=torch.long, device=device)  # its position in the sequence
+        self.kv_index = torch.arange(max_len, device=device).view(1, 1, 1, max_len)
+        self.batch = batch
+        self.max_len = max_len
+        # sdpa takes a boolean mask (True = attend); the eager attention adds the mask to the scores.
+        self.bool_mask = model.config._attn_implementation == "sdpa"
+        self.dtype = model.dtype
+
+
+class StaticBackend:
+    name = "static"
+
+    def __init__(self):
+        self.buffers: _Buffers | None = None
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.graph_ready = False  # the fixed-shape step is valid for this point (no full sliding window)
+        self.mode = "unprepared"  # "cuda-graph" | "eager": how decode steps run
+        self.note: str | None = None  # why there is no graph, when there should be one
+
+    # ---- set-up --------------------------------------------------------------------------------
+
+    def prepare(self, model, batch: int, input_len: int, output_len: int) -> float:
+        from transformers import StaticCache
+
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            self.graph = None
+            max_len = input_len + output_len
+            cache = StaticCache(config=model.config, max_cache_len=max_len)
+            c = model.config
+            head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+            # Allocate now (not lazily in the first forward), so the allocation is set-up time and the
+            # cache tensors have their final addresses before a graph captures them.
+            cache.early_initialization(batch, c.num_key_value_heads, head_dim, model.dtype, model.device)
+            self.buffers = _Buffers(model, cache, batch, max_len)
+            # A sliding-window layer smaller than the sequence rolls its cache on Python-side state.
+            self.graph_ready = not any(getattr(layer, "is_sliding", False) and layer.max_cache_len < max_len
+                                       for layer in cache.layers)
+            self.mode = "eager"
+            if model.device.type == "cuda":
+                if not self.graph_ready:
+                    self._warn(f"I + O = {max_len} exceeds the model's sliding window: decode runs eagerly "
+                               "with a static cache, without a CUDA graph")
+                elif os.environ.get("PERFKIT_STATIC_GRAPHS", "1") == "0":
+                    self._warn("PERFKIT_STATIC_GRAPHS=0: decode runs eagerly with a static cache, no CUDA graph")
+                else:
+                    self._capture(model)
+                torch.cuda.synchronize(model.device)
+            return time.perf_counter() - t0
+
+    def _capture(self, model) -> None:
+        b = self.buffers
+        try:
+            side = torch.cuda.Stream(device=model.device)
+            side.wait_stream(torch.cuda.current_stream(model.device))
+            # Warm-up on a side stream (as torch.cuda.graphs documents): lets cuBLAS/sdpa pick and
+            # initialise their kernels and workspaces before capture. Each warm-up step starts from an
+            # empty cache so it writes position 0 and never runs past max_len.
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    b.cache.reset()
+                    b.position.zero_()
+                    self._step(model)
+            torch.cuda.current_stream(model.device).wait_stream(side)
+            b.cache.reset()
+            b.position.zero_()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self._step(model)
+            b.cache.reset()
+            self.graph = graph
+            self.mode = "cuda-graph"
+        except torch.OutOfMemoryError:
+            raise  # out of memory is a recorded outcome of the point, not a reason to change backends
+        except Exception as exc:  # noqa: BLE001 - any capture failure: fall back, loudly
+            self.graph = None
+            self._warn(f"CUDA graph capture failed ({type(exc).__name__}: {exc}); decode runs eagerly "
+                       "with a static cache: these figures are NOT graph-replay figures")
+
+    def _warn(self, message: str) -> None:
+        self.note = message
+        print(f"perfkit: warning: static backend: {message}", file=sys.stderr, flush=True)
+
+    # ---- the phases ----------------------------------------------------------------------------
+
+    def _step(self, model) -> None:
+        """One decode step with fixed shapes: feed b.token at b.position, leave the next token in b.token."""
+        b = self.buffers
+        # Attend to every cached position up to and including the token's own (written by this step).
+        allowed = (b.kv_index <= b.position).expand(b.batch, 1, 1, b.max_len)
+        if b.bool_mask:
+            mask = allowed
+        else:
+            mask = torch.zeros((), dtype=b.dtype, device=allowed.device).masked_fill(
+                ~allowed, torch.finfo(b.dtype).min)
+        logits = model(input_ids=b.token, position_ids=b.position, attention_mask=mask,
+                       past_key_values=b.cache, use_cache=True).logits
+        b.token.copy_(logits[:, -1].argmax(dim=-1, keepdim=True))
+        b.position.add_(1)
+
+    def _prefill(self, model, input_ids) -> torch.Tensor:
+        # logits_to_keep=1: only the last position is projected onto the vocabulary (as hf-loop does).
+        logits = model(input_ids=input_ids, past_key_values=self.buffers.cache, use_cache=True,
+                       logits_to_keep=1).logits
+        return logits[:, -1].argmax(dim=-1)
+
+    def run(self, model, input_ids_host: torch.Tensor, output_len: int, clock) -> torch.Tensor:
+        b = self.buffers
+        batch, input_len = input_ids_host.shape
+        if b is None or batch != b.batch or input_len + output_len > b.max_len:
+            raise RuntimeError(f"static backend prepared for batch {b and b.batch} and {b and b.max_len} "
+                               f"positions, asked for batch {batch} and {input_len + output_len}: call prepare()")
+        with torch.inference_mode():
+            # Each repeat is a fresh request: empty the cache before the clock starts (not timed).
+            b.cache.reset()
+            tokens = torch.empty((batch, output_len), dtype=torch.long, device=model.device)
+            clock.mark()
+            input_ids = input_ids_host.to(model.device)
+            token = self._prefill(model, input_ids)
+            tokens[:, 0] = token
+            clock.mark()
+            if output_len > 1:
+                self._decode(model, token, input_len, output_len, tokens, clock)
+        return tokens
+
+    def _decode(self, model, token, input_len, output_len, tokens, clock) -> None:
+        b = self.buffers
+        if not self.graph_ready:
+            # The model's own masks and positions, over the static cache (sliding window exceeded).
+            for i in range(1, output_len):
+                logits = model(input_ids=token[:, None], past_key_values=b.cache, use_cache=True).logits
+                token = logits[:, -1].argmax(dim=-1)
+                tokens[:, i] = token
+                clock.mark()
+            return
+        b.token.copy_(token[:, None])
+        b.position.fill_(input_len)
+        for i in range(1, output_len):
+            if self.graph is not None:
+                self.graph.replay()
+            else:
+                self._step(model)
+            tokens[:, i] = b.token[:, 0]
+            clock.mark()

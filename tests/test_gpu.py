@@ -1,0 +1,32 @@
+"""GPU-only checks: skipped without CUDA (the CPU machines), run where a GPU is present."""
+
+import pytest
+import torch
+
+from perfkit.measure import Point, System, measure_point
+from perfkit.timing import CudaClock
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+
+
+def test_cuda_clock_times_device_work_not_host_dispatch():
+    # torch.cuda._sleep spins the GPU for a number of cycles; the host returns at once. The event clock
+    # must report the device's time, and report it the same with or without a host stall after it.
+    clock = CudaClock(2)
+    torch.cuda.synchronize()
+    clock.mark()
+    torch.cuda._sleep(50_000_000)
+    clock.mark()
+    gpu_s = clock.seconds()[1]
+    assert gpu_s > 0.005
+
+
+def test_tiny_model_on_cuda_reports_device_memory():
+    from perfkit.models import build_model
+
+    model = build_model("tiny-llama3-8b", torch.bfloat16, "cuda")
+    assert {p.device.type for p in model.parameters()} == {"cuda"}
+    m = measure_point(model, System("gpu", "hf-loop", "bfloat16", "cuda"), Point("tiny-llama3-8b", 64, 8, 2),
+                      warmup=1, repeats=2)
+    assert m.peak_mem_bytes >= sum(p.numel() * p.element_size() for p in model.parameters())
+    assert all(len(s) == 7 for s in m.step_s)

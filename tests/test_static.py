@@ -1,0 +1,175 @@
+"""The `static` backend computes what `hf-loop` and transformers' `generate` compute, with its own timing contract."""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from perfkit.backends import BACKENDS, get_backend
+from perfkit.measure import Point, System, measure_point, synthetic_prompt, to_row
+from perfkit.timing import CpuClock
+
+from conftest import run_cli
+
+B, I, O = 2, 24, 10
+
+
+def _generate(backend_name, model, prompt, output_len, prepare=True):
+    backend = get_backend(backend_name)
+    if prepare:
+        backend.prepare(model, prompt.shape[0], prompt.shape[1], output_len)
+    clock = CpuClock(output_len + 1)
+    with torch.inference_mode():
+        tokens = backend.run(model, prompt, output_len, clock)
+    assert len(clock.seconds()) == output_len + 1, f"{backend_name} broke the clock contract"
+    return backend, tokens
+
+
+def test_static_is_registered():
+    assert "static" in BACKENDS
+    assert get_backend("static").name == "static"
+
+
+@pytest.mark.parametrize("name", ["tiny-llama3-8b", "tiny-llama2-13b", "tiny-mistral-7b"])
+def test_static_tokens_equal_hf_loop_and_generate(tiny_models, name):
+    model = tiny_models[name]
+    prompt = synthetic_prompt(B, I, model.config.vocab_size, seed=3)
+    _, loop = _generate("hf-loop", model, prompt, O)
+    _, gen = _generate("hf-generate", model, prompt, O)
+    backend, static = _generate("static", model, prompt, O)
+    assert static.shape == (B, O)
+    assert torch.equal(loop, gen), "reference backends disagree: the test prompt is degenerate"
+    assert torch.equal(static, loop)
+    assert backend.graph_ready and backend.mode == "eager"  # the CPU runs the fixed-shape step without graphs
+    # A second request on the same prepared backend starts from an empty cache: same tokens.
+    with torch.inference_mode():
+        again = backend.run(model, prompt, O, CpuClock(O + 1))
+    assert torch.equal(again, static)
+
+
+def test_static_eager_attention_matches(tiny_models):
+    from perfkit.models import build_model
+
+    model = build_model("tiny-llama2-13b", torch.float32, "cpu", attn_implementation="eager")
+    prompt = synthetic_prompt(B, I, model.config.vocab_size, seed=4)
+    _, loop = _generate("hf-loop", model, prompt, O)
+    _, static = _generate("static", model, prompt, O)
+    assert torch.equal(static, loop)
+
+
+@pytest.mark.parametrize("window,graph_ready", [(16, False), (I + O, True)])
+def test_static_mistral_sliding_window(window, graph_ready):
+    """A window shorter than I + O (the cache rolls) and one that just holds the sequence."""
+    from transformers import AutoModelForCausalLM
+
+    from perfkit.models import REGISTRY
+
+    spec = dataclasses.replace(REGISTRY["tiny-mistral-7b"], sliding_window=window)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(spec.config(), dtype=torch.float32).eval()
+    prompt = synthetic_prompt(B, I, model.config.vocab_size, seed=5)
+    _, loop = _generate("hf-loop", model, prompt, O)
+    _, gen = _generate("hf-generate", model, prompt, O)
+    backend, static = _generate("static", model, prompt, O)
+    assert backend.graph_ready is graph_ready
+    assert torch.equal(loop, gen)
+    assert torch.equal(static, loop)
+    if window == 16:
+        # The window must matter for this test to mean anything: without it the tokens differ.
+        wide = dataclasses.replace(spec, sliding_window=4096)
+        torch.manual_seed(0)
+        unwindowed = AutoModelForCausalLM.from_config(wide.config(), dtype=torch.float32).eval()
+        _, other = _generate("hf-loop", unwindowed, prompt, O)
+        assert not torch.equal(other, loop)
+
+
+@pytest.mark.parametrize("name", ["tiny-mistral-7b", "tiny-llama3-8b"])
+def test_decode_step_reads_no_python_side_cache_state(tiny_models, monkeypatch, name):
+    """What a CUDA graph replay does, emulated on the CPU: Python-side cache state stays at capture time.
+
+    A graph records the kernels of one call; a replay re-runs them without re-running Python. The sliding
+    window layer keeps a Python counter; if the step depended on it, a replay would compute with the
+    value it had at capture (0: capture happens on an empty cache). Pin it there before every step.
+    """
+    from perfkit.static_backend import StaticBackend
+
+    original = StaticBackend._step
+
+    def as_if_replayed(self, model):
+        for layer in self.buffers.cache.layers:
+            if hasattr(layer, "cumulative_length_int"):
+                layer.cumulative_length_int = 0
+        original(self, model)
+
+    model = tiny_models[name]
+    prompt = synthetic_prompt(B, I, model.config.vocab_size, seed=7)
+    _, loop = _generate("hf-loop", model, prompt, O)
+    monkeypatch.setattr(StaticBackend, "_step", as_if_replayed)
+    backend, static = _generate("static", model, prompt, O)
+    assert backend.graph_ready
+    assert torch.equal(static, loop)
+
+
+def test_static_output_len_one(tiny_models):
+    model = tiny_models["tiny-llama3-8b"]
+    prompt = synthetic_prompt(1, 8, model.config.vocab_size, seed=6)
+    _, loop = _generate("hf-loop", model, prompt, 1)
+    _, static = _generate("static", model, prompt, 1)
+    assert torch.equal(static, loop)
+
+
+def test_static_refuses_unprepared_or_mismatched(tiny_models):
+    model = tiny_models["tiny-llama3-8b"]
+    prompt = synthetic_prompt(B, I, model.config.vocab_size)
+    with pytest.raises(RuntimeError, match="prepare"):
+        _generate("static", model, prompt, O, prepare=False)
+    backend = get_backend("static")
+    backend.prepare(model, B, I, O)
+    with pytest.raises(RuntimeError, match="prepare"):
+        with torch.inference_mode():
+            backend.run(model, prompt, O + 5, CpuClock(O + 6))  # more positions than the cache holds
+
+
+def test_measure_point_static_reports_setup(tiny_models):
+    model = tiny_models["tiny-mistral-7b"]
+    system = System("fast", "static", "float32", "cpu")
+    m = measure_point(model, system, Point("tiny-mistral-7b", 16, 6, 2), warmup=1, repeats=2)
+    row = to_row(m)
+    assert row["backend"] == "static" and row["status"] == "ok"
+    assert row["setup_ms"] > 0  # the cache allocation is set-up time, reported on its own
+    assert len(row["decode_step_ms_samples"]) == 2 and all(len(s) == 5 for s in row["decode_step_ms_samples"])
+    assert row["generated_tokens"] == 12
+    reference = measure_point(model, System("ref", "hf-loop", "float32", "cpu"), Point("tiny-mistral-7b", 16, 6, 2),
+                              warmup=0, repeats=1)
+    assert torch.equal(m.tokens, reference.tokens)
+
+
+def test_cli_run_static(tmp_path):
+    r = run_cli("run", "--model", "tiny-llama2-13b", "--input-len", "16", "--output-len", "4", "--batch", "2",
+                "--backend", "static", "--device", "cpu", "--repeats", "2", "--json", "--out", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    row = json.loads(r.stdout)
+    assert row["backend"] == "static" and row["generated_tokens"] == 8
+    assert row["energy_j"] is None  # no energy counter on a CPU
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_static_cuda_graph_matches_hf_loop_first_tokens():
+    from perfkit.models import build_model
+
+    model = build_model("tiny-llama3-8b", torch.float32, "cuda")
+    prompt = synthetic_prompt(B, I, model.config.vocab_size, seed=3)
+    loop_b = get_backend("hf-loop")
+    static_b = get_backend("static")
+    static_b.prepare(model, B, I, O)
+    assert static_b.mode == "cuda-graph", static_b.note
+    from perfkit.timing import CudaClock
+
+    with torch.inference_mode():
+        loop = loop_b.run(model, prompt, O, CudaClock(O + 1)).cpu()
+        static = static_b.run(model, prompt, O, CudaClock(O + 1)).cpu()
+        again = static_b.run(model, prompt, O, CudaClock(O + 1)).cpu()
+    assert torch.equal(static, loop)
+    assert torch.equal(again, static)
