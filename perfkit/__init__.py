@@ -12,3 +12,11 @@ def load_results(path):
     from perfkit.results import load_results as _load
 
     return _load(path)
+
+
+def summarize(df):
+    """The study's headline tables (ttft, prefill_max, single_user, multi_user_max, oom) of a results
+    DataFrame or path, as a dict of pandas DataFrames (see perfkit.summarize)."""
+    from perfkit.summarize import summarize as _summarize
+
+    return _summarize(df)

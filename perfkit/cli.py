@@ -93,7 +93,7 @@ def format_row(row: dict) -> str:
 
 def _add_system_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: bfloat16 on cuda, float32 on cpu)")
-    p.add_argument("--backend", default="hf-loop", help="hf-loop (default) | hf-generate")
+    p.add_argument("--backend", default="hf-loop", help="hf-loop (default) | hf-generate | static")
     p.add_argument("--attn", default="sdpa", dest="attn_implementation", help="attention implementation: sdpa | eager")
     p.add_argument("--device", default=None, help="cpu | cuda[:N] (default: cuda if available)")
     p.add_argument("--system", default="default", help="label of the system being measured (for comparisons)")
@@ -171,6 +171,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="results directory to append the point to")
     p.add_argument("--json", action="store_true", help="print one JSON object with every results column")
     p.set_defaults(func=_cmd_run)
+
+    from perfkit import sweep
+
+    sweep.add_subcommand(sub)
+
+    from perfkit import probe
+
+    probe.add_parser(sub)
     return parser
 
 

@@ -1,0 +1,150 @@
+"""The study's headline tables from a results DataFrame: `perfkit.summarize(df)`.
+
+Returns a dict of pandas DataFrames, one row per model and configuration, ready for a report:
+
+    ttft            system, model, input_len, ttft_ms, ttft_iqr_ms             (batch 1)
+    prefill_max     system, model, input_len, max_prefill_tok_s, batch         (best over B > 1)
+    single_user     system, model, input_len, output_len, output_tok_s, e2e_ms, tpot_ms, decode_tok_s   (B = 1)
+    multi_user_max  system, model, input_len, output_len, max_output_tok_s, batch, stop_reason  (best over B > 1)
+    oom             system, model, input_len, output_len, batch                (first batch out of memory)
+
+Measurement choices. The prompt phase of (model, I, B) does not depend on the output length, so its
+ttft samples from every O measured there are pooled before taking the median; rows derived from a longer
+run (`derived_from_output_len`) share that run's ttft and are left out of the pooling so that no sample
+counts twice. Throughput is B·I over the pooled median ttft, as in perfkit.metrics. When a point was
+measured more than once (a re-run under another key) the newest row wins.
+`stop_reason` says why the batch search ended: oom, plateau (gain below the sweep's min_gain) or grid_end.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import types
+
+import numpy as np
+import pandas as pd
+
+IDENTITY = ["system", "model", "input_len", "output_len", "batch"]
+CONFIG = ["system", "model", "input_len"]
+
+
+def _latest(df: pd.DataFrame) -> pd.DataFrame:
+    if "created_utc" in df:
+        df = df.sort_values("created_utc", kind="stable")
+    return df.drop_duplicates(IDENTITY, keep="last")
+
+
+def _pooled_ms(group: pd.DataFrame, samples: str, median: str) -> np.ndarray:
+    if samples in group:
+        values = [v for lst in group[samples] if lst is not None for v in lst]
+        if values:
+            return np.asarray(values, dtype=float)
+    return group[median].astype(float).to_numpy()
+
+
+def _not_derived(df: pd.DataFrame) -> pd.Series:
+    if "derived_from_output_len" not in df:
+        return pd.Series(True, index=df.index)
+    return df["derived_from_output_len"].isna()
+
+
+def _ttft(ok: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for (system, model, i_len), g in ok[(ok["batch"] == 1) & _not_derived(ok)].groupby(CONFIG, sort=True):
+        ms = _pooled_ms(g, "ttft_ms_samples", "ttft_ms")
+        q25, q50, q75 = np.percentile(ms, [25, 50, 75])
+        rows.append({"system": system, "model": model, "input_len": i_len, "ttft_ms": q50, "ttft_iqr_ms": q75 - q25,
+                     "prefill_tok_s": i_len / (q50 / 1e3), "n_samples": len(ms)})
+    return pd.DataFrame(rows, columns=["system", "model", "input_len", "ttft_ms", "ttft_iqr_ms", "prefill_tok_s",
+                                       "n_samples"])
+
+
+def _prefill_max(ok: pd.DataFrame) -> pd.DataFrame:
+    per_batch = []
+    for (system, model, i_len, batch), g in ok[(ok["batch"] > 1) & _not_derived(ok)].groupby(
+            CONFIG + ["batch"], sort=True):
+        ttft_ms = float(np.median(_pooled_ms(g, "ttft_ms_samples", "ttft_ms")))
+        per_batch.append({"system": system, "model": model, "input_len": i_len, "batch": batch, "ttft_ms": ttft_ms,
+                          "max_prefill_tok_s": batch * i_len / (ttft_ms / 1e3)})
+    columns = ["system", "model", "input_len", "max_prefill_tok_s", "batch", "ttft_ms"]
+    if not per_batch:
+        return pd.DataFrame(columns=columns)
+    pb = pd.DataFrame(per_batch)
+    best = pb.loc[pb.groupby(CONFIG, sort=True)["max_prefill_tok_s"].idxmax()]
+    return best[columns].reset_index(drop=True)
+
+
+def _single_user(ok: pd.DataFrame) -> pd.DataFrame:
+    columns = ["system", "model", "input_len", "output_len", "output_tok_s", "e2e_ms", "tpot_ms", "decode_tok_s",
+               "ttft_ms", "derived_from_output_len"]
+    su = ok[ok["batch"] == 1].copy()
+    if "derived_from_output_len" not in su:
+        su["derived_from_output_len"] = np.nan
+    return su.sort_values(IDENTITY)[columns].reset_index(drop=True)
+
+
+def _stop_reason(g: pd.DataFrame) -> str:
+    if (g["status"] == "oom").any():
+        return "oom"
+    if "search_stop" in g:
+        last = g.sort_values("batch")["search_stop"].iloc[-1]
+        if last in ("plateau", "grid_end"):
+            return last
+    return "grid_end"  # no search recorded: the batches measured are the whole grid
+
+
+def _multi_user_max(df: pd.DataFrame) -> pd.DataFrame:
+    columns = ["system", "model", "input_len", "output_len", "max_output_tok_s", "batch", "stop_reason", "e2e_ms",
+               "derived_from_output_len"]
+    rows = []
+    for (system, model, i_len, o_len), g in df[df["batch"] > 1].groupby(CONFIG + ["output_len"], sort=True):
+        ok = g[g["status"] == "ok"]
+        row = {"system": system, "model": model, "input_len": i_len, "output_len": o_len,
+               "max_output_tok_s": np.nan, "batch": pd.NA, "stop_reason": _stop_reason(g), "e2e_ms": np.nan,
+               "derived_from_output_len": np.nan}
+        if len(ok):
+            best = ok.loc[ok["output_tok_s"].idxmax()]
+            row.update({"max_output_tok_s": best["output_tok_s"], "batch": int(best["batch"]), "e2e_ms": best["e2e_ms"],
+                        "derived_from_output_len": best.get("derived_from_output_len", np.nan)})
+        rows.append(row)
+    out = pd.DataFrame(rows, columns=columns)
+    out["batch"] = out["batch"].astype("Int64")
+    return out
+
+
+def _oom(df: pd.DataFrame) -> pd.DataFrame:
+    columns = ["system", "model", "input_len", "output_len", "batch"]
+    oom = df[df["status"] == "oom"]
+    if not len(oom):
+        return pd.DataFrame(columns=columns)
+    return oom.groupby(CONFIG + ["output_len"], sort=True, as_index=False)["batch"].min()[columns]
+
+
+def summarize(df) -> dict[str, pd.DataFrame]:
+    """The headline tables of a results DataFrame (or a results path): see the module docstring."""
+    if isinstance(df, (str, os.PathLike)):
+        from perfkit.results import load_results
+
+        df = load_results(df)
+    if len(df):
+        df = _latest(df)
+    ok = df[df["status"] == "ok"] if len(df) else df
+    return {
+        "ttft": _ttft(ok),
+        "prefill_max": _prefill_max(ok),
+        "single_user": _single_user(ok),
+        "multi_user_max": _multi_user_max(df),
+        "oom": _oom(df),
+    }
+
+
+class _CallableModule(types.ModuleType):
+    # Importing perfkit.summarize binds the *module* to the package attribute `perfkit.summarize`,
+    # replacing the lazy function exported there; making the module callable keeps
+    # `perfkit.summarize(df)` working whichever was imported first.
+    def __call__(self, df):
+        return summarize(df)
+
+
+sys.modules[__name__].__class__ = _CallableModule

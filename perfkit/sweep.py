@@ -1,0 +1,565 @@
+"""Sweeps: a params file's grid measured point by point, resumable, with a max-throughput batch search.
+
+Order. Points are measured in two passes so that a partial study is already useful: pass 1 measures
+the first batch size (normally B = 1) of every (system, model, input_len, output_len); pass 2 runs the
+batch searches. Within a pass each model is built once per system, measured at all its points of that
+pass, and released (gc + empty_cache) before the next is built; a model with nothing left to do in a
+pass is not built. So a model is built at most twice per invocation, once when resuming mid-search.
+
+Max-throughput search. For each (system, model, I, O) the batch sizes of the grid are tried in
+ascending order, and the search stops at the first that runs out of memory (`oom`), or whose multi-user
+throughput B·O/e2e gains less than `search.min_gain` over the previous batch (`plateau`), or at the
+grid's end (`grid_end`). The row where a search stopped carries that reason in `search_stop` ("" on the
+others) and every row its `search_gain` over the previous batch.
+
+Durability. Every finished point is written atomically (perfkit.results) before the next one starts. A
+point's key hashes everything that defines it (system fields, model, I, O, B, warm-up, repeats, seed,
+and the output length it was derived from), so re-running the same command skips what is done and a
+changed params file never mixes old and new measurements under one key. On a re-run the searches are
+replayed from the stored rows and continue where they stopped; points that ended in `error` are retried
+(`oom` is data and is kept). A results directory holds one device: resuming on another device is an error.
+
+Out of memory at a point is an outcome: the row gets status `oom`, memory is freed, the search of that
+(model, I, O) stops. Any other exception gives status `error` with its message and the sweep goes on.
+
+Derived output lengths (`derive_output_lens: true`). Greedy decoding of the first O tokens does the
+same work whatever comes after, so one run at the longest O yields the rows of every shorter O:
+ttft + the first O − 1 decode steps (perfkit.metrics.truncate_e2e_s). Those rows say
+`derived_from_output_len` = the O that was run; their peak memory and warm-up are the longer run's.
+
+Time budget (`--max-minutes`). Before each model build and each point the sweep estimates its duration
+from what it has measured (the last point of the same model, scaled by the work B·(I + O)) and stops
+cleanly if it would end past the budget; the same command continues later.
+
+Test hook. `PERFKIT_SWEEP_FAULT="KIND:MIN_BATCH[:MODEL][,...]"` (KIND oom or error) makes every point
+with batch >= MIN_BATCH (of MODEL, if named) raise torch.OutOfMemoryError or RuntimeError just before it
+is measured, so the OOM and error paths can be exercised on a CPU. It is read once when a sweep starts
+and never touches the timed code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import math
+import os
+import sys
+import time
+
+import pyarrow.parquet as pq
+import torch
+
+from perfkit import results as store
+from perfkit.errors import UsageError
+from perfkit.measure import Point, PointMeasurement, System, check_device, failed_row, measure_point, to_row, \
+    with_provenance
+from perfkit.metrics import truncate_e2e_s
+from perfkit.models import build_model, parse_dtype
+from perfkit.params import SweepParams, load_params
+
+FAULT_ENV = "PERFKIT_SWEEP_FAULT"
+
+
+# ---- what a sweep is made of ----------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Unit:
+    """One batch search: (system, model, I) run at `run_output_len`, yielding rows for `output_lens`."""
+
+    system: System
+    model: str
+    input_len: int
+    run_output_len: int
+    output_lens: tuple[int, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One measured run: a unit at one batch size, yielding the rows of the output lengths still searched."""
+
+    unit: Unit
+    batch: int
+    output_lens: tuple[int, ...]
+
+
+def key_fields(params: SweepParams, unit: Unit, output_len: int, batch: int) -> dict:
+    """Everything that defines a point; its hash is the point's key (and file name)."""
+    s = unit.system
+    return {
+        "system": s.label, "backend": s.backend, "dtype": s.dtype, "device": s.device,
+        "attn_implementation": s.attn_implementation, "model": unit.model, "input_len": unit.input_len,
+        "output_len": output_len, "batch": batch, "warmup": params.warmup, "repeats": params.repeats,
+        "seed": params.seed, "derived_from_output_len": None if output_len == unit.run_output_len else unit.run_output_len,
+    }
+
+
+def units(params: SweepParams, systems: list[System]) -> list[Unit]:
+    out = []
+    for system in systems:
+        for model in params.models:
+            for input_len in params.input_lens:
+                outs = params.output_lens_for(model, input_len)  # beyond-context points are skipped here
+                if not outs:
+                    continue
+                if params.derive_output_lens:
+                    out.append(Unit(system, model, input_len, max(outs), outs))
+                else:
+                    out.extend(Unit(system, model, input_len, o, (o,)) for o in outs)
+    return out
+
+
+class Search:
+    """The state of one unit's batch search; `judge` annotates a job's rows and advances it."""
+
+    def __init__(self, unit: Unit, batches: tuple[int, ...], min_gain: float | None):
+        self.unit, self.batches, self.min_gain = unit, batches, min_gain
+        self.k = 0  # index of the next batch to run
+        self.prev_tok_s: dict[int, float | None] = {o: None for o in unit.output_lens}
+        self.stop: dict[int, str] = {}
+        self.history: list[tuple[int, int]] = []  # (batch, output_len) judged so far
+
+    def live(self) -> tuple[int, ...]:
+        return tuple(o for o in self.unit.output_lens if o not in self.stop)
+
+    def finished(self) -> bool:
+        return self.k >= len(self.batches) or not self.live()
+
+    def next_job(self) -> Job:
+        return Job(self.unit, self.batches[self.k], self.live())
+
+    def remaining(self) -> int:
+        return 0 if self.finished() else len(self.batches) - self.k
+
+    def judge(self, rows: dict[int, dict]) -> None:
+        last = self.k == len(self.batches) - 1
+        for o, row in rows.items():
+            gain, stop = float("nan"), ""
+            if row["status"] == "oom":
+                stop = "oom"
+            elif row["status"] == "ok":
+                tok_s, prev = row["output_tok_s"], self.prev_tok_s[o]
+                if prev:
+                    gain = tok_s / prev - 1
+                    if self.min_gain is not None and gain < self.min_gain:
+                        stop = "plateau"
+                self.prev_tok_s[o] = tok_s
+            # an `error` row neither stops the search nor moves its reference: the next batch is compared
+            # with the last batch that measured
+            if not stop and last:
+                stop = "grid_end"
+            row["search_gain"], row["search_stop"] = gain, stop
+            if stop:
+                self.stop[o] = stop
+            self.history.append((self.batches[self.k], o))
+        self.k += 1
+
+
+# ---- reading what is already done ----------------------------------------------------------------
+
+def _done_rows(out_dir: str, params: SweepParams, all_units: list[Unit]) -> tuple[dict[str, dict], int]:
+    """Stored rows of this plan's candidate points, by key; and how many other points `out_dir` holds."""
+    present = store.done_keys(out_dir) if os.path.isdir(out_dir) else set()
+    wanted = {store.point_key(key_fields(params, u, o, b)) for u in all_units for o in u.output_lens
+              for b in params.batch_sizes}
+    rows = {}
+    for key in present & wanted:
+        rows[key] = pq.read_table(store.point_path(out_dir, key)).to_pylist()[0]
+    return rows, len(present - wanted)
+
+
+def _replay(params: SweepParams, all_units: list[Unit], done: dict[str, dict]) -> list[Search]:
+    """Rebuild every search's state from the stored rows: it resumes at the first job not fully stored."""
+    searches = []
+    for unit in all_units:
+        s = Search(unit, params.batch_sizes, params.min_gain)
+        while not s.finished():
+            job = s.next_job()
+            rows = {o: done.get(store.point_key(key_fields(params, unit, o, job.batch))) for o in job.output_lens}
+            if any(r is None or r["status"] == "error" for r in rows.values()):
+                break
+            s.judge({o: dict(r) for o, r in rows.items()})
+        searches.append(s)
+    return searches
+
+
+def _as_params(params_or_path) -> SweepParams:
+    return params_or_path if isinstance(params_or_path, SweepParams) else load_params(params_or_path)
+
+
+def _select(params: SweepParams, labels: list[str] | None) -> list[System]:
+    if not labels:
+        return list(params.systems)
+    return [params.system(label) for label in dict.fromkeys(labels)]
+
+
+def _check_out_dir(out_dir: str) -> None:
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise UsageError(f"--out {out_dir!r} is a file, expected a results directory")
+
+
+# ---- dry run -------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Plan:
+    params: SweepParams
+    out_dir: str
+    points: list[dict]  # system, model, input_len, output_len, batch, derived_from_output_len, pass, status
+    other_points: int  # points in out_dir that belong to no point of this plan (another params version)
+
+    def count(self, status: str) -> int:
+        return sum(p["status"] == status for p in self.points)
+
+
+def plan(params_or_path, systems: list[str] | None = None, out_dir: str | None = None) -> Plan:
+    """What a sweep would measure. Status per point: done, todo (certain), search (only if the batch
+    search gets that far). Points of searches that already stopped are not listed."""
+    params = _as_params(params_or_path)
+    chosen = _select(params, systems)
+    out_dir = out_dir or os.path.join("results", params.name)
+    _check_out_dir(out_dir)
+    all_units = units(params, chosen)
+    done, other = _done_rows(out_dir, params, all_units)
+    points = []
+    for s in _replay(params, all_units, done):
+        u = s.unit
+
+        def entry(batch, o, status):
+            points.append({"system": u.system.label, "model": u.model, "input_len": u.input_len, "output_len": o,
+                           "batch": batch, "derived_from_output_len": None if o == u.run_output_len else u.run_output_len,
+                           "pass": 1 if batch == s.batches[0] else 2, "status": status})
+
+        for batch, o in s.history:
+            entry(batch, o, "done")
+        if not s.finished():
+            live = s.live()
+            for i, batch in enumerate(s.batches[s.k:]):
+                for o in live:
+                    entry(batch, o, "todo" if i == 0 or batch == s.batches[0] else "search")
+    points.sort(key=lambda p: p["pass"])  # stable: within a pass, execution order
+    return Plan(params, out_dir, points, other)
+
+
+# ---- running -------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class SweepOutcome:
+    out_dir: str
+    run_id: str | None
+    measured: int  # rows written by this invocation (derived rows included)
+    skipped: int  # rows already stored when it started (resume)
+    failures: list[dict]  # rows with status "error" written by this invocation
+    ooms: list[dict]  # rows with status "oom" written by this invocation
+    stopped_early: bool  # the time budget ran out; the same command continues
+    left: int  # runs still to do (an upper bound: searches may stop earlier)
+    wall_s: float
+    build_s: list[dict]  # {"system", "model", "seconds"} per model build
+
+
+class _Faults:
+    """The PERFKIT_SWEEP_FAULT test hook (see the module docstring)."""
+
+    def __init__(self, spec: str | None):
+        self.rules = []
+        for part in filter(None, (spec or "").split(",")):
+            fields = part.strip().split(":", 2)
+            if len(fields) < 2 or fields[0] not in ("oom", "error") or not fields[1].isdigit():
+                raise UsageError(f"{FAULT_ENV}={spec!r}: bad rule {part!r}, expected KIND:MIN_BATCH[:MODEL] "
+                                 "with KIND oom or error")
+            self.rules.append((fields[0], int(fields[1]), fields[2] if len(fields) == 3 else None))
+
+    def check(self, job: Job) -> None:
+        for kind, min_batch, model in self.rules:
+            if job.batch >= min_batch and model in (None, job.unit.model):
+                if kind == "oom":
+                    raise torch.OutOfMemoryError(f"injected out of memory at batch {job.batch} ({FAULT_ENV})")
+                raise RuntimeError(f"injected failure at batch {job.batch} ({FAULT_ENV})")
+
+
+def _free_memory(device: str) -> None:
+    gc.collect()
+    if device.startswith("cuda") and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}"[:2000]
+
+
+def _truncated(m: PointMeasurement, output_len: int) -> PointMeasurement:
+    """The measurement of a shorter generation read off a longer one (same prompt, same greedy tokens).
+
+    Energy is read once per whole repeat, so the shorter generation's share is unknown: left out."""
+    unknown = {f: None for f in ("energy_j", "power_w") if hasattr(m, f)}
+    return dataclasses.replace(
+        m,
+        point=dataclasses.replace(m.point, output_len=output_len),
+        e2e_s=truncate_e2e_s(m.ttft_s, m.step_s, output_len),
+        step_s=[steps[: output_len - 1] for steps in m.step_s],
+        tokens=m.tokens[:, :output_len],
+        **unknown,
+    )
+
+
+class _Runner:
+    def __init__(self, params, out_dir, envs, faults, max_minutes, bar, t0):
+        from perfkit.provenance import new_run_id
+
+        self.params, self.out_dir, self.envs, self.faults, self.bar = params, out_dir, envs, faults, bar
+        self.run_id = new_run_id()
+        self.run_written = False
+        self.deadline = None if max_minutes is None else t0 + max_minutes * 60
+        self.stopped = False
+        self.measured, self.failures, self.ooms, self.builds = 0, [], [], []
+        self.last_job: dict[tuple, tuple[int, float]] = {}  # (system, model) -> (work, seconds)
+
+    def learn(self, done: dict[str, dict]) -> None:
+        """Seed the duration estimates from stored rows, so a resumed session budgets its first points too."""
+        for row in done.values():
+            if row.get("status") != "ok" or row.get("derived_from_output_len") is not None:
+                continue
+            seconds = (sum(row.get("e2e_ms_samples") or []) + (row.get("warmup_ms") or 0)
+                       + (row.get("setup_ms") or 0)) / 1e3
+            work = row["batch"] * (row["input_len"] + row["output_len"])
+            key = (row["system"], row["model"])
+            if key not in self.last_job or work > self.last_job[key][0]:
+                self.last_job[key] = (work, seconds)
+
+    def _fits(self, seconds: float) -> bool:
+        if self.deadline is not None and time.perf_counter() + seconds > self.deadline:
+            self.stopped = True
+        return not self.stopped
+
+    def _estimate_job(self, job: Job) -> float:
+        u = job.unit
+        work = job.batch * (u.input_len + u.run_output_len)
+        last = self.last_job.get((u.system.label, u.model))
+        return last[1] * max(1.0, work / last[0]) if last else 0.0
+
+    def _estimate_build(self, system: System, model: str) -> float:
+        same = [b["seconds"] for b in self.builds if b["model"] == model and b["system"] == system.label]
+        return same[-1] if same else 0.0
+
+    def _write_run(self) -> None:
+        if self.run_written:
+            return
+        env = next(iter(self.envs.values()))
+        prov = {**env, "run_id": self.run_id, "command": sys.argv, "sweep": self.params.as_dict(),
+                "environments": self.envs}
+        store.write_run(self.out_dir, self.run_id, prov)
+        self.run_written = True
+
+    def run_model(self, system: System, model: str, searches: list[Search], first_only: bool) -> None:
+        pending = [s for s in searches if not s.finished() and (s.k == 0 or not first_only)]
+        if not pending or self.stopped or not self._fits(self._estimate_build(system, model)):
+            return
+        self.bar.set_postfix_str(f"building {model}", refresh=True)
+        t = time.perf_counter()
+        built, build_failure = None, None
+        try:
+            built = build_model(model, parse_dtype(system.dtype), system.device, system.attn_implementation,
+                                seed=self.params.seed)
+        except torch.OutOfMemoryError as exc:
+            build_failure = ("oom", f"building the model: {_one_line(exc)}")
+        except Exception as exc:  # a broken checkpoint is a failed point, not a failed sweep
+            build_failure = ("error", f"building the model: {_one_line(exc)}")
+        self.builds.append({"system": system.label, "model": model, "seconds": time.perf_counter() - t})
+        if build_failure:
+            _free_memory(system.device)
+        try:
+            for s in pending:
+                while not s.finished():
+                    job = s.next_job()
+                    if not self._fits(self._estimate_job(job)):
+                        return
+                    self._run_job(built, build_failure, s, job)
+                    if first_only:
+                        break
+        finally:
+            built = None  # the only reference: the model's memory goes back before the next build
+            _free_memory(system.device)
+
+    def _run_job(self, model, build_failure, search: Search, job: Job) -> None:
+        u, p = job.unit, self.params
+        self.bar.set_postfix_str(f"{u.system.label} {u.model} I={u.input_len} O={u.run_output_len} B={job.batch}",
+                                 refresh=False)
+        t = time.perf_counter()
+        status, error, m = "ok", None, None
+        if build_failure:
+            status, error = build_failure
+        else:
+            try:
+                self.faults.check(job)
+                m = measure_point(model, u.system, Point(u.model, u.input_len, u.run_output_len, job.batch),
+                                  warmup=p.warmup, repeats=p.repeats, seed=p.seed)
+            except torch.OutOfMemoryError as exc:
+                status, error = "oom", _one_line(exc)
+            except Exception as exc:
+                status, error = "error", _one_line(exc)
+            if status != "ok":  # outside the except block: the traceback no longer pins the tensors
+                _free_memory(u.system.device)
+        rows = {}
+        for o in job.output_lens:
+            if status == "ok":
+                row = to_row(m if o == u.run_output_len else _truncated(m, o))
+            else:
+                row = failed_row(u.system, Point(u.model, u.input_len, o, job.batch), status, error)
+            rows[o] = row
+        search.judge(rows)
+        self._write_run()
+        env = self.envs[u.system.device]
+        for o, row in rows.items():
+            fields = key_fields(p, u, o, job.batch)
+            full = with_provenance(row, self.run_id, env, fields)
+            full.update({"sweep_name": p.name, "derived_from_output_len": fields["derived_from_output_len"],
+                         "warmup": p.warmup, "seed": p.seed})
+            store.write_point(self.out_dir, full)
+            self.measured += 1
+            if status == "error":
+                self.failures.append(full)
+            elif status == "oom":
+                self.ooms.append(full)
+        seconds = time.perf_counter() - t
+        if status == "ok":
+            self.last_job[(u.system.label, u.model)] = (job.batch * (u.input_len + u.run_output_len), seconds)
+        self.bar.update(1)
+        if search.finished() and search.k < len(search.batches):  # stopped early: fewer runs left
+            self.bar.total -= len(search.batches) - search.k
+            self.bar.refresh()
+
+
+def _by_model(searches: list[Search]) -> list[tuple[System, str, list[Search]]]:
+    groups: dict[tuple, list[Search]] = {}
+    for s in searches:
+        groups.setdefault((s.unit.system, s.unit.model), []).append(s)
+    return [(system, model, group) for (system, model), group in groups.items()]
+
+
+def _environments(params: SweepParams, systems: list[System], searches: list[Search],
+                  done: dict[str, dict]) -> dict[str, dict]:
+    """Check each device that has work and record its provenance; refuse to mix devices in one directory."""
+    from perfkit.provenance import environment
+
+    envs = {}
+    for system in systems:
+        if not any(s.unit.system == system and not s.finished() for s in searches):
+            continue
+        if system.device not in envs:
+            try:
+                check_device(system.device)
+            except UsageError as exc:
+                raise UsageError(f"{params.source}: system {system.label!r}: {exc}") from None
+            envs[system.device] = environment(system.device)
+        here = envs[system.device]["device_name"]
+        for row in done.values():
+            if row.get("system") == system.label and row.get("device_name") not in (None, here):
+                raise UsageError(f"system {system.label!r}: the results directory holds points measured on "
+                                 f"{row['device_name']!r}, this machine is {here!r}: expected the same device "
+                                 "(use another --out)")
+    return envs
+
+
+def run_sweep(params_or_path, systems: list[str] | None = None, out_dir: str | None = None,
+              max_minutes: float | None = None, progress: bool = True) -> SweepOutcome:
+    """Measure every point of a params file (skipping those already stored in `out_dir`)."""
+    from tqdm import tqdm
+
+    t0 = time.perf_counter()
+    params = _as_params(params_or_path)
+    chosen = _select(params, systems)
+    out_dir = out_dir or os.path.join("results", params.name)
+    _check_out_dir(out_dir)
+    if max_minutes is not None and not (isinstance(max_minutes, (int, float)) and max_minutes > 0):
+        raise UsageError(f"max_minutes {max_minutes!r} is not a positive number of minutes")
+    budget = max_minutes if max_minutes is not None else params.max_minutes
+    faults = _Faults(os.environ.get(FAULT_ENV))
+    all_units = units(params, chosen)
+    done, _ = _done_rows(out_dir, params, all_units)
+    searches = _replay(params, all_units, done)
+    skipped = sum(len(s.history) for s in searches)
+    envs = _environments(params, chosen, searches, done)
+
+    total = sum(s.remaining() for s in searches)
+    with tqdm(total=total, desc=params.name, unit="pt", file=sys.stderr, disable=not progress or total == 0,
+              dynamic_ncols=True) as bar:
+        runner = _Runner(params, out_dir, envs, faults, budget, bar, t0)
+        runner.learn(done)
+        groups = _by_model(searches)
+        for first_only in (True, False):  # pass 1: the first batch everywhere; pass 2: the searches
+            for system, model, group in groups:
+                runner.run_model(system, model, group, first_only)
+    return SweepOutcome(out_dir=out_dir, run_id=runner.run_id if runner.run_written else None,
+                        measured=runner.measured, skipped=skipped, failures=runner.failures, ooms=runner.ooms,
+                        stopped_early=runner.stopped, left=sum(s.remaining() for s in searches),
+                        wall_s=time.perf_counter() - t0, build_s=runner.builds)
+
+
+# ---- command line --------------------------------------------------------------------------------
+
+def _positive_minutes(text: str) -> float:
+    import argparse
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of minutes, got {text!r}") from None
+    if not value > 0 or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"expected a positive number of minutes, got {text!r}")
+    return value
+
+
+def add_subcommand(sub) -> None:
+    p = sub.add_parser("sweep", help="measure a params/*.yaml grid: resumable, with the max-throughput search")
+    p.add_argument("params", help="params YAML file (see params/smoke.yaml)")
+    p.add_argument("--system", action="append", dest="systems", metavar="LABEL",
+                   help="measure only this system of the params file (repeatable)")
+    p.add_argument("--out", default=None, help="results directory (default: results/<params name>)")
+    p.add_argument("--dry-run", action="store_true", help="list the points it would measure and how many are done")
+    p.add_argument("--max-minutes", type=_positive_minutes, default=None,
+                   help="time budget: stop cleanly before it; the same command continues later")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_sweep)
+
+
+def _print_plan(pl: Plan) -> None:
+    print(f"sweep {pl.params.name} ({pl.params.source}) -> {pl.out_dir}")
+    print(f"{'pass':>4}  {'system':<12}{'model':<18}{'I':>6}{'O':>6}{'B':>5}  status")
+    for p in pl.points:
+        derived = f" (derived from O={p['derived_from_output_len']})" if p["derived_from_output_len"] else ""
+        print(f"{p['pass']:>4}  {p['system']:<12}{p['model']:<18}{p['input_len']:>6}{p['output_len']:>6}"
+              f"{p['batch']:>5}  {p['status']}{derived}")
+    print(f"already done: {pl.count('done')}; to measure: {pl.count('todo')}; "
+          f"up to {pl.count('search')} more if the batch searches keep gaining")
+    if pl.other_points:
+        print(f"note: {pl.out_dir} also holds {pl.other_points} points that are not part of this plan "
+              "(another version of the params?)")
+
+
+def _print_outcome(out: SweepOutcome) -> None:
+    print(f"sweep -> {out.out_dir}: measured {out.measured} points, {out.skipped} already done, "
+          f"{len(out.ooms)} out of memory (recorded), {len(out.failures)} failed, {out.wall_s:.1f} s")
+    if out.stopped_early:
+        print(f"stopped before the time budget ran out: up to {out.left} runs left; run the same command to continue")
+    if out.measured or out.skipped:
+        from perfkit.summarize import summarize
+
+        table = summarize(store.load_results(out.out_dir))["multi_user_max"]
+        if len(table):
+            print("multi-user max throughput:")
+            for r in table.itertuples():
+                print(f"  {r.system} {r.model} I={r.input_len} O={r.output_len}: {r.max_output_tok_s:.1f} tok/s "
+                      f"at B={r.batch} (search stopped: {r.stop_reason})")
+    if out.failures:
+        print(f"{len(out.failures)} failed points:", file=sys.stderr)
+        for r in out.failures:
+            print(f"  {r['system']} {r['model']} I={r['input_len']} O={r['output_len']} B={r['batch']}: {r['error']}",
+                  file=sys.stderr)
+
+
+def _cmd_sweep(args) -> int:
+    if args.dry_run:
+        _print_plan(plan(args.params, args.systems, args.out))
+        return 0
+    out = run_sweep(args.params, args.systems, args.out, args.max_minutes, progress=not args.no_progress)
+    _print_outcome(out)
+    return 1 if out.failures else 0

@@ -1,0 +1,303 @@
+import glob
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import perfkit.sweep as sweep_mod
+from conftest import ROOT
+from perfkit.cli import main as cli_main
+from perfkit.errors import UsageError
+from perfkit.measure import Point, System, measure_point
+from perfkit.results import load_results
+from perfkit.sweep import FAULT_ENV, Search, Unit, plan, run_sweep
+from sweep_helpers import write_params
+
+CPU = System("cpu", "hf-loop", "float32", "cpu", "sdpa")
+
+
+def ids(df):
+    return sorted(zip(df["model"], df["input_len"], df["output_len"], df["batch"]))
+
+
+def test_sweep_measures_every_point_then_a_rerun_skips_them(tmp_path):
+    params = write_params(tmp_path / "p.yaml")
+    out = str(tmp_path / "out")
+    first = run_sweep(params, out_dir=out, progress=False)
+    assert (first.measured, first.skipped, first.failures, first.stopped_early) == (3, 0, [], False)
+    df = load_results(out)
+    assert ids(df) == [("tiny-llama2-13b", 16, 4, b) for b in (1, 2, 4)]
+    assert set(df["status"]) == {"ok"} and set(df["sweep_name"]) == {"t"}
+    assert df["derived_from_output_len"].isna().all()
+    assert list(df.sort_values("batch")["search_stop"]) == ["", "", "grid_end"]
+    assert len(glob.glob(os.path.join(out, "runs", "*.json"))) == 1
+    again = run_sweep(params, out_dir=out, progress=False)
+    assert (again.measured, again.skipped, again.run_id) == (0, 3, None)
+    assert len(load_results(out)) == 3
+    assert len(glob.glob(os.path.join(out, "runs", "*.json"))) == 1  # nothing to do: nothing written
+
+
+def test_batch_one_everywhere_first_and_each_model_built_once_per_pass(tmp_path, monkeypatch):
+    calls, builds = [], []
+    real_measure, real_build = sweep_mod.measure_point, sweep_mod.build_model
+
+    def measure(model, system, point, **kw):
+        calls.append((point.model, point.input_len, point.batch))
+        return real_measure(model, system, point, **kw)
+
+    def build(name, *a, **kw):
+        builds.append(name)
+        return real_build(name, *a, **kw)
+
+    monkeypatch.setattr(sweep_mod, "measure_point", measure)
+    monkeypatch.setattr(sweep_mod, "build_model", build)
+    params = write_params(tmp_path / "p.yaml", models=["tiny-llama2-13b", "tiny-mistral-7b"],
+                          grid={"input_lens": [8, 16], "output_lens": [2], "batch_sizes": [1, 2]}, repeats=1)
+    run_sweep(params, out_dir=str(tmp_path / "out"), progress=False)
+    assert [c[2] for c in calls] == [1] * 4 + [2] * 4  # pass 1 (batch 1) for every model and config first
+    assert builds == ["tiny-llama2-13b", "tiny-mistral-7b"] * 2  # once per model per pass
+    # within a pass a model's points are contiguous: it is measured fully before the next is built
+    assert [c[0] for c in calls] == ["tiny-llama2-13b"] * 2 + ["tiny-mistral-7b"] * 2 + \
+        ["tiny-llama2-13b"] * 2 + ["tiny-mistral-7b"] * 2
+
+
+def _row(status="ok", tok_s=float("nan")):
+    return {"status": status, "output_tok_s": tok_s}
+
+
+def test_search_stops_on_plateau_oom_or_grid_end():
+    unit = Unit(CPU, "m", 16, 4, (4,))
+    s = Search(unit, (1, 2, 4, 8, 16), min_gain=0.03)
+    for tok_s in (100.0, 180.0, 185.0):
+        assert not s.finished()
+        rows = {4: _row(tok_s=tok_s)}
+        s.judge(rows)
+    assert rows[4]["search_stop"] == "plateau" and rows[4]["search_gain"] == pytest.approx(185 / 180 - 1)
+    assert s.finished() and s.stop == {4: "plateau"}
+
+    s = Search(unit, (1, 2, 4, 8), min_gain=0.03)
+    s.judge({4: _row(tok_s=100.0)})
+    s.judge({4: _row("error")})  # an error neither stops the search nor becomes the reference
+    rows = {4: _row(tok_s=102.0)}
+    s.judge(rows)
+    assert rows[4]["search_stop"] == "plateau" and rows[4]["search_gain"] == pytest.approx(0.02)
+
+    s = Search(unit, (1, 2, 4), min_gain=None)
+    s.judge({4: _row(tok_s=100.0)})
+    rows = {4: _row("oom")}
+    s.judge(rows)
+    assert rows[4]["search_stop"] == "oom" and s.finished() and s.remaining() == 0
+
+    s = Search(unit, (1, 2), min_gain=0.03)
+    s.judge({4: _row(tok_s=100.0)})
+    rows = {4: _row(tok_s=150.0)}
+    s.judge(rows)
+    assert rows[4]["search_stop"] == "grid_end" and s.finished()
+
+    # derived output lengths share a run: each keeps its own search, the run goes on while one is live
+    s = Search(Unit(CPU, "m", 16, 8, (4, 8)), (1, 2, 4), min_gain=0.03)
+    s.judge({4: _row(tok_s=100.0), 8: _row(tok_s=100.0)})
+    s.judge({4: _row(tok_s=101.0), 8: _row(tok_s=150.0)})
+    assert s.live() == (8,) and s.next_job().output_lens == (8,)
+
+
+def test_oom_is_recorded_memory_freed_and_the_search_stops(tmp_path, monkeypatch):
+    freed = []
+    real_free = sweep_mod._free_memory
+    monkeypatch.setattr(sweep_mod, "_free_memory", lambda device: (freed.append(device), real_free(device)))
+    monkeypatch.setenv(FAULT_ENV, "oom:4")
+    params = write_params(tmp_path / "p.yaml", grid={"input_lens": [16], "output_lens": [4],
+                                                     "batch_sizes": [1, 2, 4, 8]})
+    out = str(tmp_path / "out")
+    outcome = run_sweep(params, out_dir=out, progress=False)
+    df = load_results(out).sort_values("batch")
+    assert list(df["batch"]) == [1, 2, 4]  # batch 8 is never tried
+    assert list(df["status"]) == ["ok", "ok", "oom"]
+    oom = df[df["status"] == "oom"].iloc[0]
+    assert "OutOfMemoryError" in oom["error"] and oom["search_stop"] == "oom" and math.isnan(oom["ttft_ms"])
+    assert outcome.failures == [] and len(outcome.ooms) == 1
+    assert freed.count("cpu") >= 3  # after the OOM, and after each model released
+    # a re-run keeps the OOM as data: it is done, not retried
+    monkeypatch.delenv(FAULT_ENV)
+    assert run_sweep(params, out_dir=out, progress=False).measured == 0
+
+
+def test_cli_error_points_are_recorded_summarised_exit_1_and_retried(tmp_path, monkeypatch, capsys):
+    params = write_params(tmp_path / "p.yaml", models=["tiny-llama2-13b", "tiny-mistral-7b"],
+                          grid={"input_lens": [8], "output_lens": [2], "batch_sizes": [1, 2, 4]}, repeats=1)
+    out = str(tmp_path / "out")
+    monkeypatch.setenv(FAULT_ENV, "error:2:tiny-mistral-7b")
+    assert cli_main(["sweep", params, "--out", out, "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "2 failed points" in err and "injected failure at batch 2" in err
+    df = load_results(out)
+    assert len(df) == 6  # the sweep went on past the failures
+    bad = df[df["status"] == "error"]
+    assert sorted(bad["batch"]) == [2, 4] and set(bad["model"]) == {"tiny-mistral-7b"}
+    assert bad["error"].str.contains("RuntimeError: injected failure").all()
+    monkeypatch.delenv(FAULT_ENV)
+    assert cli_main(["sweep", params, "--out", out, "--no-progress"]) == 0
+    df = load_results(out)
+    assert len(df) == 6 and set(df["status"]) == {"ok"}  # the failed points were redone, once each
+
+
+def test_derived_output_lens_match_a_direct_run(tmp_path, tiny_models):
+    model = tiny_models["tiny-llama2-13b"]
+    threads = torch.get_num_threads()
+    # One thread: on a shared 2-core machine a second OpenMP thread waiting for a descheduled peer
+    # turns a 1 ms step into 100 ms. Long and direct runs alternate so that both see the same machine.
+    torch.set_num_threads(1)
+    try:
+        pairs = [(measure_point(model, CPU, Point("tiny-llama2-13b", 16, 16, 2), warmup=1, repeats=3),
+                  measure_point(model, CPU, Point("tiny-llama2-13b", 16, 5, 2), warmup=1, repeats=3))
+                 for _ in range(3)]
+    finally:
+        torch.set_num_threads(threads)
+    derived = [sweep_mod._truncated(long, 5) for long, _ in pairs]
+    for d, (long, direct) in zip(derived, pairs):
+        assert torch.equal(d.tokens, direct.tokens)  # the same greedy work: the same tokens
+        assert all(len(s) == 4 for s in d.step_s)
+        for ttft, e2e, steps in zip(d.ttft_s, d.e2e_s, long.step_s):
+            assert e2e == pytest.approx(ttft + sum(steps[:4]))
+    # Timings agree within CPU noise (the fastest repeat of each kind: stalls only ever add time); the
+    # long run's 11 extra steps, if they were counted, would make it ~3x as long.
+    fastest_derived = min(e for d in derived for e in d.e2e_s)
+    fastest_direct = min(e for _, direct in pairs for e in direct.e2e_s)
+    fastest_long = min(e for long, _ in pairs for e in long.e2e_s)
+    assert 0.6 < fastest_derived / fastest_direct < 1.6, (fastest_derived, fastest_direct)
+    assert fastest_long / fastest_direct > 1.8  # the check can tell a truncated run from a full one
+
+    params = write_params(tmp_path / "p.yaml", grid={"input_lens": [16], "output_lens": [5, 12], "batch_sizes": [1, 2]},
+                          derive_output_lens=True)
+    out = str(tmp_path / "out")
+    outcome = run_sweep(params, out_dir=out, progress=False)
+    df = load_results(out)
+    assert outcome.measured == 4 and len(df) == 4
+    short = df[df["output_len"] == 5]
+    assert (short["derived_from_output_len"] == 12).all()
+    assert df[df["output_len"] == 12]["derived_from_output_len"].isna().all()
+    for _, r in short.iterrows():
+        assert r["generated_tokens"] == r["batch"] * 5
+        for ttft, e2e, steps in zip(r["ttft_ms_samples"], r["e2e_ms_samples"], r["decode_step_ms_samples"]):
+            assert len(steps) == 4 and e2e == pytest.approx(ttft + sum(steps))
+    assert plan(params, out_dir=out).count("done") == 4
+
+
+def test_time_budget_stops_cleanly_and_the_same_call_continues(tmp_path):
+    params = write_params(tmp_path / "p.yaml", grid={"input_lens": [8, 16], "output_lens": [2],
+                                                     "batch_sizes": [1, 2, 4]}, repeats=1)
+    out = str(tmp_path / "out")
+    first = run_sweep(params, out_dir=out, progress=False, max_minutes=0.0001)  # 6 ms: one point fits at most
+    assert first.stopped_early and 0 <= first.measured < 6 and first.left == 6 - first.measured
+    second = run_sweep(params, out_dir=out, progress=False)
+    assert not second.stopped_early and second.skipped == first.measured
+    assert first.measured + second.measured == 6
+    df = load_results(out)
+    assert len(df) == 6 and len(set(ids(df))) == 6
+
+
+def test_a_changed_params_file_is_not_a_resume(tmp_path):
+    out = str(tmp_path / "out")
+    run_sweep(write_params(tmp_path / "a.yaml", grid={"input_lens": [8], "output_lens": [2], "batch_sizes": [1]},
+                           repeats=1), out_dir=out, progress=False)
+    changed = write_params(tmp_path / "b.yaml", grid={"input_lens": [8], "output_lens": [2], "batch_sizes": [1]},
+                           repeats=2)
+    pl = plan(changed, out_dir=out)
+    assert (pl.count("done"), pl.count("todo"), pl.other_points) == (0, 1, 1)
+    assert run_sweep(changed, out_dir=out, progress=False).measured == 1
+    df = load_results(out)
+    assert sorted(df["repeats"]) == [1, 2] and df["point_key"].nunique() == 2
+
+
+def test_system_selection_and_unknown_label(tmp_path):
+    params = write_params(tmp_path / "p.yaml", grid={"input_lens": [8], "output_lens": [2], "batch_sizes": [1]},
+                          systems=[{"label": "a"}, {"label": "b", "attn_implementation": "eager"}], repeats=1)
+    out = str(tmp_path / "out")
+    run_sweep(params, systems=["b"], out_dir=out, progress=False)
+    assert list(load_results(out)["system"]) == ["b"]
+    with pytest.raises(UsageError, match=r"systems: no system labelled 'c', expected one of a, b"):
+        run_sweep(params, systems=["c"], out_dir=out, progress=False)
+
+
+def test_resuming_on_another_device_is_refused(tmp_path, monkeypatch):
+    out = str(tmp_path / "out")
+    grid = {"input_lens": [8], "output_lens": [2], "batch_sizes": [1]}
+    run_sweep(write_params(tmp_path / "a.yaml", grid=grid, repeats=1), out_dir=out, progress=False)
+    import perfkit.provenance as prov
+
+    real_env = prov.environment
+    monkeypatch.setattr(prov, "environment", lambda device=None: {**real_env(device), "device_name": "Other CPU"})
+    more = write_params(tmp_path / "b.yaml", grid={**grid, "batch_sizes": [1, 2]}, repeats=1)
+    with pytest.raises(UsageError, match="measured on .* this machine is 'Other CPU'"):
+        run_sweep(more, out_dir=out, progress=False)
+
+
+def test_cli_dry_run_lists_points_and_what_is_done(tmp_path, capsys):
+    params = write_params(tmp_path / "p.yaml", grid={"input_lens": [8], "output_lens": [2], "batch_sizes": [1, 2, 4]},
+                          repeats=1)
+    out = str(tmp_path / "out")
+    assert cli_main(["sweep", params, "--out", out, "--dry-run"]) == 0
+    stdout = capsys.readouterr().out
+    assert "already done: 0; to measure: 1; up to 2 more" in stdout and not os.path.exists(out)
+    run_sweep(params, out_dir=out, progress=False)
+    assert cli_main(["sweep", params, "--out", out, "--dry-run"]) == 0
+    stdout = capsys.readouterr().out
+    assert "already done: 3; to measure: 0" in stdout
+    assert sum(line.endswith("  done") for line in stdout.splitlines()) == 3
+
+
+def _point_files(out):
+    return [f for f in glob.glob(os.path.join(out, "points", "*.parquet"))]
+
+
+def test_sigkill_midway_then_the_same_command_finishes_every_point_exactly_once(tmp_path):
+    params = write_params(tmp_path / "p.yaml", grid={"input_lens": [16, 32], "output_lens": [6],
+                                                     "batch_sizes": [1, 2, 4]}, repeats=3)
+    out = str(tmp_path / "out")
+    cmd = [sys.executable, "-m", "perfkit", "sweep", params, "--out", out, "--no-progress"]
+    # one thread: on a shared 2-core machine OpenMP's spinning threads make a busy CPU crawl
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while len(_point_files(out)) < 2 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.002)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    before = load_results(out)
+    assert 2 <= len(before) < 6, "the sweep was not killed midway"
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    after = load_results(out)
+    assert len(after) == 6 and len(set(ids(after))) == 6  # every point, exactly once
+    assert len(_point_files(out)) == 6
+    first_run = set(before["run_id"])
+    kept = after[after["run_id"].isin(first_run)]
+    assert len(kept) == len(before)  # nothing finished before the kill was measured again
+    assert set(kept["point_key"]) == set(before["point_key"])
+
+
+def test_budget_estimates_come_from_stored_points_and_stop_before_the_deadline(tmp_path):
+    from tqdm import tqdm
+
+    from perfkit.params import load_params
+    from perfkit.sweep import Job, _Faults, _Runner
+
+    params = load_params(write_params(tmp_path / "p.yaml"))
+    stored = {"k": {"status": "ok", "derived_from_output_len": None, "system": "cpu", "model": "tiny-llama2-13b",
+                    "batch": 1, "input_len": 16, "output_len": 4, "e2e_ms_samples": [100.0, 100.0],
+                    "warmup_ms": 100.0, "setup_ms": 0.0}}
+    with tqdm(disable=True) as bar:
+        runner = _Runner(params, str(tmp_path / "out"), {}, _Faults(None), 1.0, bar, time.perf_counter())
+        runner.learn(stored)
+        unit = Unit(CPU, "tiny-llama2-13b", 16, 4, (4,))
+        assert runner._estimate_job(Job(unit, 4, (4,))) == pytest.approx(0.3 * 4)  # scaled by the work B·(I+O)
+        assert runner._fits(30.0) and not runner.stopped
+        assert not runner._fits(61.0) and runner.stopped  # would end past the 1-minute budget: stop now
