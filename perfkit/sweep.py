@@ -541,7 +541,7 @@ def _print_outcome(out: SweepOutcome) -> None:
     if out.stopped_early:
         print(f"stopped before the time budget ran out: up to {out.left} runs left; run the same command to continue")
     if out.measured or out.skipped:
-        from perfkit.summarize import summarize
+        from perfkit.study_tables import summarize
 
         table = summarize(store.load_results(out.out_dir))["multi_user_max"]
         if len(table):

@@ -89,7 +89,7 @@ def test_measuring_core_imports_no_notebook_or_plotting_machinery():
     code = (
         "import sys, perfkit, perfkit.cli, perfkit.measure, perfkit.results, perfkit.backends, perfkit.provenance\n"
         "import importlib.util\n"
-        "for extra in ('perfkit.sweep', 'perfkit.params', 'perfkit.summarize', 'perfkit.compare', "
+        "for extra in ('perfkit.sweep', 'perfkit.params', 'perfkit.study_tables', 'perfkit.compare', "
         "'perfkit.roofline', 'perfkit.static_backend', 'perfkit.energy', 'perfkit.hardware'):\n"
         "    if importlib.util.find_spec(extra): importlib.import_module(extra)\n"
         "import importlib\n"

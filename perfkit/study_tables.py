@@ -1,4 +1,4 @@
-"""The study's headline tables from a results DataFrame: `perfkit.summarize(df)`.
+"""The study's headline tables from a results DataFrame: `perfkit.summarize(df)` (defined here).
 
 Returns a dict of pandas DataFrames, one row per model and configuration, ready for a report:
 
@@ -19,8 +19,6 @@ measured more than once (a re-run under another key) the newest row wins.
 from __future__ import annotations
 
 import os
-import sys
-import types
 
 import numpy as np
 import pandas as pd
@@ -137,14 +135,3 @@ def summarize(df) -> dict[str, pd.DataFrame]:
         "multi_user_max": _multi_user_max(df),
         "oom": _oom(df),
     }
-
-
-class _CallableModule(types.ModuleType):
-    # Importing perfkit.summarize binds the *module* to the package attribute `perfkit.summarize`,
-    # replacing the lazy function exported there; making the module callable keeps
-    # `perfkit.summarize(df)` working whichever was imported first.
-    def __call__(self, df):
-        return summarize(df)
-
-
-sys.modules[__name__].__class__ = _CallableModule
