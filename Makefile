@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup test demo clean-venv
+.PHONY: setup test demo sweep report compare reports lab clean-venv
 
 setup: $(STAMP)
 
@@ -19,11 +19,50 @@ $(STAMP): pyproject.toml constraints.txt
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
+# ---- notebooks, HTML reports and comparisons (perfkit.publish runs the notebooks with papermill) ----
+# make sweep PARAMS=params/smoke.yaml [SYSTEM="label ..."] [OUT=results/DIR]
+# make report RESULTS=results/DIR [SYSTEM=label]
+# make compare TARGET=results/DIR[:label] BASELINE=results/DIR[:label]
+# Executed notebooks and their HTML go to reports/ (REPORTS=...); reports/index.html links them all.
+PARAMS ?= params/smoke.yaml
+SYSTEM ?=
+OUT ?=
+RESULTS ?=
+TARGET ?=
+BASELINE ?=
+REPORTS ?= reports
+PUBLISH := $(PY) -m perfkit.publish
+
+sweep: $(STAMP)
+	$(PUBLISH) sweep $(PARAMS) $(foreach s,$(SYSTEM),--system $(s)) $(if $(OUT),--results $(OUT)) --out $(REPORTS)
+
+report: $(STAMP)
+	@test -n "$(RESULTS)" || { echo "make report: set RESULTS=<results directory>, e.g. make report RESULTS=results/smoke" >&2; exit 2; }
+	$(PUBLISH) report $(RESULTS) $(if $(SYSTEM),--system $(SYSTEM)) --out $(REPORTS)
+
+compare: $(STAMP)
+	@test -n "$(TARGET)" -a -n "$(BASELINE)" || { echo "make compare: set TARGET=<results dir>[:system] and BASELINE=<results dir>[:system]" >&2; exit 2; }
+	$(PUBLISH) compare $(TARGET) $(BASELINE) --out $(REPORTS)
+
+# Every results directory committed under results/ (GPU data where we have it), one report per system,
+# plus the comparisons listed in results/comparisons.yaml. The demo's own results are left out.
+reports: $(STAMP)
+	$(PUBLISH) all results --exclude results/demo --out $(REPORTS)
+
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab notebooks
+
+# The demo, end to end on the CPU: the three tiny stand-ins for float32 (baseline) and float16 (target),
+# one report per system and their comparison in reports/demo/. It always measures afresh. One thread per
+# process: on a shared 2-core machine two threads wait on each other whenever another process holds a
+# core, which made the figures swing by 10x; one thread gives stable, comparable figures.
 demo: $(STAMP)
-	$(PY) -m perfkit models
-	@for m in tiny-llama3-8b tiny-llama2-13b tiny-mistral-7b; do \
-	  $(PY) -m perfkit run --model $$m --input-len 128 --output-len 32 --batch 1 --repeats 3 --out results/demo || exit $$?; \
-	done
+	rm -rf results/demo reports/demo
+	OMP_NUM_THREADS=1 $(PUBLISH) sweep params/demo.yaml --results results/demo --out reports/demo
+	OMP_NUM_THREADS=1 $(PUBLISH) report results/demo --system cpu-fp32 --out reports/demo
+	OMP_NUM_THREADS=1 $(PUBLISH) report results/demo --system cpu-fp16 --out reports/demo
+	OMP_NUM_THREADS=1 $(PUBLISH) compare results/demo:cpu-fp16 results/demo:cpu-fp32 --out reports/demo
+	@echo "open $(REPORTS)/index.html"
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,0 +1,333 @@
+"""Target vs baseline: ratios with bootstrap intervals and a verdict, at the point and the study level.
+
+Convention (DESIGN.md): Ratio_Latency = L_target / L_baseline and Ratio_Throughput = T_baseline / T_target,
+so that every ratio reads the same way: **< 1 means the target is better**.
+
+Two levels of comparison:
+
+* point level — the same workload (model, input_len, output_len, batch) on both sides: ttft, tpot and e2e
+  (latencies) and prefill, decode and output throughput. At a fixed workload a throughput is work over a
+  latency, so its ratio equals its latency's ratio (prefill_tok_s ↔ ttft, decode_tok_s ↔ tpot,
+  output_tok_s ↔ e2e): the convention was chosen so that this holds.
+* study level — what the study reports per model: ttft at batch 1 by input length, single-user throughput
+  and tpot at batch 1 by (input, output), and each side's *max* throughput over batches > 1 (prompt phase by
+  input length, multi-user by (input, output)), where the two sides may reach their max at different batches.
+
+Uncertainty. Each metric is a median over R raw repeats (or work over it). The interval resamples the raw
+repeats of each side independently (percentile bootstrap), recomputes the medians — and for a max
+throughput the max over batches, so the search's noise is in the interval too — and takes the 2.5% and
+97.5% quantiles of the ratio. The generator is seeded per (seed, metric, workload), so a report rebuilt
+from the same results shows the same intervals whatever order it computes them in. The verdict is
+"within noise" when the interval contains 1. With 3 repeats the interval is coarse; it is honest about that.
+
+This module imports numpy and pandas only (no plotting), so it runs wherever results are read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import zlib
+
+import numpy as np
+import pandas as pd
+
+from perfkit.errors import UsageError
+
+WORKLOAD = ["model", "input_len", "output_len", "batch"]
+
+BETTER, WORSE, NOISE = "target better", "target worse", "within noise"
+
+# Point-level metrics: column, kind, unit, and which raw samples the bootstrap resamples.
+POINT_METRICS = {
+    "ttft_ms": ("latency", "ms", "ttft"),
+    "tpot_ms": ("latency", "ms", "tpot"),
+    "e2e_ms": ("latency", "ms", "e2e"),
+    "prefill_tok_s": ("throughput", "tok/s", "ttft"),
+    "decode_tok_s": ("throughput", "tok/s", "tpot"),
+    "output_tok_s": ("throughput", "tok/s", "e2e"),
+}
+
+# Study-level metrics: (name, kind, unit, keys, sample kind, batch rule)
+STUDY_METRICS = [
+    ("ttft_ms", "latency", "ms", ["model", "input_len"], "ttft", "b1"),
+    ("max_prefill_tok_s", "throughput", "tok/s", ["model", "input_len"], "ttft", "max"),
+    ("single_user_tok_s", "throughput", "tok/s", ["model", "input_len", "output_len"], "e2e", "b1"),
+    ("tpot_ms", "latency", "ms", ["model", "input_len", "output_len"], "tpot", "b1"),
+    ("max_output_tok_s", "throughput", "tok/s", ["model", "input_len", "output_len"], "e2e", "max"),
+]
+
+STUDY_TITLES = {
+    "ttft_ms": "Time to first token, batch 1 (ms)",
+    "max_prefill_tok_s": "Max prefill throughput over batch > 1 (tok/s)",
+    "single_user_tok_s": "Single-user throughput, batch 1 (tok/s)",
+    "tpot_ms": "Time per output token, batch 1 (ms)",
+    "max_output_tok_s": "Multi-user total max throughput over batch > 1 (tok/s)",
+}
+
+
+@dataclasses.dataclass
+class Comparison:
+    """Everything a comparison report shows; every table is a plain DataFrame."""
+
+    target: str  # labels of the two systems
+    baseline: str
+    points: pd.DataFrame  # one row per (workload, metric): target, baseline, ratio, ratio_lo, ratio_hi, verdict
+    study: pd.DataFrame  # one row per (model, I[, O], metric), with the batch each side's max came from
+    only_target: pd.DataFrame  # workloads measured on one side only (never silently dropped)
+    only_baseline: pd.DataFrame
+    not_ok: pd.DataFrame  # matched workloads where either side has no timings (oom/error) and their status
+    systems: pd.DataFrame  # side, system, device_name, dtype, backend, attn_implementation, ...
+    confidence: float
+    n_boot: int
+    seed: int
+
+
+# ---- loading one side ----------------------------------------------------------------------------
+
+def load_side(source, system: str | None = None, side: str = "target") -> pd.DataFrame:
+    """One side's rows: `source` is a results directory (or a DataFrame), `system` a label to select.
+
+    A directory holding several systems needs `system`. Where the same workload was measured more than
+    once (`perfkit run` appends), the latest measurement is used.
+    """
+    if isinstance(source, pd.DataFrame):
+        df = source.copy()
+    else:
+        from perfkit.results import load_results
+
+        path = os.fspath(source)
+        if not os.path.exists(path):
+            raise UsageError(f"{side} results directory {path!r} does not exist")
+        df = load_results(path)
+    if df.empty:
+        raise UsageError(f"{side}: no results in {source if not isinstance(source, pd.DataFrame) else 'the table'}")
+    labels = sorted(df["system"].dropna().unique())
+    if system:
+        if system not in labels:
+            raise UsageError(f"{side} system {system!r} is not in its results: found {', '.join(labels)}")
+        df = df[df["system"] == system]
+    elif len(labels) > 1:
+        raise UsageError(f"{side} results hold several systems ({', '.join(labels)}): name the {side} system")
+    if "created_utc" in df:
+        df = df.sort_values("created_utc", kind="stable")
+    df = df.drop_duplicates(WORKLOAD, keep="last")
+    return df.sort_values(WORKLOAD, kind="stable").reset_index(drop=True)
+
+
+# ---- samples and bootstrap -------------------------------------------------------------------------
+
+def samples_ms(row, kind: str) -> np.ndarray:
+    """Raw per-repeat samples (ms) of one row: ttft, e2e, or tpot = (e2e − ttft)/(O − 1)."""
+    ttft = np.asarray(row["ttft_ms_samples"] if row["ttft_ms_samples"] is not None else [], dtype=float)
+    if kind == "ttft":
+        return ttft
+    e2e = np.asarray(row["e2e_ms_samples"] if row["e2e_ms_samples"] is not None else [], dtype=float)
+    if kind == "e2e":
+        return e2e
+    if kind == "tpot":
+        o = int(row["output_len"])
+        return (e2e - ttft) / (o - 1) if o > 1 else np.array([])
+    raise ValueError(kind)
+
+
+def _work(row, metric: str) -> float:
+    """Tokens per unit of latency for a throughput metric (same formulas as perfkit.metrics)."""
+    b, i, o = int(row["batch"]), int(row["input_len"]), int(row["output_len"])
+    if metric in ("prefill_tok_s", "max_prefill_tok_s"):
+        return b * i
+    if metric == "decode_tok_s":
+        return b
+    return b * o  # output_tok_s, single_user_tok_s, max_output_tok_s
+
+
+def _rng(seed: int, *key) -> np.random.Generator:
+    return np.random.default_rng([seed, zlib.crc32(repr(key).encode())])
+
+
+def _boot_medians(x: np.ndarray, rng: np.random.Generator, n_boot: int) -> np.ndarray:
+    idx = rng.integers(0, x.size, size=(n_boot, x.size))
+    return np.median(x[idx], axis=1)
+
+
+def _side_value(rows: list, metric: str, kind: str, sample: str, rng, n_boot: int):
+    """(value, batch, bootstrap draws) of one side: a median latency, a throughput, or a max throughput."""
+    values, draws = [], []
+    for row in rows:
+        x = samples_ms(row, sample)
+        if x.size == 0 or not np.all(np.isfinite(x)):
+            continue
+        med, boot = float(np.median(x)), _boot_medians(x, rng, n_boot)
+        if kind == "throughput":
+            w = _work(row, metric)
+            med, boot = w / (med / 1e3), w / (boot / 1e3)
+        values.append(med)
+        draws.append(boot)
+    if not values:
+        return np.nan, None, None
+    if len(values) == 1:
+        return values[0], int(rows[0]["batch"]), draws[0]
+    best = int(np.argmax(values))
+    return values[best], int(rows[best]["batch"]), np.max(np.vstack(draws), axis=0)
+
+
+def ratio(kind: str, target: float, baseline: float) -> float:
+    """The DESIGN.md convention: < 1 means the target is better."""
+    return target / baseline if kind == "latency" else baseline / target
+
+
+def verdict(lo: float, hi: float) -> str:
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return NOISE
+    if hi < 1:
+        return BETTER
+    if lo > 1:
+        return WORSE
+    return NOISE
+
+
+def _ratio_row(kind, metric, t_rows, b_rows, sample, seed, key, n_boot, alpha):
+    rng_t, rng_b = _rng(seed, "target", metric, key), _rng(seed, "baseline", metric, key)
+    t, t_batch, t_draws = _side_value(t_rows, metric, kind, sample, rng_t, n_boot)
+    b, b_batch, b_draws = _side_value(b_rows, metric, kind, sample, rng_b, n_boot)
+    if t_draws is None or b_draws is None:
+        return None
+    r = ratio(kind, t, b)
+    boot = ratio(kind, t_draws, b_draws)
+    lo, hi = (float(q) for q in np.quantile(boot, [alpha / 2, 1 - alpha / 2]))
+    return {"target": t, "baseline": b, "target_batch": t_batch, "baseline_batch": b_batch,
+            "ratio": r, "ratio_lo": lo, "ratio_hi": hi, "verdict": verdict(lo, hi)}
+
+
+# ---- the comparison ---------------------------------------------------------------------------------
+
+def _describe(df: pd.DataFrame) -> str:
+    parts = []
+    for col, name in (("model", "models"), ("input_len", "input lengths"), ("output_len", "output lengths"),
+                      ("batch", "batches")):
+        parts.append(f"{name} {', '.join(str(v) for v in sorted(df[col].unique()))}")
+    return "; ".join(parts)
+
+
+def _mismatch_message(t: pd.DataFrame, b: pd.DataFrame) -> str:
+    differ = [name for col, name in (("model", "models"), ("input_len", "input lengths"),
+                                     ("output_len", "output lengths"), ("batch", "batches"))
+              if not set(t[col]) & set(b[col])]
+    why = f"they share no {', no '.join(differ)}" if differ else "no combination of model, lengths and batch is on both sides"
+    return (f"nothing to compare: {why}. target has {_describe(t)}. baseline has {_describe(b)}. "
+            f"Measure both systems on the same params grid.")
+
+
+def _system_info(df: pd.DataFrame, side: str) -> dict:
+    info = {"side": side}
+    for col in ("system", "device_name", "dtype", "backend", "attn_implementation", "torch_version",
+                "transformers_version", "git_commit"):
+        vals = sorted({str(v) for v in df[col].dropna().unique()}) if col in df else []
+        info[col] = ", ".join(vals) if vals else "unknown"
+    return info
+
+
+def compare(target, baseline, target_system: str | None = None, baseline_system: str | None = None,
+            n_boot: int = 2000, confidence: float = 0.95, seed: int = 0) -> Comparison:
+    """Compare `target` against `baseline` (results directories or DataFrames, optionally system labels).
+
+    Raises UsageError naming what differs when the two sides share no workload point.
+    """
+    t = load_side(target, target_system, "target")
+    b = load_side(baseline, baseline_system, "baseline")
+    alpha = 1 - confidence
+    keys_t = set(map(tuple, t[WORKLOAD].itertuples(index=False)))
+    keys_b = set(map(tuple, b[WORKLOAD].itertuples(index=False)))
+    common = keys_t & keys_b
+    if not common:
+        raise UsageError(_mismatch_message(t, b))
+    in_common = lambda df: df[[tuple(k) in common for k in df[WORKLOAD].itertuples(index=False)]]  # noqa: E731
+    only = lambda df, other: df[[tuple(k) not in other for k in df[WORKLOAD].itertuples(index=False)]]  # noqa: E731
+    only_cols = WORKLOAD + ["status"]
+    only_target = only(t, keys_b)[only_cols].reset_index(drop=True)
+    only_baseline = only(b, keys_t)[only_cols].reset_index(drop=True)
+
+    tc, bc = in_common(t).set_index(WORKLOAD), in_common(b).set_index(WORKLOAD)
+    bc = bc.loc[tc.index]
+    bad = (tc["status"] != "ok") | (bc["status"] != "ok")
+    not_ok = pd.DataFrame({"target_status": tc["status"][bad], "baseline_status": bc["status"][bad]}).reset_index()
+
+    points = []
+    for key in tc.index[~bad.to_numpy()]:
+        tr, br = tc.loc[key].copy(), bc.loc[key].copy()
+        for k, v in zip(WORKLOAD, key):
+            tr[k] = br[k] = v
+        for metric, (kind, unit, sample) in POINT_METRICS.items():
+            res = _ratio_row(kind, metric, [tr], [br], sample, seed, key, n_boot, alpha)
+            if res is None:
+                continue
+            res.pop("target_batch"), res.pop("baseline_batch")
+            points.append({**dict(zip(WORKLOAD, key)), "metric": metric, "kind": kind, "unit": unit, **res})
+    points = pd.DataFrame(points, columns=WORKLOAD + ["metric", "kind", "unit", "target", "baseline", "ratio",
+                                                      "ratio_lo", "ratio_hi", "verdict"])
+
+    study = pd.DataFrame(_study_rows(t[t["status"] == "ok"], b[b["status"] == "ok"], seed, n_boot, alpha),
+                         columns=["model", "input_len", "output_len", "metric", "kind", "unit", "target",
+                                  "target_batch", "baseline", "baseline_batch", "ratio", "ratio_lo", "ratio_hi",
+                                  "verdict"])
+    systems = pd.DataFrame([_system_info(t, "target"), _system_info(b, "baseline")])
+    return Comparison(_label(t, target_system), _label(b, baseline_system), points, study, only_target,
+                      only_baseline, not_ok, systems, confidence, n_boot, seed)
+
+
+def _label(df, given):
+    return given or ", ".join(sorted(df["system"].dropna().unique()))
+
+
+def _not_derived(df: pd.DataFrame) -> pd.Series:
+    if "derived_from_output_len" not in df:
+        return pd.Series(True, index=df.index)
+    return df["derived_from_output_len"].isna()
+
+
+def _rows_for(df: pd.DataFrame, keys: list, key: tuple, rule: str) -> list:
+    sel = df
+    for k, v in zip(keys, key):
+        sel = sel[sel[k] == v]
+    sel = sel[sel["batch"] == 1] if rule == "b1" else sel[sel["batch"] > 1]
+    if "output_len" in keys:
+        return [r for _, r in sel.sort_values("batch").iterrows()]
+    # Prompt-phase metrics do not depend on output_len: as perfkit.summarize does, pool the ttft samples of
+    # every output length measured at a batch, leaving out rows derived from a longer run (they repeat its
+    # samples), so each side's figure is the one its report shows.
+    rows = []
+    for batch, g in sel.groupby("batch", sort=True):
+        own = g[_not_derived(g)]
+        g = own if len(own) else g.iloc[:1]
+        pooled = [v for lst in g["ttft_ms_samples"] if lst is not None for v in lst]
+        rows.append({"batch": int(batch), "input_len": int(g["input_len"].iloc[0]), "output_len": 1,
+                     "ttft_ms_samples": pooled, "e2e_ms_samples": None})
+    return rows
+
+
+def _study_rows(t: pd.DataFrame, b: pd.DataFrame, seed: int, n_boot: int, alpha: float) -> list[dict]:
+    out = []
+    for metric, kind, unit, keys, sample, rule in STUDY_METRICS:
+        groups = sorted(set(map(tuple, t[keys].itertuples(index=False))) & set(map(tuple, b[keys].itertuples(index=False))))
+        for key in groups:
+            t_rows, b_rows = _rows_for(t, keys, key, rule), _rows_for(b, keys, key, rule)
+            if not t_rows or not b_rows:
+                continue
+            res = _ratio_row(kind, metric, t_rows, b_rows, sample, seed, key, n_boot, alpha)
+            if res is None:
+                continue
+            ident = dict(zip(keys, key))
+            out.append({"model": ident["model"], "input_len": ident["input_len"],
+                        "output_len": ident.get("output_len", pd.NA), "metric": metric, "kind": kind,
+                        "unit": unit, **res})
+    return out
+
+
+def summary_line(c: Comparison) -> str:
+    """One sentence for the top of a report: how many study ratios favour each side."""
+    counts = c.study["verdict"].value_counts() if not c.study.empty else pd.Series(dtype=int)
+    n = len(c.study)
+    geo = float(np.exp(np.log(c.study["ratio"]).mean())) if n else float("nan")
+    return (f"{c.target} vs {c.baseline}: of {n} study figures, target better in {counts.get(BETTER, 0)}, "
+            f"worse in {counts.get(WORSE, 0)}, within noise in {counts.get(NOISE, 0)}; "
+            f"geometric-mean ratio {geo:.3g} (< 1 favours the target).")

@@ -1,0 +1,153 @@
+"""Report figures (matplotlib). Only notebooks import this module; the measuring core never does.
+
+Every function takes the DataFrames perfkit.summarize / perfkit.compare return and gives back a Figure.
+Ratios are drawn on a log axis: 0.5 (twice as good) and 2 (twice as bad) sit at the same distance from 1.
+"""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib.pyplot as plt
+from matplotlib.ticker import FuncFormatter
+import numpy as np
+import pandas as pd
+
+from perfkit.compare import BETTER, NOISE, STUDY_TITLES, WORSE
+
+VERDICT_COLOURS = {BETTER: "#2e7d32", WORSE: "#c62828", NOISE: "#9e9e9e"}
+
+
+def _grid(n: int, width: float = 4.2, height: float = 3.2):
+    cols = min(n, 3)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat[:n])
+
+
+def ttft_vs_input(ttft: pd.DataFrame):
+    """TTFT (batch 1) against input length, one panel per model, one line per system (perfkit.summarize)."""
+    models = sorted(ttft["model"].unique())
+    fig, axes = _grid(len(models))
+    for ax, model in zip(axes, models):
+        for system, g in ttft[ttft["model"] == model].groupby("system"):
+            g = g.sort_values("input_len")
+            ax.errorbar(g["input_len"], g["ttft_ms"], yerr=g["ttft_iqr_ms"] / 2, marker="o", capsize=3, label=system)
+        ax.set_title(model)
+        ax.set_xlabel("input length (tokens)")
+        ax.set_ylabel("TTFT, batch 1 (ms)")
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("Time to first token vs input length (bars: IQR)")
+    fig.tight_layout()
+    return fig
+
+
+def throughput_vs_batch(df: pd.DataFrame, column: str = "output_tok_s"):
+    """Throughput against batch size per model; one line per (system, I, O); out-of-memory batches as ✕."""
+    models = sorted(df["model"].unique())
+    fig, axes = _grid(len(models))
+    label = {"output_tok_s": "multi-user total throughput (tok/s)", "prefill_tok_s": "prefill throughput (tok/s)"}
+    for ax, model in zip(axes, models):
+        m = df[df["model"] == model]
+        # Prefill does not depend on the output length: one line per input length (the shortest O's rows).
+        by = ["system", "input_len"] if column == "prefill_tok_s" else ["system", "input_len", "output_len"]
+        if column == "prefill_tok_s":
+            m = m.sort_values("output_len", kind="stable").drop_duplicates(["system", "input_len", "batch"])
+        for key, g in m.groupby(by):
+            ok = g[g["status"] == "ok"].sort_values("batch")
+            name = f"{key[0]} I={key[1]}" + (f" O={key[2]}" if len(key) > 2 else "")
+            line, = ax.plot(ok["batch"], ok[column], marker="o", label=name)
+            oom = g[g["status"] == "oom"]
+            if len(oom):
+                y = ok[column].max() if len(ok) else 0
+                ax.scatter(oom["batch"], [y] * len(oom), marker="x", s=80, color=line.get_color(), zorder=5)
+                for b in oom["batch"]:
+                    ax.annotate("OOM", (b, y), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8,
+                                color=line.get_color())
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted(m["batch"].unique()), [str(b) for b in sorted(m["batch"].unique())])
+        ax.set_title(model)
+        ax.set_xlabel("batch size")
+        ax.set_ylabel(label.get(column, column))
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("Throughput vs batch size (✕ = out of memory)")
+    fig.tight_layout()
+    return fig
+
+
+def _config_label(r) -> str:
+    o = r["output_len"]
+    return f"I={r['input_len']}" + ("" if pd.isna(o) else f" O={int(o)}")
+
+
+def ratio_bars(study: pd.DataFrame, target: str, baseline: str):
+    """One panel per study metric: a bar per (model, config), the interval drawn, the line at 1."""
+    metrics = [m for m in STUDY_TITLES if m in set(study["metric"])]
+    fig, axes = _grid(len(metrics), width=5.2, height=3.6)
+    for ax, metric in zip(axes, metrics):
+        s = study[study["metric"] == metric].reset_index(drop=True)
+        x = np.arange(len(s))
+        colours = [VERDICT_COLOURS[v] for v in s["verdict"]]
+        ax.bar(x, s["ratio"] - 1, bottom=1, color=colours, alpha=0.85, width=0.7)
+        yerr = np.vstack([s["ratio"] - s["ratio_lo"], s["ratio_hi"] - s["ratio"]]).clip(min=0)
+        ax.errorbar(x, s["ratio"], yerr=yerr, fmt="none", ecolor="black", capsize=3, lw=1)
+        ax.axhline(1, color="black", lw=1)
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:g}"[-1] in "2468" or v in (0.5, 1.5) else ""))
+        ax.tick_params(axis="y", which="both", labelsize=7)
+        lo = min(s["ratio_lo"].min(), s["ratio"].min(), 0.9)
+        hi = max(s["ratio_hi"].max(), s["ratio"].max(), 1.1)
+        ax.set_ylim(lo / 1.15, hi * 1.15)
+        ax.set_xticks(x, [f"{r['model'].removeprefix('tiny-')}\n{_config_label(r)}" for _, r in s.iterrows()],
+                      rotation=60, ha="right", fontsize=7)
+        ax.set_title(STUDY_TITLES[metric], fontsize=9)
+        ax.set_ylabel("ratio (< 1: target better)", fontsize=8)
+        ax.grid(axis="y", alpha=0.3, which="both")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in VERDICT_COLOURS.values()]
+    fig.legend(handles, list(VERDICT_COLOURS), loc="upper right", fontsize=8, ncols=3)
+    fig.suptitle(f"{target} (target) vs {baseline} (baseline): ratios with 95% bootstrap intervals", x=0.02,
+                 ha="left")
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    return fig
+
+
+def ratio_heatmap(study: pd.DataFrame, target: str, baseline: str):
+    """Models × (metric, config): the ratio in each cell, coloured on a log scale centred at 1."""
+    s = study.copy()
+    s["config"] = [f"{m.replace('_tok_s', '').replace('_ms', '')}\n{_config_label(r)}"
+                   for m, (_, r) in zip(s["metric"], s.iterrows())]
+    order = list(dict.fromkeys(s.sort_values(["metric", "input_len", "output_len"])["config"]))
+    grid = s.pivot_table(index="model", columns="config", values="ratio", aggfunc="first")[order]
+    verdicts = s.pivot_table(index="model", columns="config", values="verdict", aggfunc="first")[order]
+    logs = np.log2(grid.to_numpy(dtype=float))
+    lim = max(np.nanmax(np.abs(logs)) if np.isfinite(logs).any() else 1.0, 0.1)
+    fig, ax = plt.subplots(figsize=(max(6, 0.75 * len(order) + 2), 0.6 * len(grid) + 2.2))
+    im = ax.imshow(logs, cmap="RdYlGn_r", vmin=-lim, vmax=lim, aspect="auto")
+    for i in range(grid.shape[0]):
+        for j in range(grid.shape[1]):
+            v = grid.iat[i, j]
+            if np.isfinite(v):
+                mark = "" if verdicts.iat[i, j] != NOISE else "~"
+                ax.text(j, i, f"{mark}{v:.2f}", ha="center", va="center", fontsize=7)
+    ax.set_xticks(range(len(order)), order, rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(len(grid)), grid.index, fontsize=8)
+    bar = fig.colorbar(im, ax=ax)
+    bar.set_label("log2 ratio (green: target better)")
+    ax.set_title(f"{target} vs {baseline}: ratio per model and configuration (~ = within noise)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def show(fig) -> None:
+    """Display a figure once in a notebook (embedded as PNG in the HTML) and free it."""
+    from IPython.display import display
+
+    display(fig)
+    plt.close(fig)

@@ -1,0 +1,317 @@
+"""The tables of a report and of a comparison, as pandas DataFrames and Stylers (pandas only: no plotting).
+
+The notebooks display what these functions return; the numbers come from perfkit.summarize (one system's
+study tables) and perfkit.compare (target vs baseline ratios), never recomputed here.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from perfkit.compare import BETTER, NOISE, POINT_METRICS, STUDY_TITLES, WORSE, Comparison
+
+MIB = 2**20
+
+# One sentence per metric: the card at the top of every report.
+METRIC_CARD = [
+    ("TTFT (ms)", "Time to first token: from the prompt's token ids on the host to the first generated token of "
+                  "every sequence, median over repeats (lower is better)."),
+    ("Prefill throughput (tok/s)", "Prompt tokens processed per second in the prompt phase, B·I / TTFT."),
+    ("Max prefill throughput (tok/s)", "The largest prefill throughput over batch sizes B > 1 at a given model and "
+                                       "input length, with the batch that gave it."),
+    ("Single-user throughput (tok/s)", "Generated tokens per second for one user, O / e2e at B = 1, prompt phase "
+                                       "included."),
+    ("Multi-user total max throughput (tok/s)", "The largest B·O / e2e over batch sizes B > 1 at a given "
+                                                "(model, I, O), with the batch that gave it; the batch search stops "
+                                                "at out-of-memory, a plateau, or the grid's end."),
+    ("TPOT (ms)", "Time per output token after the first, (e2e − TTFT) / (O − 1), median over repeats."),
+    ("Decode throughput (tok/s)", "Tokens per second of the token phase alone, B / TPOT."),
+    ("e2e (ms)", "Start of the prompt to the last of O generated tokens, median over repeats."),
+    ("Peak memory (MiB)", "Peak device memory during the point (process RSS on a CPU)."),
+    ("Ratio", "Latency: target / baseline; throughput: baseline / target. Both below 1 mean the target is "
+              "better; the interval is a seeded bootstrap over the raw repeats, and a verdict is only given when "
+              "it excludes 1."),
+]
+
+_NICE = {
+    "system": "system", "model": "model", "input_len": "I", "output_len": "O", "batch": "B",
+    "ttft_ms": "TTFT ms", "ttft_iqr_ms": "TTFT IQR ms", "prefill_tok_s": "prefill tok/s",
+    "max_prefill_tok_s": "max prefill tok/s", "output_tok_s": "output tok/s", "e2e_ms": "e2e ms",
+    "tpot_ms": "TPOT ms", "decode_tok_s": "decode tok/s", "max_output_tok_s": "max output tok/s",
+    "stop_reason": "search stopped", "peak_mem_mib": "peak MiB", "n_samples": "samples",
+}
+
+
+def metric_card() -> pd.DataFrame:
+    return pd.DataFrame(METRIC_CARD, columns=["metric", "definition"])
+
+
+def left(df: pd.DataFrame):
+    """A Styler of a text table: left-aligned, no index."""
+    return df.style.hide(axis="index").set_properties(**{"text-align": "left"}) \
+        .set_table_styles([{"selector": "th", "props": [("text-align", "left")]}])
+
+
+def stand_in_note(df: pd.DataFrame) -> str | None:
+    """A plain warning when the results are tiny stand-in models or were measured on a CPU, else None."""
+    if df.empty:
+        return None
+    models = sorted(df["model"].dropna().unique())
+    tiny = [m for m in models if str(m).startswith("tiny-")]
+    devices = {str(d) for d in df.get("device", pd.Series(dtype=str)).dropna().unique()}
+    cpu = bool(devices) and all(d.startswith("cpu") for d in devices)
+    parts = []
+    if tiny:
+        parts.append(f"the models ({', '.join(tiny)}) are tiny scaled-down stand-ins (4 layers, hidden size 128) "
+                     "for the study's architectures, with random weights")
+    if cpu:
+        parts.append("they were measured on a CPU, not an accelerator")
+    if not parts:
+        return None
+    return ("Read with care: " + "; ".join(parts) + ". These numbers show how the kit works and how systems "
+            "differ on this machine; they say nothing about full-size models on a GPU.")
+
+
+def provenance(df: pd.DataFrame, runs: list[dict] | None = None) -> pd.DataFrame:
+    """Where each system's numbers came from: one row per system."""
+    rows = []
+    for system, g in df.groupby("system", sort=True):
+        def vals(col):
+            if col not in g:
+                return "unknown"
+            v = sorted({str(x) for x in g[col].dropna().unique()})
+            return ", ".join(v) if v else "unknown"
+
+        run_ids = sorted(g["run_id"].dropna().unique()) if "run_id" in g else []
+        threads = sorted({str(r.get("torch_threads")) for r in (runs or []) if r.get("run_id") in run_ids
+                          and r.get("torch_threads") is not None})
+        created = g["created_utc"].dropna() if "created_utc" in g else pd.Series(dtype=str)
+        rows.append({
+            "system": system, "device": vals("device_name"), "dtype": vals("dtype"), "backend": vals("backend"),
+            "attention": vals("attn_implementation"), "torch": vals("torch_version"),
+            "transformers": vals("transformers_version"), "CUDA": vals("cuda_version"),
+            "driver": vals("driver_version"), "commit": vals("git_commit"),
+            "CPU threads": ", ".join(threads) or "unknown",
+            "measured (UTC)": f"{created.min()} … {created.max()}" if len(created) else "unknown",
+            "points": int(len(g)), "runs": len(run_ids),
+        })
+    # One column per system, one row per property: commits and dates stay readable.
+    return pd.DataFrame(rows).set_index("system").T.rename_axis("property").reset_index()
+
+
+def _fmt(df: pd.DataFrame, precision: dict | None = None):
+    """A Styler with readable headers, no index and sensible number formats."""
+    out = df.rename(columns=_NICE)
+    fmt = {}
+    for col in out.columns:
+        if pd.api.types.is_float_dtype(out[col]):
+            fmt[col] = "{:,.1f}" if "tok/s" in col else "{:,.2f}"
+    fmt.update(precision or {})
+    return out.style.format(fmt, na_rep="—").hide(axis="index")
+
+
+OOM_TITLE = "Out-of-memory boundary (first batch that did not fit)"
+EMPTY = {OOM_TITLE: "_none: every batch measured fit in memory_",
+         "Max prefill throughput (batch > 1)": "_none: no batch above 1 was measured_",
+         "Multi-user total max throughput (batch > 1)": "_none: no batch above 1 was measured_"}
+
+
+def study_tables(df: pd.DataFrame) -> dict[str, dict[str, pd.DataFrame]]:
+    """Per model, the study's tables (plain DataFrames), titled. `df` may hold several systems."""
+    import perfkit
+
+    s = perfkit.summarize(df)
+    ok = df[df["status"] == "ok"].copy()
+    ok["peak_mem_mib"] = ok["peak_mem_bytes"].astype(float) / MIB
+    out = {}
+    for model in sorted(df["model"].unique()):
+        pick = lambda t: t[t["model"] == model].drop(columns="model").reset_index(drop=True)  # noqa: E731
+        m = ok[ok["model"] == model]
+        tables = {
+            "Time to first token, batch 1": pick(s["ttft"])[["system", "input_len", "ttft_ms", "ttft_iqr_ms"]],
+            "Max prefill throughput (batch > 1)": pick(s["prefill_max"])[["system", "input_len",
+                                                                            "max_prefill_tok_s", "batch"]],
+            "Single-user throughput, batch 1": pick(s["single_user"])[["system", "input_len", "output_len",
+                                                                       "output_tok_s", "e2e_ms", "tpot_ms",
+                                                                       "decode_tok_s"]],
+            "Multi-user total max throughput (batch > 1)": pick(s["multi_user_max"])[
+                ["system", "input_len", "output_len", "max_output_tok_s", "batch", "stop_reason"]],
+            "TPOT and peak memory by batch": m[["system", "input_len", "output_len", "batch", "tpot_ms",
+                                                "decode_tok_s", "output_tok_s", "peak_mem_mib"]]
+            .sort_values(["system", "input_len", "output_len", "batch"]).reset_index(drop=True),
+        }
+        oom = pick(s["oom"])
+        tables[OOM_TITLE] = oom
+        out[model] = tables
+    return out
+
+
+def styled(df: pd.DataFrame):
+    return _fmt(df, {"B": "{:.0f}", "I": "{:.0f}", "O": "{:.0f}"})
+
+
+# ---- comparison tables --------------------------------------------------------------------------
+
+VERDICT_COLOURS = {BETTER: "#c8e6c9", WORSE: "#ffcdd2", NOISE: "#eeeeee"}
+
+
+def _interval(lo: float, hi: float) -> str:
+    return "—" if not (math.isfinite(lo) and math.isfinite(hi)) else f"{lo:.3f} – {hi:.3f}"
+
+
+def _colour_by_verdict(frame: pd.DataFrame, verdicts: pd.DataFrame):
+    def css(v):
+        return f"background-color: {VERDICT_COLOURS.get(v, '')}" if v in VERDICT_COLOURS else ""
+
+    return verdicts.map(css).set_axis(frame.columns, axis=1) if isinstance(verdicts, pd.DataFrame) else None
+
+
+def study_comparison(c: Comparison, metric: str):
+    """One study metric, in the study's layout: each side's figure (and batch), ratio, interval, verdict."""
+    st = c.study[c.study["metric"] == metric].copy()
+    keys = ["model", "input_len"] + ([] if st["output_len"].isna().all() else ["output_len"])
+    cols = keys + ["target"] + (["target_batch"] if metric.startswith("max_") else []) + ["baseline"] + \
+        (["baseline_batch"] if metric.startswith("max_") else []) + ["ratio", "interval", "verdict"]
+    st["interval"] = [_interval(lo, hi) for lo, hi in zip(st["ratio_lo"], st["ratio_hi"])]
+    unit = st["unit"].iloc[0] if len(st) else ""
+    table = st[cols].rename(columns={
+        "target": f"{c.target} ({unit})", "baseline": f"{c.baseline} ({unit})", "target_batch": f"B ({c.target})",
+        "baseline_batch": f"B ({c.baseline})", "interval": f"{c.confidence:.0%} interval",
+        **{k: _NICE[k] for k in keys}}).reset_index(drop=True)
+    for col in table.columns:
+        if col.startswith("B ("):
+            table[col] = table[col].astype("Int64")
+    if "O" in table:
+        table["O"] = table["O"].astype("Int64")
+    verdicts = table["verdict"]
+    fmt = {f"{c.target} ({unit})": "{:,.2f}", f"{c.baseline} ({unit})": "{:,.2f}", "ratio": "{:.3f}"}
+    return (table.style.format(fmt, na_rep="—").hide(axis="index")
+            .apply(lambda _: [f"background-color: {VERDICT_COLOURS.get(v, '')}" for v in verdicts],
+                   subset=["ratio", "verdict"], axis=0))
+
+
+def point_comparison(c: Comparison, model: str):
+    """Every matched point of one model: the ratio of each metric with its interval, coloured by verdict."""
+    p = c.points[c.points["model"] == model]
+    if p.empty:
+        return None
+    text = p.assign(cell=[f"{r:.3f} [{_interval(lo, hi)}]" for r, lo, hi in zip(p["ratio"], p["ratio_lo"],
+                                                                               p["ratio_hi"])])
+    idx = ["input_len", "output_len", "batch"]
+    order = [m for m in POINT_METRICS if m in set(p["metric"])]
+    cells = text.pivot(index=idx, columns="metric", values="cell")[order]
+    verdicts = text.pivot(index=idx, columns="metric", values="verdict")[order]
+    cells.columns = [f"{m} ratio" for m in order]
+    verdicts.columns = cells.columns
+    cells = cells.reset_index().rename(columns=_NICE)
+    verdicts = verdicts.reset_index(drop=True)
+    return (cells.style.hide(axis="index")
+            .apply(lambda _: verdicts.map(lambda v: f"background-color: {VERDICT_COLOURS.get(v, '')}").to_numpy(),
+                   subset=list(verdicts.columns), axis=None))
+
+
+def verdict_counts(c: Comparison) -> pd.DataFrame:
+    """How many ratios fall each way, per study metric."""
+    if c.study.empty:
+        return pd.DataFrame(columns=["metric", BETTER, NOISE, WORSE, "geometric-mean ratio"])
+    g = c.study.groupby("metric", sort=False)
+    t = g["verdict"].value_counts().unstack(fill_value=0).reindex(columns=[BETTER, NOISE, WORSE], fill_value=0)
+    t["geometric-mean ratio"] = g["ratio"].apply(lambda r: float(np.exp(np.log(r).mean())))
+    t.index = [STUDY_TITLES.get(m, m) for m in t.index]
+    return t.reset_index(names="metric")
+
+
+def one_sided(c: Comparison) -> pd.DataFrame:
+    """Workloads measured on one side only, and matched workloads where a side has no timings."""
+    rows = [dict(r, measured_on=f"{c.target} only (target)") for r in c.only_target.to_dict("records")]
+    rows += [dict(r, measured_on=f"{c.baseline} only (baseline)") for r in c.only_baseline.to_dict("records")]
+    rows += [dict(r, measured_on="both", status=f"target {r.pop('target_status')}, baseline "
+                                                  f"{r.pop('baseline_status')}") for r in c.not_ok.to_dict("records")]
+    return pd.DataFrame(rows, columns=["model", "input_len", "output_len", "batch", "status", "measured_on"]) \
+        .rename(columns=_NICE)
+
+
+# ---- blocks of the notebooks --------------------------------------------------------------------
+
+def headline(df: pd.DataFrame) -> str:
+    """One sentence: what was measured, where, and how much of it failed."""
+    parts = []
+    for system, g in df.groupby("system", sort=True):
+        ok = g[g["status"] == "ok"]
+        dev = ", ".join(sorted({str(d) for d in g.get("device_name", pd.Series(dtype=str)).dropna()})) or "unknown device"
+        best = ok.loc[ok["output_tok_s"].idxmax()] if len(ok) else None
+        s = (f"{system} ({', '.join(sorted(g['dtype'].astype(str).unique()))}, "
+             f"{', '.join(sorted(g['backend'].astype(str).unique()))}) on {dev}: {len(g)} points, "
+             f"{int((g['status'] == 'oom').sum())} out of memory, {int((g['status'] == 'error').sum())} failed")
+        if best is not None:
+            s += (f"; highest throughput {best['output_tok_s']:,.0f} output tok/s ({best['model']}, "
+                  f"I={best['input_len']}, O={best['output_len']}, B={best['batch']})")
+        parts.append(s)
+    return ". ".join(parts) + "."
+
+
+def side_rows(results_dir: str, label: str) -> pd.DataFrame:
+    """The rows of one side of a comparison (for its provenance and the stand-in note)."""
+    from perfkit.results import load_results
+
+    df = load_results(results_dir)
+    return df[df["system"].isin([s.strip() for s in label.split(",")])]
+
+
+def systems_table(c: Comparison):
+    t = c.systems.set_index("side").T
+    t.index.name = "property"
+    return left(t.reset_index())
+
+
+def how_to_read(c: Comparison) -> str:
+    return (f"**How to read this.** Every ratio reads the same way: **below 1 means the target ({c.target}) is "
+            f"better** than the baseline ({c.baseline}). Latency ratio = target / baseline, throughput ratio = "
+            f"baseline / target; 0.5 means the target is twice as good, 2 half as good. Each ratio carries a "
+            f"{c.confidence:.0%} bootstrap interval from the raw repeats ({c.n_boot} resamples, seed {c.seed}); "
+            f"the verdict is *within noise* when that interval contains 1. Green: target better, red: target worse, "
+            f"grey: within noise.")
+
+
+SOL_SHOWN = {"prefill_tflop_s": "prefill TFLOP/s", "mfu_spec": "MFU (spec)", "mfu_probed": "MFU (probed)",
+             "decode_gb_s": "decode GB/s", "mbu_spec": "MBU (spec)", "mbu_probed": "MBU (probed)"}
+
+
+def speed_of_light(df: pd.DataFrame, add_speed_of_light=None):
+    """Achieved fraction of the hardware's limits per point (perfkit.roofline), "unknown" where it is."""
+    ok = df[df["status"] == "ok"]
+    if add_speed_of_light is None or ok.empty:
+        return pd.DataFrame({"speed of light": ["not available (perfkit.roofline missing or no points)"]}) \
+            .style.hide(axis="index")
+    sol = add_speed_of_light(ok)
+    cols = [c for c in SOL_SHOWN if c in sol]
+    t = sol[["system", "model", "input_len", "output_len", "batch"] + (["hw_name"] if "hw_name" in sol else []) + cols]
+    t = t.sort_values(["system", "model", "input_len", "output_len", "batch"]).rename(columns={**_NICE, **SOL_SHOWN,
+                                                                                              "hw_name": "peaks from"})
+    fmt = {SOL_SHOWN[c]: ("{:.1%}" if c.startswith(("mfu", "mbu")) else "{:,.3f}") for c in cols}
+    return t.style.format(fmt, na_rep="unknown").hide(axis="index")
+
+
+def bottom_line(c: Comparison) -> str:
+    """Markdown bullets, one per study metric: which way it goes, how often, by how much."""
+    lines = []
+    for metric, title in STUDY_TITLES.items():
+        st = c.study[c.study["metric"] == metric]
+        if st.empty:
+            continue
+        n = len(st)
+        counts = st["verdict"].value_counts()
+        geo = float(np.exp(np.log(st["ratio"]).mean()))
+        if counts.get(BETTER, 0) > n / 2:
+            call = f"**target better** in {counts[BETTER]} of {n}"
+        elif counts.get(WORSE, 0) > n / 2:
+            call = f"**target worse** in {counts[WORSE]} of {n}"
+        else:
+            call = (f"mixed: better in {counts.get(BETTER, 0)}, worse in {counts.get(WORSE, 0)}, within noise in "
+                    f"{counts.get(NOISE, 0)} of {n}")
+        who = f"the target by {1 / geo:.2f}×" if geo < 1 else f"the baseline by {geo:.2f}×"
+        lines.append(f"- {title}: {call} configurations; geometric-mean ratio {geo:.2f}, i.e. in favour of {who}")
+    return "**Bottom line**\n\n" + "\n".join(lines)

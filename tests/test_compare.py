@@ -1,0 +1,209 @@
+"""perfkit.compare against hand-made results whose ratios are known exactly."""
+
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from perfkit.compare import BETTER, NOISE, WORSE, compare, load_side, ratio, verdict
+from perfkit.errors import UsageError
+from perfkit.measure import with_provenance
+from perfkit.metrics import point_metrics
+from perfkit.results import write_point, write_run
+
+ENV = {"device": "cpu", "device_name": "Test CPU", "torch_version": "2.13.0", "transformers_version": "5.17.0",
+       "git_commit": "abc123"}
+
+
+def make_row(system, model, i, o, b, ttft_ms, e2e_ms, dtype="float32", status="ok", **extra):
+    """One results row built the way perfkit builds them, from raw samples in ms."""
+    row = {"system": system, "model": model, "dtype": dtype, "backend": "hf-loop", "attn_implementation": "sdpa",
+           "input_len": i, "output_len": o, "batch": b, "status": status, "error": None if status == "ok" else status}
+    row.update(point_metrics(b, i, o, [t / 1e3 for t in ttft_ms], [t / 1e3 for t in e2e_ms]))
+    row.update({"peak_mem_bytes": (10 + b) * 2**20 if status == "ok" else None, "peak_mem_scope": "process-rss",
+                "ttft_ms_samples": [float(t) for t in ttft_ms], "e2e_ms_samples": [float(t) for t in e2e_ms],
+                "decode_step_ms_samples": [[] for _ in ttft_ms]})
+    row.update(extra)
+    key = {"system": system, "model": model, "input_len": i, "output_len": o, "batch": b, "dtype": dtype}
+    return with_provenance(row, "run-" + system, ENV, key)
+
+
+def write_rows(out_dir, rows):
+    os.makedirs(out_dir, exist_ok=True)
+    for sysname in {r["system"] for r in rows}:
+        write_run(str(out_dir), "run-" + sysname, {**ENV, "run_id": "run-" + sysname})
+    for r in rows:
+        write_point(str(out_dir), r)
+    return str(out_dir)
+
+
+def study_rows(system, scale, models=("tiny-llama2-13b", "tiny-mistral-7b"), batches=(1, 2, 4), i=32, o=8,
+               extra_points=()):
+    """Rows whose every latency is `scale` times the reference: ttft = 10·B ms, e2e = ttft + 7·(5 + B) ms."""
+    rows = []
+    for m in models:
+        for b in batches:
+            ttft = 10.0 * b * scale
+            e2e = ttft + 7 * (5.0 + b) * scale
+            rows.append(make_row(system, m, i, o, b, [ttft] * 3, [e2e] * 3))
+    for (m, ii, oo, b) in extra_points:
+        rows.append(make_row(system, m, ii, oo, b, [10.0 * scale] * 3, [50.0 * scale] * 3))
+    return rows
+
+
+@pytest.fixture
+def two_sides(tmp_path):
+    # The target is exactly twice as fast everywhere: every ratio is 0.5, with no noise at all.
+    t = write_rows(tmp_path / "target", study_rows("fast", 0.5, extra_points=[("tiny-llama2-13b", 64, 8, 1)]))
+    b = write_rows(tmp_path / "baseline", study_rows("slow", 1.0, extra_points=[("tiny-mistral-7b", 16, 8, 1)]))
+    return t, b
+
+
+def test_ratio_convention_both_directions():
+    # Latency: target/baseline. Throughput: baseline/target. Both < 1 when the target is better.
+    assert ratio("latency", 5.0, 10.0) == 0.5
+    assert ratio("throughput", 200.0, 100.0) == 0.5
+    assert ratio("latency", 20.0, 10.0) == 2.0
+    assert verdict(0.4, 0.6) == BETTER and verdict(1.1, 1.3) == WORSE and verdict(0.9, 1.1) == NOISE
+
+
+def test_exact_ratios_and_verdicts(two_sides):
+    c = compare(*two_sides)
+    assert c.target == "fast" and c.baseline == "slow"
+    pts = c.points
+    assert set(pts["metric"]) == {"ttft_ms", "tpot_ms", "e2e_ms", "prefill_tok_s", "decode_tok_s", "output_tok_s"}
+    # 2 models x 3 batches matched, 6 metrics each
+    assert len(pts) == 2 * 3 * 6
+    np.testing.assert_allclose(pts["ratio"], 0.5)
+    np.testing.assert_allclose(pts["ratio_lo"], 0.5)
+    np.testing.assert_allclose(pts["ratio_hi"], 0.5)
+    assert (pts["verdict"] == BETTER).all()
+    # the values themselves are the sides' medians / throughputs
+    r = pts[(pts.model == "tiny-llama2-13b") & (pts.batch == 2) & (pts.metric == "ttft_ms")].iloc[0]
+    assert r["target"] == pytest.approx(10.0) and r["baseline"] == pytest.approx(20.0)
+    r = pts[(pts.model == "tiny-llama2-13b") & (pts.batch == 2) & (pts.metric == "prefill_tok_s")].iloc[0]
+    assert r["target"] == pytest.approx(2 * 32 / 0.010) and r["baseline"] == pytest.approx(2 * 32 / 0.020)
+
+
+def test_study_level_max_throughput_with_batches(two_sides):
+    c = compare(*two_sides)
+    st = c.study
+    assert set(st["metric"]) == {"ttft_ms", "max_prefill_tok_s", "single_user_tok_s", "tpot_ms", "max_output_tok_s"}
+    np.testing.assert_allclose(st["ratio"], 0.5)
+    mo = st[(st.metric == "max_output_tok_s") & (st.model == "tiny-mistral-7b")].iloc[0]
+    # output tok/s = B·8 / e2e with e2e = 10B + 7(5+B) ms at scale 1: B=2 -> 16/0.069, B=4 -> 32/0.103 (the max)
+    assert mo["baseline_batch"] == 4 and mo["target_batch"] == 4
+    assert mo["baseline"] == pytest.approx(32 / 0.103)
+    assert mo["target"] == pytest.approx(32 / 0.0515)
+    # the extra points (I=64 only on target, I=16 only on baseline) are not in the study tables
+    assert set(st["input_len"]) == {32}
+
+
+def test_max_at_different_batches(tmp_path):
+    # Baseline peaks at B=2 (B=4 is slower); target peaks at B=4: the study ratio compares the two maxima.
+    base = [make_row("b", "tiny-llama2-13b", 32, 8, 1, [10] * 3, [80] * 3),
+            make_row("b", "tiny-llama2-13b", 32, 8, 2, [20] * 3, [100] * 3),    # 160 tok/s
+            make_row("b", "tiny-llama2-13b", 32, 8, 4, [40] * 3, [400] * 3)]    # 80 tok/s
+    targ = [make_row("t", "tiny-llama2-13b", 32, 8, 1, [10] * 3, [80] * 3),
+            make_row("t", "tiny-llama2-13b", 32, 8, 2, [20] * 3, [100] * 3),    # 160 tok/s
+            make_row("t", "tiny-llama2-13b", 32, 8, 4, [40] * 3, [100] * 3)]    # 320 tok/s
+    c = compare(write_rows(tmp_path / "t", targ), write_rows(tmp_path / "b", base))
+    mo = c.study[c.study.metric == "max_output_tok_s"].iloc[0]
+    assert (mo["target_batch"], mo["baseline_batch"]) == (4, 2)
+    assert mo["ratio"] == pytest.approx(160 / 320)
+    assert mo["verdict"] == BETTER
+    # same B=1 on both sides: single-user throughput identical, ratio exactly 1, within noise
+    su = c.study[c.study.metric == "single_user_tok_s"].iloc[0]
+    assert su["ratio"] == pytest.approx(1.0) and su["verdict"] == NOISE
+
+
+def test_noise_gives_interval_containing_one_and_is_seeded(tmp_path):
+    t = write_rows(tmp_path / "t", [make_row("t", "tiny-llama2-13b", 32, 8, 1, [10, 20, 30], [100, 110, 120])])
+    b = write_rows(tmp_path / "b", [make_row("b", "tiny-llama2-13b", 32, 8, 1, [15, 20, 25], [100, 110, 120])])
+    c1 = compare(t, b, seed=0)
+    r = c1.points[c1.points.metric == "ttft_ms"].iloc[0]
+    assert r["ratio"] == pytest.approx(1.0)
+    assert r["ratio_lo"] < 1 < r["ratio_hi"] and r["verdict"] == NOISE
+    # reproducible: the same seed gives the same interval, a different seed may not
+    c2 = compare(t, b, seed=0)
+    pd.testing.assert_frame_equal(c1.points, c2.points)
+    pd.testing.assert_frame_equal(c1.study, c2.study)
+
+
+def test_worse_target_is_worse(tmp_path):
+    t = write_rows(tmp_path / "t", [make_row("t", "tiny-llama2-13b", 32, 8, 1, [30, 31, 32], [100, 101, 102])])
+    b = write_rows(tmp_path / "b", [make_row("b", "tiny-llama2-13b", 32, 8, 1, [10, 11, 12], [100, 101, 102])])
+    r = compare(t, b).points.set_index("metric")
+    assert r.loc["ttft_ms", "ratio"] == pytest.approx(31 / 11)
+    assert r.loc["ttft_ms", "verdict"] == WORSE
+    assert r.loc["prefill_tok_s", "ratio"] == pytest.approx(31 / 11)  # throughput ratio = latency ratio
+    assert r.loc["prefill_tok_s", "verdict"] == WORSE
+
+
+def test_one_sided_points_are_listed(two_sides):
+    c = compare(*two_sides)
+    assert c.only_target[["model", "input_len", "output_len", "batch"]].values.tolist() == [["tiny-llama2-13b", 64, 8, 1]]
+    assert c.only_baseline[["model", "input_len", "output_len", "batch"]].values.tolist() == [["tiny-mistral-7b", 16, 8, 1]]
+
+
+def test_oom_on_one_side_is_listed_not_compared(tmp_path):
+    t = write_rows(tmp_path / "t", study_rows("t", 0.5, models=("tiny-llama2-13b",)) +
+                   [make_row("t", "tiny-llama2-13b", 32, 8, 8, [], [], status="oom")])
+    b = write_rows(tmp_path / "b", study_rows("b", 1.0, models=("tiny-llama2-13b",)) +
+                   [make_row("b", "tiny-llama2-13b", 32, 8, 8, [80] * 3, [200] * 3)])
+    c = compare(t, b)
+    assert c.not_ok[["batch", "target_status", "baseline_status"]].values.tolist() == [[8, "oom", "ok"]]
+    assert 8 not in set(c.points["batch"])
+
+
+def test_mismatch_error_names_what_differs(tmp_path):
+    t = write_rows(tmp_path / "t", study_rows("t", 1.0, models=("tiny-llama2-13b",)))
+    b = write_rows(tmp_path / "b", study_rows("b", 1.0, models=("tiny-mistral-7b",)))
+    with pytest.raises(UsageError, match="share no models") as e:
+        compare(t, b)
+    assert "tiny-llama2-13b" in str(e.value) and "tiny-mistral-7b" in str(e.value)
+    b2 = write_rows(tmp_path / "b2", study_rows("b", 1.0, models=("tiny-llama2-13b",), i=64, batches=(8,)))
+    with pytest.raises(UsageError, match="share no input lengths, no batches"):
+        compare(t, b2)
+
+
+def test_system_labels_select_from_one_directory(tmp_path):
+    d = write_rows(tmp_path / "both", study_rows("fast", 0.5) + study_rows("slow", 1.0))
+    with pytest.raises(UsageError, match="several systems"):
+        load_side(d)
+    with pytest.raises(UsageError, match="'nope' is not in its results"):
+        compare(d, d, "nope", "slow")
+    c = compare(d, d, "fast", "slow")
+    np.testing.assert_allclose(c.study["ratio"], 0.5)
+    assert c.systems.set_index("side").loc["target", "system"] == "fast"
+
+
+def test_prompt_phase_pools_output_lengths_like_summarize(tmp_path):
+    import perfkit
+
+    # ttft at (I=32, B=1) measured at O=4 and O=8: the study ttft pools both, as the report's table does.
+    t = write_rows(tmp_path / "t", [make_row("t", "tiny-llama2-13b", 32, 4, 1, [10, 12, 14], [30] * 3),
+                                    make_row("t", "tiny-llama2-13b", 32, 8, 1, [16, 18, 20], [60] * 3)])
+    b = write_rows(tmp_path / "b", [make_row("b", "tiny-llama2-13b", 32, 4, 1, [20] * 3, [30] * 3),
+                                    make_row("b", "tiny-llama2-13b", 32, 8, 1, [20] * 3, [60] * 3)])
+    c = compare(t, b)
+    tt = c.study[c.study.metric == "ttft_ms"].iloc[0]
+    assert tt["target"] == pytest.approx(15.0)  # median of 10,12,14,16,18,20
+    assert tt["ratio"] == pytest.approx(15 / 20)
+    from perfkit.results import load_results
+
+    s = perfkit.summarize(load_results(t))["ttft"]
+    assert s["ttft_ms"].iloc[0] == pytest.approx(tt["target"])
+
+
+def test_compare_and_report_modules_import_no_plotting_or_notebook_machinery():
+    import subprocess
+    import sys
+
+    code = ("import sys, perfkit.compare, perfkit.report\n"
+            "print([m for m in sys.modules if m.split('.')[0] in ('matplotlib', 'papermill', 'nbformat', "
+            "'nbconvert', 'IPython', 'jupyter_client')])")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
