@@ -26,23 +26,23 @@ class HFLoop:
     def run(self, model, input_ids_host: torch.Tensor, output_len: int, clock) -> torch.Tensor:
         from transformers import DynamicCache
 
-        batch = input_ids_host.shape[0]
         clock.mark()
         input_ids = input_ids_host.to(model.device)
         cache = DynamicCache(config=model.config)
-        tokens = torch.empty((batch, output_len), dtype=torch.long, device=model.device)
         # logits_to_keep=1: the prompt forward projects only the last position onto the vocabulary,
         # as any serving stack does; the other positions' logits are never used.
         logits = model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
         token = logits[:, -1].argmax(dim=-1)
-        tokens[:, 0] = token
         clock.mark()
-        for i in range(1, output_len):
+        # Each step's token tensor is kept as it is (a list append, no device op) and stacked after the
+        # last mark, so the timed loop holds nothing but the model's own work and the clock.
+        generated = [token]
+        for _ in range(1, output_len):
             logits = model(input_ids=token[:, None], past_key_values=cache, use_cache=True).logits
             token = logits[:, -1].argmax(dim=-1)
-            tokens[:, i] = token
+            generated.append(token)
             clock.mark()
-        return tokens
+        return torch.stack(generated, dim=1)
 
 
 class _MarkEachToken:

@@ -60,6 +60,7 @@ class PointMeasurement:
     peak_mem_bytes: int | None
     peak_mem_scope: str
     tokens: torch.Tensor  # (batch, output_len) of the last repeat
+    backend_mode: str = "eager"  # how decode ran: "eager", or "cuda-graph" where the backend replayed a graph
     energy_j: list | None = None  # per repeat, from the board's NVML counter; None entries where unavailable
     power_w: list | None = None  # per repeat, energy over the wall time between the two counter reads
 
@@ -150,8 +151,11 @@ def measure_point(model, system: System, point: Point, warmup: int = 1, repeats:
             e2e_s.append(e2e)
             step_s.append(steps)
         tokens = tokens.to("cpu")
+    # A backend that may fall back (static: no graph past a sliding window, or a failed capture) says how it
+    # ran; the row keeps it, so a figure is never read as a graph-replay figure when it was not one.
+    mode = getattr(backend, "mode", "eager")
     return PointMeasurement(point, system, ttft_s, e2e_s, step_s, warmup_s, setup_s, mem.peak_bytes, mem.scope, tokens,
-                            energy_j, power_w)
+                            mode, energy_j, power_w)
 
 
 def to_row(m: PointMeasurement) -> dict:
@@ -176,6 +180,7 @@ def to_row(m: PointMeasurement) -> dict:
             "peak_mem_scope": m.peak_mem_scope,
             "warmup_ms": m.warmup_s * 1e3,
             "setup_ms": m.setup_s * 1e3,
+            "backend_mode": m.backend_mode,
             "generated_tokens": int(m.tokens.numel()),
             "ttft_ms_samples": [t * 1e3 for t in m.ttft_s],
             "e2e_ms_samples": [t * 1e3 for t in m.e2e_s],

@@ -134,13 +134,14 @@ def ratio_heatmap(study: pd.DataFrame, target: str, baseline: str):
         for j in range(grid.shape[1]):
             v = grid.iat[i, j]
             if np.isfinite(v):
-                mark = "" if verdicts.iat[i, j] != NOISE else "~"
-                ax.text(j, i, f"{mark}{v:.2f}", ha="center", va="center", fontsize=7)
+                # Parentheses, not a "~" prefix: at this size a tilde reads as a minus sign.
+                text = f"({v:.2f})" if verdicts.iat[i, j] == NOISE else f"{v:.2f}"
+                ax.text(j, i, text, ha="center", va="center", fontsize=7)
     ax.set_xticks(range(len(order)), order, rotation=60, ha="right", fontsize=7)
     ax.set_yticks(range(len(grid)), grid.index, fontsize=8)
     bar = fig.colorbar(im, ax=ax)
     bar.set_label("log2 ratio (green: target better)")
-    ax.set_title(f"{target} vs {baseline}: ratio per model and configuration (~ = within noise)", fontsize=10)
+    ax.set_title(f"{target} vs {baseline}: ratio per model and configuration ((x) = within noise)", fontsize=10)
     fig.tight_layout()
     return fig
 

@@ -79,11 +79,15 @@ def provenance(df: pd.DataFrame, runs: list[dict] | None = None) -> pd.DataFrame
     """Where each system's numbers came from: one row per system."""
     rows = []
     for system, g in df.groupby("system", sort=True):
-        def vals(col):
-            if col not in g:
-                return "unknown"
-            v = sorted({str(x) for x in g[col].dropna().unique()})
-            return ", ".join(v) if v else "unknown"
+        on_cpu = "device" in g and set(g["device"].dropna()) == {"cpu"}
+
+        def vals(col, absent_on_cpu=False):
+            if col in g:
+                v = sorted({str(x) for x in g[col].dropna().unique()})
+                if v:
+                    return ", ".join(v)
+            # A CPU run has no CUDA and no GPU driver: say so rather than "unknown".
+            return "none (CPU)" if absent_on_cpu and on_cpu else "unknown"
 
         run_ids = sorted(g["run_id"].dropna().unique()) if "run_id" in g else []
         threads = sorted({str(r.get("torch_threads")) for r in (runs or []) if r.get("run_id") in run_ids
@@ -92,8 +96,8 @@ def provenance(df: pd.DataFrame, runs: list[dict] | None = None) -> pd.DataFrame
         rows.append({
             "system": system, "device": vals("device_name"), "dtype": vals("dtype"), "backend": vals("backend"),
             "attention": vals("attn_implementation"), "torch": vals("torch_version"),
-            "transformers": vals("transformers_version"), "CUDA": vals("cuda_version"),
-            "driver": vals("driver_version"), "commit": vals("git_commit"),
+            "transformers": vals("transformers_version"), "CUDA": vals("cuda_version", absent_on_cpu=True),
+            "driver": vals("driver_version", absent_on_cpu=True), "commit": vals("git_commit"),
             "CPU threads": ", ".join(threads) or "unknown",
             "measured (UTC)": f"{created.min()} … {created.max()}" if len(created) else "unknown",
             "points": int(len(g)), "runs": len(run_ids),

@@ -75,6 +75,7 @@ def test_measure_point_keeps_every_raw_sample(tiny_models):
     assert m.peak_mem_bytes > 0
     row = to_row(m)
     assert row["generated_tokens"] == 27 and row["repeats"] == 4 and row["status"] == "ok"
+    assert row["backend_mode"] == "eager"
     assert row["ttft_ms"] == pytest.approx(statistics.median(m.ttft_s) * 1e3)
 
 
