@@ -2,7 +2,7 @@
 # The GPU check: run from the repository root on the device machine with its own python3 (torch,
 # transformers, pandas, pyarrow, PyYAML, tqdm, nvidia-ml-py; no Jupyter), results and a log under $OUT.
 #
-#   PERFKIT_GIT_COMMIT=<sha> OUT=/path/to/out bash scripts/gpu-check.sh          # on the GPU: ~8 minutes
+#   PERFKIT_GIT_COMMIT=<sha> OUT=/path/to/out bash scripts/gpu-check.sh          # on the GPU: ~7.5 minutes
 #   OUT=/tmp/trial bash scripts/gpu-check.sh --cpu-trial                         # rehearsal on a CPU: ~2 minutes
 #
 # Steps (each bounded, each leaves its output even if a later one fails):
@@ -26,19 +26,20 @@ LOG="$OUT/gpu-check.log"
 if [ "${1:-}" = "--cpu-trial" ]; then
   PARAMS=params/gpu-check-trial.yaml; SWEEP_MIN=2; GOALS_MIN=1; OVERHEAD_MODEL=tiny-llama2-13b
 else
-  PARAMS=params/gpu-check.yaml; SWEEP_MIN=5; GOALS_MIN=1.5; OVERHEAD_MODEL=llama3-8b
+  # Sized for the device's 15 minutes, start-up included: ~7.5 minutes expected, every step capped.
+  PARAMS=params/gpu-check.yaml; SWEEP_MIN=4; GOALS_MIN=1.5; OVERHEAD_MODEL=llama3-8b
 fi
 export PERFKIT_GIT_COMMIT=${PERFKIT_GIT_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 RESULTS="$OUT/results/$(basename "$PARAMS" .yaml)"
 status=0
 
-step() {  # step NAME TIMEOUT_S CMD...: run, log, keep going; a failed step makes the script exit non-zero
+step() {  # step NAME TIMEOUT_S CMD...: run, log to $OUT/NAME.txt too, keep going; a failure makes the exit non-zero
   local name=$1 limit=$2; shift 2
   echo "=== $(date -u +%H:%M:%S) $name: $*"
   local t0=$SECONDS
-  timeout --signal=INT --kill-after=20 "$limit" "$@"
-  local rc=$?
+  timeout --signal=INT --kill-after=20 "$limit" "$@" 2>&1 | tee "$OUT/$name.txt"
+  local rc=${PIPESTATUS[0]}
   echo "=== $name: exit $rc after $((SECONDS - t0)) s"
   [ $rc -eq 0 ] || status=1
 }
@@ -46,12 +47,12 @@ step() {  # step NAME TIMEOUT_S CMD...: run, log, keep going; a failed step make
 {
   echo "perfkit gpu-check, commit $PERFKIT_GIT_COMMIT, params $PARAMS, $(date -u +%FT%TZ)"
   command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-  step env 60 "$PY" -m perfkit env --json
-  "$PY" -m perfkit env --json > "$OUT/env.json" 2>/dev/null
+  timeout 60 "$PY" -m perfkit env --json > "$OUT/env.json" || status=1
+  cat "$OUT/env.json"; echo
   step probe 90 "$PY" -m perfkit probe --dtypes bfloat16,float32 --out "$RESULTS"
   step sweep $((SWEEP_MIN * 60 + 90)) "$PY" -m perfkit sweep "$PARAMS" --out "$RESULTS" --max-minutes "$SWEEP_MIN" --no-progress
   step goals 180 "$PY" benchmarks/goals.py --out "$OUT/results/goals" --max-minutes "$GOALS_MIN" --quick
-  step overhead 120 "$PY" benchmarks/overhead.py --model "$OVERHEAD_MODEL" --output-len 64 --repeats 5
+  step overhead 120 "$PY" benchmarks/overhead.py --model "$OVERHEAD_MODEL" --output-len 32 --repeats 7
   echo "=== summary of $RESULTS"
   "$PY" - "$RESULTS" <<'PYEOF'
 import sys
@@ -63,5 +64,6 @@ for name, table in perfkit.summarize(df).items():
     print(f"--- {name}"); print(table.to_string(index=False) if len(table) else "(none)")
 PYEOF
   echo "gpu-check finished with status $status"
+  exit "$status"
 } 2>&1 | tee "$LOG"
 exit "${PIPESTATUS[0]}"
