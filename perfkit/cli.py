@@ -104,7 +104,7 @@ def _cmd_run(args) -> int:
         with_provenance
     from perfkit.models import build_model, dtype_name, parse_dtype
     from perfkit.provenance import environment, new_run_id
-    from perfkit.results import write_point, write_run
+    from perfkit.results import check_out_dir, write_point, write_run
 
     device = args.device or default_device()
     system = System(args.system, args.backend, args.dtype or default_dtype(device), device, args.attn_implementation)
@@ -112,6 +112,10 @@ def _cmd_run(args) -> int:
     validate(system, point)
     if args.warmup < 0 or args.repeats < 1:
         raise UsageError(f"need --warmup >= 0 and --repeats >= 1, got {args.warmup} and {args.repeats}")
+    if not 0 <= args.seed < 2**63:
+        raise UsageError(f"--seed must be an integer from 0 to 2**63 - 1, got {args.seed}")
+    if args.out:
+        check_out_dir(args.out)
     system = System(system.label, system.backend, dtype_name(parse_dtype(system.dtype)), system.device,
                     system.attn_implementation)
 
@@ -138,7 +142,7 @@ def _cmd_run(args) -> int:
     return 0
 
 
-def _positive_int(text: str) -> int:
+def _int(text: str) -> int:
     try:
         return int(text)
     except ValueError:
@@ -161,13 +165,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="measure one workload point")
     p.add_argument("--model", required=True, help="registry name or local checkpoint directory")
-    p.add_argument("--input-len", type=_positive_int, required=True)
-    p.add_argument("--output-len", type=_positive_int, required=True)
-    p.add_argument("--batch", type=_positive_int, default=1)
+    p.add_argument("--input-len", type=_int, required=True)
+    p.add_argument("--output-len", type=_int, required=True)
+    p.add_argument("--batch", type=_int, default=1)
     _add_system_args(p)
-    p.add_argument("--warmup", type=_positive_int, default=1)
-    p.add_argument("--repeats", type=_positive_int, default=5)
-    p.add_argument("--seed", type=_positive_int, default=0)
+    p.add_argument("--warmup", type=_int, default=1)
+    p.add_argument("--repeats", type=_int, default=5)
+    p.add_argument("--seed", type=_int, default=0)
     p.add_argument("--out", default=None, help="results directory to append the point to")
     p.add_argument("--json", action="store_true", help="print one JSON object with every results column")
     p.set_defaults(func=_cmd_run)

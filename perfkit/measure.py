@@ -26,7 +26,7 @@ from perfkit.errors import UsageError
 from perfkit.memory import PeakMemory
 from perfkit.metrics import point_metrics
 from perfkit.models import context_length, dtype_name, parse_dtype, resolve_model
-from perfkit.timing import clock_for, synchronize
+from perfkit.timing import clock_for, on_device, synchronize
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,7 +130,7 @@ def measure_point(model, system: System, point: Point, warmup: int = 1, repeats:
     backend = get_backend(system.backend)
     prompt = synthetic_prompt(point.batch, point.input_len, model.config.vocab_size, seed)
     ttft_s, e2e_s, step_s = [], [], []
-    with torch.inference_mode(), PeakMemory(device) as mem:
+    with on_device(device), torch.inference_mode(), PeakMemory(device) as mem:
         setup_s = backend.prepare(model, point.batch, point.input_len, point.output_len)
         t1 = time.perf_counter()
         for _ in range(warmup):
@@ -197,7 +197,7 @@ def failed_row(system: System, point: Point, status: str, error: str) -> dict:
     row = {
         "system": system.label,
         "model": point.model,
-        "dtype": system.dtype,
+        "dtype": dtype_name(parse_dtype(system.dtype)),
         "backend": system.backend,
         "attn_implementation": system.attn_implementation,
         "input_len": point.input_len,

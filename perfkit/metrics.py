@@ -68,12 +68,14 @@ def point_metrics(batch: int, input_len: int, output_len: int, ttft_s: Sequence[
         "e2e_p90_ms": e2e_ms["p90"],
         "tpot_ms": tpot_ms["median"],
         "tpot_iqr_ms": tpot_ms["iqr"],
+        "tpot_p10_ms": tpot_ms["p10"],
+        "tpot_p90_ms": tpot_ms["p90"],
         "prefill_tok_s": rate(batch * input_len, ttft_ms["median"]),
         "output_tok_s": rate(batch * output_len, e2e_ms["median"]),
         "decode_tok_s": rate(batch, tpot_ms["median"]),
         "total_tok_s": rate(batch * (input_len + output_len), e2e_ms["median"]),
         "repeats": ttft_ms["n"],
-        "noisy": bool(is_noisy(ttft) or is_noisy(e2e)),
+        "noisy": bool(is_noisy(ttft) or is_noisy(e2e) or (output_len > 1 and is_noisy(e2e - ttft))),
     }
 
 

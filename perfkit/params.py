@@ -202,6 +202,8 @@ def parse_params(data, source: str = "params") -> SweepParams:
     warmup = c.int_(d.get("warmup", 1), "warmup", 0)
     repeats = c.int_(d.get("repeats", 3), "repeats", 1)
     seed = c.int_(d.get("seed", 0), "seed", 0)
+    if seed >= 2**63:
+        c.fail("seed", f"{seed} is too large", "an integer from 0 to 2**63 - 1")
 
     search = c.mapping(d.get("search", {}) or {}, "search", SEARCH_KEYS)
     min_gain = search.get("min_gain", 0.03)
@@ -214,6 +216,12 @@ def parse_params(data, source: str = "params") -> SweepParams:
     derive = d.get("derive_output_lens", False)
     if not isinstance(derive, bool):
         c.fail("derive_output_lens", f"{derive!r} is not a boolean", "true or false")
+    for i, system in enumerate(systems):
+        # The static backend sizes its cache (and so every attention over it) for I + O: a 1024-token run's
+        # first 128 steps are not the work of a 128-token run, so shorter outputs cannot be read off it.
+        if derive and system.backend == "static" and len(output_lens) > 1:
+            c.fail("derive_output_lens", f"true, but systems[{i}] ({system.label!r}) uses the static backend, "
+                   "whose cache is sized for each output length", "false for a sweep with static systems")
     beyond = c.choice(d.get("beyond_context", "error"), "beyond_context", ("error", "skip"))
 
     max_minutes = d.get("max_minutes")

@@ -26,6 +26,7 @@ import time
 import torch
 
 from perfkit.models import dtype_name, parse_dtype
+from perfkit.timing import on_device
 
 GPU_COPY_BYTES = 1 << 30
 CPU_COPY_BYTES = 256 << 20
@@ -105,7 +106,7 @@ def probe(device: str | torch.device, dtypes=("bfloat16", "float16", "float32"),
     dev = torch.device(device)
     names = [dtype_name(parse_dtype(d)) for d in dtypes]
     t0 = time.perf_counter()
-    with torch.inference_mode():
+    with on_device(dev), torch.inference_mode():
         record = copy_bandwidth(dev, budget_s=budget_s)
         mm = {name: matmul_throughput(dev, parse_dtype(name), budget_s=budget_s) for name in names}
     env = environment(dev)
@@ -179,6 +180,10 @@ def cmd_probe(args) -> int:
         parse_dtype(d)
     if not (0 < args.budget_s <= 60):
         raise UsageError(f"--budget-s must be in (0, 60] seconds, got {args.budget_s}")
+    if args.out:
+        from perfkit.results import check_out_dir
+
+        check_out_dir(os.path.dirname(os.path.abspath(args.out)) if args.out.endswith(".json") else args.out)
     print(f"probing {device}...", file=sys.stderr, flush=True)
     record = probe(device, dtypes, budget_s=args.budget_s)
     if args.out:

@@ -33,20 +33,29 @@ COLUMNS = [
     "peak_mem_bytes", "repeats",
 ]
 
-# Types of columns that may be null in some rows (an oom row has no timings), fixed so that every
-# file of a directory has the same schema and DuckDB/pyarrow can read them together.
-_TYPES = {
-    "run_id": pa.string(), "point_key": pa.string(), "system": pa.string(), "model": pa.string(),
-    "device_name": pa.string(), "dtype": pa.string(), "backend": pa.string(), "attn_implementation": pa.string(),
-    "input_len": pa.int64(), "output_len": pa.int64(), "batch": pa.int64(), "status": pa.string(),
-    "error": pa.string(), "repeats": pa.int64(), "peak_mem_bytes": pa.int64(), "warmup": pa.int64(),
-    "peak_mem_scope": pa.string(), "generated_tokens": pa.int64(), "noisy": pa.bool_(),
-    "ttft_ms_samples": pa.list_(pa.float64()), "e2e_ms_samples": pa.list_(pa.float64()),
-    "decode_step_ms_samples": pa.list_(pa.list_(pa.float64())),
-    "git_commit": pa.string(), "torch_version": pa.string(), "transformers_version": pa.string(),
-    "driver_version": pa.string(), "cuda_version": pa.string(), "created_utc": pa.string(),
-    "device": pa.string(), "seed": pa.int64(), "derived_from_output_len": pa.int64(),
-}
+_F, _I, _S, _B = pa.float64(), pa.int64(), pa.string(), pa.bool_()
+_LIST = pa.list_(pa.float64())
+
+# Every column a row may have, with one fixed type. Every point file is written with all of them (null
+# where a row has no value: an oom row has no timings, a CPU row no energy), so all files of a directory
+# share one schema and DuckDB's `*.parquet` glob or pyarrow read them together whichever file comes first.
+SCHEMA = pa.schema(
+    [(c, {"input_len": _I, "output_len": _I, "batch": _I, "peak_mem_bytes": _I, "repeats": _I}.get(
+        c, _F if c.endswith(("_ms", "_tok_s")) else _S)) for c in COLUMNS]
+    + [
+        ("ttft_iqr_ms", _F), ("ttft_p10_ms", _F), ("ttft_p90_ms", _F),
+        ("e2e_iqr_ms", _F), ("e2e_p10_ms", _F), ("e2e_p90_ms", _F),
+        ("tpot_iqr_ms", _F), ("tpot_p10_ms", _F), ("tpot_p90_ms", _F), ("noisy", _B),
+        ("peak_mem_scope", _S), ("warmup_ms", _F), ("setup_ms", _F), ("backend_mode", _S),
+        ("generated_tokens", _I),
+        ("ttft_ms_samples", _LIST), ("e2e_ms_samples", _LIST), ("decode_step_ms_samples", pa.list_(_LIST)),
+        ("energy_j", _F), ("avg_power_w", _F), ("j_per_token", _F), ("energy_j_samples", _LIST),
+        ("search_gain", _F), ("search_stop", _S), ("sweep_name", _S), ("derived_from_output_len", _I),
+        ("warmup", _I), ("seed", _I),
+        ("device", _S), ("driver_version", _S), ("cuda_version", _S), ("torch_version", _S),
+        ("transformers_version", _S), ("git_commit", _S), ("created_utc", _S),
+    ]
+)
 
 
 def point_key(fields: dict) -> str:
@@ -77,21 +86,42 @@ def _atomic_write(path: str, write) -> None:
 
 
 def _schema_for(row: dict) -> pa.Schema:
-    fields = []
+    """SCHEMA, plus any column a row adds beyond it (typed from its value)."""
+    fields = list(SCHEMA)
     for name, value in row.items():
-        if name in _TYPES:
-            fields.append(pa.field(name, _TYPES[name]))
-        elif isinstance(value, bool):
-            fields.append(pa.field(name, pa.bool_()))
+        if name in SCHEMA.names:
+            continue
+        if isinstance(value, bool):
+            fields.append(pa.field(name, _B))
         elif isinstance(value, int):
-            fields.append(pa.field(name, pa.int64()))
+            fields.append(pa.field(name, _I))
         elif isinstance(value, float) or value is None:
-            fields.append(pa.field(name, pa.float64()))
+            fields.append(pa.field(name, _F))
         elif isinstance(value, str):
-            fields.append(pa.field(name, pa.string()))
+            fields.append(pa.field(name, _S))
         else:
             fields.append(pa.field(name, pa.infer_type([value])))
     return pa.schema(fields)
+
+
+def check_out_dir(out_dir: str, flag: str = "--out") -> None:
+    """Refuse, before anything is built or measured, a results directory that could not be written.
+
+    It may not exist yet; then its nearest existing ancestor must be a writable directory. Nothing is
+    created here (bad input writes nothing). Raises UsageError.
+    """
+    from perfkit.errors import UsageError
+
+    path = os.path.abspath(out_dir)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UsageError(f"{flag} {out_dir!r} is a file, expected a results directory")
+    parent = path
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise UsageError(f"{flag} {out_dir!r} lies under the file {parent!r}, expected a results directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {out_dir!r}: {parent!r} is not writable, expected a writable directory")
 
 
 def point_path(out_dir: str, key: str) -> str:
@@ -100,9 +130,9 @@ def point_path(out_dir: str, key: str) -> str:
 
 def write_point(out_dir: str, row: dict) -> str:
     """Persist one finished row atomically under its point_key; returns the file's path."""
-    ordered = {c: row.get(c) for c in COLUMNS}
-    ordered.update({k: v for k, v in row.items() if k not in ordered})
-    table = pa.Table.from_pylist([ordered], schema=_schema_for(ordered))
+    schema = _schema_for(row)
+    ordered = {c: row.get(c) for c in schema.names}
+    table = pa.Table.from_pylist([ordered], schema=schema)
     path = point_path(out_dir, ordered["point_key"])
     _atomic_write(path, lambda f: pq.write_table(table, f))
     return path

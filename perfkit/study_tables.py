@@ -13,7 +13,8 @@ ttft samples from every O measured there are pooled before taking the median; ro
 run (`derived_from_output_len`) share that run's ttft and are left out of the pooling so that no sample
 counts twice. Throughput is B·I over the pooled median ttft, as in perfkit.metrics. When a point was
 measured more than once (a re-run under another key) the newest row wins.
-`stop_reason` says why the batch search ended: oom, plateau (gain below the sweep's min_gain) or grid_end.
+`stop_reason` says why the batch search ended: oom, plateau (gain below the sweep's min_gain), grid_end, or
+incomplete (a time budget, crash or error stopped the sweep first); "not searched" for rows not from a sweep.
 """
 
 from __future__ import annotations
@@ -85,11 +86,15 @@ def _single_user(ok: pd.DataFrame) -> pd.DataFrame:
 def _stop_reason(g: pd.DataFrame) -> str:
     if (g["status"] == "oom").any():
         return "oom"
-    if "search_stop" in g:
-        last = g.sort_values("batch")["search_stop"].iloc[-1]
-        if last in ("plateau", "grid_end"):
-            return last
-    return "grid_end"  # no search recorded: the batches measured are the whole grid
+    stops = g["search_stop"] if "search_stop" in g else pd.Series(dtype=object)
+    if stops.isna().all():
+        return "not searched"  # rows from `perfkit run`, not a sweep: nothing says where a search would stop
+    last = g.sort_values("batch")["search_stop"].iloc[-1]
+    if last in ("plateau", "grid_end"):
+        return last
+    # The search has not finished: a time budget, a crash or an error stopped the sweep before it could
+    # decide. Calling that grid_end would claim batches were tried that never were.
+    return "incomplete"
 
 
 def _multi_user_max(df: pd.DataFrame) -> pd.DataFrame:

@@ -193,8 +193,9 @@ def _select(params: SweepParams, labels: list[str] | None) -> list[System]:
 
 
 def _check_out_dir(out_dir: str) -> None:
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise UsageError(f"--out {out_dir!r} is a file, expected a results directory")
+    from perfkit.results import check_out_dir
+
+    check_out_dir(out_dir)
 
 
 # ---- dry run -------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ every operation is synchronous, so `time.perf_counter()` at each mark is the dev
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import torch
@@ -50,3 +51,14 @@ def clock_for(device: torch.device, n_marks: int):
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def on_device(device: torch.device):
+    """Make `device` the current CUDA device for the block (a no-op elsewhere).
+
+    CUDA events record on the *current* device's stream and torch.cuda.synchronize() waits for the
+    current device: measuring on cuda:1 while cuda:0 is current would time host dispatch against an idle
+    stream. Every timed region runs inside this.
+    """
+    device = torch.device(device)
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()

@@ -52,6 +52,7 @@ BAD = [
     (["--model", "llama2-13b", "--input-len", "4000", "--output-len", "128"], "exceeds llama2-13b's context"),
     (["--model", "tiny-llama3-8b", "--dtype", "int3"], "unknown dtype 'int3'"),
     (["--model", "tiny-llama3-8b", "--backend", "tensorrt"], "unknown backend 'tensorrt'"),
+    (["--model", "tiny-llama3-8b", "--seed", "-1"], "--seed must be an integer from 0"),
 ]
 
 
@@ -100,3 +101,17 @@ def test_measuring_core_imports_no_notebook_or_plotting_machinery():
     r = subprocess.run([sys.executable, "-c", "import importlib\n" + code], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("command", [
+    ["run", "--model", "tiny-llama3-8b", "--input-len", "8", "--output-len", "2"],
+    ["sweep", "params/smoke.yaml"],
+    ["probe", "--device", "cpu"],
+])
+def test_an_unwritable_out_is_refused_before_any_work(tmp_path, command):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    for out, words in ((blocker, "is a file"), (blocker / "below", "lies under the file")):
+        r = run_cli(*command, "--out", str(out))
+        assert r.returncode == 2 and words in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert blocker.read_text() == "not a directory"

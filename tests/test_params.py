@@ -52,6 +52,9 @@ BAD = [
     (lambda d: d["grid"].update(input_lens=[4000], output_lens=[200]), "grid", "context of 4096"),
     (lambda d: d.update(search={"min_gain": 3}), "search.min_gain", "fraction"),
     (lambda d: d.pop("grid"), "grid", "missing"),
+    (lambda d: d.update(seed=2**70), "seed", "too large"),
+    (lambda d: (d["systems"][0].update(backend="static"), d["grid"].update(output_lens=[2, 4]),
+                d.update(derive_output_lens=True)), "derive_output_lens", "static backend"),
 ]
 
 

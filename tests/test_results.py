@@ -45,6 +45,12 @@ def test_duckdb_reads_the_files_directly(tmp_path, rows):
     n, oom = duckdb.sql(
         f"SELECT count(*), count(*) FILTER (WHERE status = 'oom') FROM '{tmp_path}/points/*.parquet'").fetchall()[0]
     assert (n, oom) == (3, 1)
+    # Every file has the same columns, whichever DuckDB reads first: an oom row (no timings) and CPU rows
+    # (no energy) next to each other still give their sample lists and backend mode.
+    rows = duckdb.sql(f"SELECT status, len(ttft_ms_samples), backend_mode, energy_j_samples "
+                      f"FROM '{tmp_path}/points/*.parquet' ORDER BY status").fetchall()
+    assert [r[0] for r in rows] == ["ok", "ok", "oom"]
+    assert rows[0][1] == 2 and rows[0][2] == "eager" and rows[2][1] is None
 
 
 def test_a_crash_mid_write_leaves_nothing_behind(tmp_path, rows, monkeypatch):

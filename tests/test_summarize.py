@@ -98,3 +98,11 @@ def test_summarize_works_after_the_tables_module_is_imported(tmp_path):
 
     empty = perfkit.summarize(pd.DataFrame(columns=COLUMNS))
     assert all(len(v) == 0 for v in empty.values())
+
+
+def test_an_unfinished_search_is_incomplete_not_grid_end():
+    # A sweep stopped by its time budget after B=2 of a longer grid: nothing says the grid ended.
+    df = pd.DataFrame([row("m", 64, 8, 1), row("m", 64, 8, 2, e2e_ms=(20, 20, 20))])
+    assert perfkit.summarize(df)["multi_user_max"].iloc[0]["stop_reason"] == "incomplete"
+    df = df.drop(columns=["search_stop"])  # rows from `perfkit run`: never searched
+    assert perfkit.summarize(df)["multi_user_max"].iloc[0]["stop_reason"] == "not searched"
