@@ -34,6 +34,7 @@ from perfkit.hardware import by_name, lookup  # noqa: E402
 from perfkit.measure import Point, System, failed_row, measure_point, to_row, with_provenance  # noqa: E402
 from perfkit.models import build_model  # noqa: E402
 from perfkit.provenance import environment, new_run_id  # noqa: E402
+from perfkit.sweep import is_out_of_memory  # noqa: E402
 
 MODEL = "llama3-8b"
 
@@ -61,8 +62,10 @@ class Runner:
         try:
             m = measure_point(self.model, system, point, warmup=warmup, repeats=repeats)
             row = to_row(m)
-        except torch.OutOfMemoryError as exc:
-            row = failed_row(system, point, "oom", str(exc).splitlines()[0])
+        except Exception as exc:  # noqa: BLE001 - one failed point must not lose the figures of the others
+            status = "oom" if is_out_of_memory(exc) else "error"
+            first_line = str(exc).splitlines()[0] if str(exc) else ""
+            row = failed_row(system, point, status, f"{type(exc).__name__}: {first_line}")
         finally:
             gc.collect()
             if self.device.startswith("cuda"):
@@ -82,7 +85,8 @@ class Runner:
                      if row.get("j_per_token") is not None and row.get("avg_power_w") is not None else ""),
                   flush=True)
         else:
-            print(f"  {backend:<8} B={batch:<4} I={input_len:<5} O={output_len:<4} {row['status']}", flush=True)
+            print(f"  {backend:<8} B={batch:<4} I={input_len:<5} O={output_len:<4} {row['status']}: {row['error']}",
+                  flush=True)
         return row, m
 
 

@@ -15,29 +15,32 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 
 import torch
 from transformers import DynamicCache
 
 from perfkit.measure import Point, System, default_dtype, measure_point, synthetic_prompt
 from perfkit.models import build_model, parse_dtype
-from perfkit.timing import synchronize
+from perfkit.timing import clock_for
 
 
 def bare_decode_s(model, prompt, output_len):
-    """Prefill untimed, then time the decode loop as one block: the least a harness can add."""
+    """Prefill untimed, then time the decode loop as one block: the least a harness can add.
+
+    The same kind of clock as perfkit's (CUDA events on a GPU, perf_counter on a CPU), with just two
+    marks, so the two sides differ only in what perfkit does per step.
+    """
     device = model.device
     with torch.inference_mode():
         cache = DynamicCache(config=model.config)
         ids = prompt.to(device)
         token = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1].argmax(-1)
-        synchronize(device)
-        start = time.perf_counter()
+        clock = clock_for(device, 2)
+        clock.mark()
         for _ in range(output_len - 1):
             token = model(input_ids=token[:, None], past_key_values=cache, use_cache=True).logits[:, -1].argmax(-1)
-        synchronize(device)
-        return time.perf_counter() - start
+        clock.mark()
+        return clock.seconds()[1]
 
 
 def main() -> int:

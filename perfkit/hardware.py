@@ -70,7 +70,7 @@ BUILTIN: list[HardwareSpec] = [
     HardwareSpec("H100 PCIe", ("H100", "PCIe"), 2.0e12, 756e12, 756e12, 51e12),
     # The H100 NVL and H200 NVL have their own (different) figures and are not in the table.
     HardwareSpec("H100 SXM", ("H100",), 3.35e12, 989e12, 989e12, 67e12, exclude=("PCIe", "NVL")),
-    HardwareSpec("H200 SXM", ("H200",), 4.8e12, 989e12, 989e12, 67e12, exclude=("NVL",)),
+    HardwareSpec("H200 SXM", ("H200",), 4.8e12, 989e12, 989e12, 67e12, exclude=("NVL", "GH200")),
     HardwareSpec("A100 80GB PCIe", ("A100", "80GB", "PCIe"), 1.935e12, 312e12, 312e12, 19.5e12),
     HardwareSpec("A100 80GB SXM", ("A100", "80GB"), 2.039e12, 312e12, 312e12, 19.5e12),
     HardwareSpec("A100 40GB", ("A100", "40GB"), 1.555e12, 312e12, 312e12, 19.5e12),

@@ -130,10 +130,24 @@ def resolve_model(model: str):
             )
         from transformers import AutoConfig
 
+        from safetensors import safe_open
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
         try:
-            return AutoConfig.from_pretrained(model, trust_remote_code=False, local_files_only=True)
+            config = AutoConfig.from_pretrained(model, trust_remote_code=False, local_files_only=True)
         except (OSError, ValueError) as exc:
             raise UsageError(f"cannot read the checkpoint config in {model!r}: {exc}") from None
+        if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+            raise UsageError(f"checkpoint {model!r} is a {config.model_type!r} model: expected a causal language "
+                             "model (llama, mistral, ...)")
+        for name in sorted(f for f in os.listdir(model) if f.endswith(".safetensors")):
+            try:  # reads the header only: a truncated or corrupt file is refused before anything is built
+                with safe_open(os.path.join(model, name), framework="pt"):
+                    pass
+            except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+                raise UsageError(f"checkpoint file {os.path.join(model, name)!r} is not valid safetensors "
+                                 f"({exc}): expected an intact checkpoint") from None
+        return config
     if os.sep in model or model.startswith("."):
         raise UsageError(f"model path {model!r} does not exist: expected a checkpoint directory")
     raise UsageError(f"unknown model {model!r}: expected one of {', '.join(REGISTRY)} or a checkpoint directory")
@@ -183,15 +197,18 @@ def build_model(model: str, dtype: torch.dtype, device: str | torch.device, attn
         # With accelerate, safetensors stream straight onto the device; without it (the GPU machine has
         # none) transformers loads on the host and we move the model: real weights must be read anyway.
         placement = {"device_map": str(device)} if importlib.util.find_spec("accelerate") else {}
-        m = AutoModelForCausalLM.from_pretrained(
-            model,
-            dtype=dtype,
-            attn_implementation=attn_implementation,
-            use_safetensors=True,
-            trust_remote_code=False,
-            local_files_only=True,
-            **placement,
-        )
+        try:
+            m = AutoModelForCausalLM.from_pretrained(
+                model,
+                dtype=dtype,
+                attn_implementation=attn_implementation,
+                use_safetensors=True,
+                trust_remote_code=False,
+                local_files_only=True,
+                **placement,
+            )
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"cannot load the checkpoint {model!r}: {exc}") from None
         if not placement:
             m = m.to(device)
     return m.eval()

@@ -192,6 +192,17 @@ def _select(params: SweepParams, labels: list[str] | None) -> list[System]:
     return [params.system(label) for label in dict.fromkeys(labels)]
 
 
+# Out-of-memory that does not arrive as torch.OutOfMemoryError: cuBLAS/cuDNN workspace allocations and
+# some kernels report it as a plain RuntimeError with one of these messages.
+_OOM_MESSAGES = ("out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED",
+                 "cudaErrorMemoryAllocation")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and any(m in str(exc) for m in _OOM_MESSAGES))
+
+
 def _check_out_dir(out_dir: str) -> None:
     from perfkit.results import check_out_dir
 
@@ -363,7 +374,7 @@ class _Runner:
         except torch.OutOfMemoryError as exc:
             build_failure = ("oom", f"building the model: {_one_line(exc)}")
         except Exception as exc:  # a broken checkpoint is a failed point, not a failed sweep
-            build_failure = ("error", f"building the model: {_one_line(exc)}")
+            build_failure = ("oom" if is_out_of_memory(exc) else "error", f"building the model: {_one_line(exc)}")
         self.builds.append({"system": system.label, "model": model, "seconds": time.perf_counter() - t})
         if build_failure:
             _free_memory(system.device)
@@ -396,7 +407,7 @@ class _Runner:
             except torch.OutOfMemoryError as exc:
                 status, error = "oom", _one_line(exc)
             except Exception as exc:
-                status, error = "error", _one_line(exc)
+                status, error = ("oom" if is_out_of_memory(exc) else "error"), _one_line(exc)
             if status != "ok":  # outside the except block: the traceback no longer pins the tensors
                 _free_memory(u.system.device)
         rows = {}
@@ -430,10 +441,17 @@ class _Runner:
 
 
 def _by_model(searches: list[Search]) -> list[tuple[System, str, list[Search]]]:
+    """Group searches by what building the model depends on (model, dtype, device, attention).
+
+    Systems that differ only in backend (hf-loop vs static) run on one build: the weights are the same,
+    and a full-size build costs seconds of device time that a budgeted session cannot spare. The first
+    system of a group stands for the build; each search still measures with its own system.
+    """
     groups: dict[tuple, list[Search]] = {}
     for s in searches:
-        groups.setdefault((s.unit.system, s.unit.model), []).append(s)
-    return [(system, model, group) for (system, model), group in groups.items()]
+        u = s.unit
+        groups.setdefault((u.model, u.system.dtype, u.system.device, u.system.attn_implementation), []).append(s)
+    return [(group[0].unit.system, group[0].unit.model, group) for group in groups.values()]
 
 
 def _environments(params: SweepParams, systems: list[System], searches: list[Search],

@@ -66,3 +66,20 @@ def test_bad_models_are_usage_errors(tmp_path):
         resolve_model(str(tmp_path))
     with pytest.raises(UsageError, match="does not exist"):
         resolve_model(str(tmp_path / "missing"))
+
+
+def test_a_broken_or_non_causal_checkpoint_is_refused(tmp_path, tiny_models):
+    tiny_models["tiny-mistral-7b"].save_pretrained(tmp_path, safe_serialization=True)
+    weights = next(tmp_path.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:100])  # truncated
+    with pytest.raises(UsageError, match="not valid safetensors"):
+        resolve_model(str(tmp_path))
+    from safetensors.torch import save_file
+    from transformers import ViTConfig
+
+    vit = tmp_path / "vit"
+    vit.mkdir()
+    ViTConfig().save_pretrained(vit)
+    save_file({"w": torch.zeros(2)}, str(vit / "model.safetensors"))
+    with pytest.raises(UsageError, match="'vit' model: expected a causal language model"):
+        resolve_model(str(vit))

@@ -187,3 +187,10 @@ def test_probe_files_are_loaded(tmp_path):
     (tmp_path / "probes" / "a.json").write_text(json.dumps(rec))
     assert roofline.load_probe(tmp_path) == [rec]
     assert roofline.load_probe(tmp_path / "probes" / "a.json") == [rec]
+
+
+def test_a_grace_hopper_is_not_taken_for_an_h200():
+    from perfkit.hardware import lookup
+
+    assert lookup("NVIDIA GH200 480GB") is None  # unknown, not a guess
+    assert lookup("NVIDIA H200").name == "H200 SXM"

@@ -301,3 +301,38 @@ def test_budget_estimates_come_from_stored_points_and_stop_before_the_deadline(t
         assert runner._estimate_job(Job(unit, 4, (4,))) == pytest.approx(0.3 * 4)  # scaled by the work B·(I+O)
         assert runner._fits(30.0) and not runner.stopped
         assert not runner._fits(61.0) and runner.stopped  # would end past the 1-minute budget: stop now
+
+
+def test_out_of_memory_reported_as_a_runtime_error_counts_as_oom():
+    import torch
+
+    from perfkit.sweep import is_out_of_memory
+
+    assert is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert is_out_of_memory(RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling cublasCreate"))
+    assert not is_out_of_memory(RuntimeError("shape mismatch"))
+    assert not is_out_of_memory(ValueError("out of memory"))
+
+
+def test_systems_differing_only_in_backend_share_one_build(tmp_path, monkeypatch):
+    builds, systems = [], []
+    real_measure, real_build = sweep_mod.measure_point, sweep_mod.build_model
+
+    def measure(model, system, point, **kw):
+        systems.append(system.label)
+        return real_measure(model, system, point, **kw)
+
+    def build(name, *a, **kw):
+        builds.append(name)
+        return real_build(name, *a, **kw)
+
+    monkeypatch.setattr(sweep_mod, "measure_point", measure)
+    monkeypatch.setattr(sweep_mod, "build_model", build)
+    cpu = {"device": "cpu", "dtype": "float32", "attn_implementation": "sdpa"}
+    params = write_params(tmp_path / "p.yaml", systems=[{"label": "loop", "backend": "hf-loop", **cpu},
+                                                         {"label": "static", "backend": "static", **cpu}],
+                          grid={"input_lens": [8], "output_lens": [2], "batch_sizes": [1]}, repeats=1)
+    out = run_sweep(params, out_dir=str(tmp_path / "out"), progress=False)
+    assert builds == ["tiny-llama2-13b"]  # one build serves both backends
+    assert sorted(systems) == ["loop", "static"] and out.measured == 2
+    assert set(load_results(out.out_dir)["backend"]) == {"hf-loop", "static"}
