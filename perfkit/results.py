@@ -132,6 +132,11 @@ def write_point(out_dir: str, row: dict) -> str:
     """Persist one finished row atomically under its point_key; returns the file's path."""
     schema = _schema_for(row)
     ordered = {c: row.get(c) for c in schema.names}
+    for field in schema:
+        # A row that went through pandas carries NaN for a missing integer (or string): store it as null.
+        value = ordered[field.name]
+        if isinstance(value, float) and value != value and not pa.types.is_floating(field.type):
+            ordered[field.name] = None
     table = pa.Table.from_pylist([ordered], schema=schema)
     path = point_path(out_dir, ordered["point_key"])
     _atomic_write(path, lambda f: pq.write_table(table, f))

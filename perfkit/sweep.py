@@ -324,9 +324,11 @@ class _Runner:
         self.stopped = False
         self.measured, self.failures, self.ooms, self.builds = 0, [], [], []
         self.last_job: dict[tuple, tuple[int, float]] = {}  # (system, model) -> (work, seconds)
+        self.done: dict[str, dict] = {}  # rows stored before this session, by point key
 
     def learn(self, done: dict[str, dict]) -> None:
         """Seed the duration estimates from stored rows, so a resumed session budgets its first points too."""
+        self.done = done
         for row in done.values():
             if row.get("status") != "ok" or row.get("derived_from_output_len") is not None:
                 continue
@@ -395,6 +397,13 @@ class _Runner:
         u, p = job.unit, self.params
         self.bar.set_postfix_str(f"{u.system.label} {u.model} I={u.input_len} O={u.run_output_len} B={job.batch}",
                                  refresh=False)
+        stored = {o: self.done.get(store.point_key(key_fields(p, u, o, job.batch))) for o in job.output_lens}
+        if all(r is not None and r["status"] in ("ok", "oom") for r in stored.values()):
+            # Stored by an earlier session past an error that stopped the replay (errors are retried, the
+            # points after them are not): judge the stored rows, spend no device time on them again.
+            search.judge({o: dict(r) for o, r in stored.items()})
+            self._advance_bar(search)
+            return
         t = time.perf_counter()
         status, error, m = "ok", None, None
         if build_failure:
@@ -434,6 +443,9 @@ class _Runner:
         seconds = time.perf_counter() - t
         if status == "ok":
             self.last_job[(u.system.label, u.model)] = (job.batch * (u.input_len + u.run_output_len), seconds)
+        self._advance_bar(search)
+
+    def _advance_bar(self, search: Search) -> None:
         self.bar.update(1)
         if search.finished() and search.k < len(search.batches):  # stopped early: fewer runs left
             self.bar.total -= len(search.batches) - search.k

@@ -336,3 +336,23 @@ def test_systems_differing_only_in_backend_share_one_build(tmp_path, monkeypatch
     assert builds == ["tiny-llama2-13b"]  # one build serves both backends
     assert sorted(systems) == ["loop", "static"] and out.measured == 2
     assert set(load_results(out.out_dir)["backend"]) == {"hf-loop", "static"}
+
+
+def test_resume_retries_an_error_but_not_the_stored_points_after_it(tmp_path, monkeypatch):
+    from perfkit.results import write_point
+
+    params = write_params(tmp_path / "p.yaml", grid={"input_lens": [8], "output_lens": [2], "batch_sizes": [1, 2, 4]},
+                          repeats=1)
+    out = str(tmp_path / "out")
+    run_sweep(params, out_dir=out, progress=False)
+    df = load_results(out)
+    b2 = df[df["batch"] == 2].iloc[0].to_dict()
+    write_point(out, {**b2, "status": "error", "error": "RuntimeError: a transient failure"})  # as a crash left it
+    calls = []
+    real_measure = sweep_mod.measure_point
+    monkeypatch.setattr(sweep_mod, "measure_point",
+                        lambda model, system, point, **kw: calls.append(point.batch) or real_measure(model, system, point, **kw))
+    again = run_sweep(params, out_dir=out, progress=False)
+    assert calls == [2] and again.measured == 1  # batch 4 was stored ok: judged, not measured again
+    df = load_results(out)
+    assert len(df) == 3 and set(df["status"]) == {"ok"}
