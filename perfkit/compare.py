@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from perfkit.errors import UsageError
+from perfkit.study_tables import not_derived
 
 WORKLOAD = ["model", "input_len", "output_len", "batch"]
 
@@ -279,12 +280,6 @@ def _label(df, given):
     return given or ", ".join(sorted(df["system"].dropna().unique()))
 
 
-def _not_derived(df: pd.DataFrame) -> pd.Series:
-    if "derived_from_output_len" not in df:
-        return pd.Series(True, index=df.index)
-    return df["derived_from_output_len"].isna()
-
-
 def _rows_for(df: pd.DataFrame, keys: list, key: tuple, rule: str) -> list:
     sel = df
     for k, v in zip(keys, key):
@@ -297,8 +292,9 @@ def _rows_for(df: pd.DataFrame, keys: list, key: tuple, rule: str) -> list:
     # samples), so each side's figure is the one its report shows.
     rows = []
     for batch, g in sel.groupby("batch", sort=True):
-        own = g[_not_derived(g)]
-        g = own if len(own) else g.iloc[:1]
+        g = g[not_derived(g)]
+        if g.empty:  # only derived rows: perfkit.summarize shows no figure here, and neither do we
+            continue
         pooled = [v for lst in g["ttft_ms_samples"] if lst is not None for v in lst]
         rows.append({"batch": int(batch), "input_len": int(g["input_len"].iloc[0]), "output_len": 1,
                      "ttft_ms_samples": pooled, "e2e_ms_samples": None})

@@ -42,7 +42,8 @@ def _pooled_ms(group: pd.DataFrame, samples: str, median: str) -> np.ndarray:
     return group[median].astype(float).to_numpy()
 
 
-def _not_derived(df: pd.DataFrame) -> pd.Series:
+def not_derived(df: pd.DataFrame) -> pd.Series:
+    """Rows measured directly, not read off a longer run (those repeat its prompt-phase samples)."""
     if "derived_from_output_len" not in df:
         return pd.Series(True, index=df.index)
     return df["derived_from_output_len"].isna()
@@ -50,7 +51,7 @@ def _not_derived(df: pd.DataFrame) -> pd.Series:
 
 def _ttft(ok: pd.DataFrame) -> pd.DataFrame:
     rows = []
-    for (system, model, i_len), g in ok[(ok["batch"] == 1) & _not_derived(ok)].groupby(CONFIG, sort=True):
+    for (system, model, i_len), g in ok[(ok["batch"] == 1) & not_derived(ok)].groupby(CONFIG, sort=True):
         ms = _pooled_ms(g, "ttft_ms_samples", "ttft_ms")
         q25, q50, q75 = np.percentile(ms, [25, 50, 75])
         rows.append({"system": system, "model": model, "input_len": i_len, "ttft_ms": q50, "ttft_iqr_ms": q75 - q25,
@@ -61,7 +62,7 @@ def _ttft(ok: pd.DataFrame) -> pd.DataFrame:
 
 def _prefill_max(ok: pd.DataFrame) -> pd.DataFrame:
     per_batch = []
-    for (system, model, i_len, batch), g in ok[(ok["batch"] > 1) & _not_derived(ok)].groupby(
+    for (system, model, i_len, batch), g in ok[(ok["batch"] > 1) & not_derived(ok)].groupby(
             CONFIG + ["batch"], sort=True):
         ttft_ms = float(np.median(_pooled_ms(g, "ttft_ms_samples", "ttft_ms")))
         per_batch.append({"system": system, "model": model, "input_len": i_len, "batch": batch, "ttft_ms": ttft_ms,
