@@ -284,13 +284,18 @@ SOL_SHOWN = {"prefill_tflop_s": "prefill TFLOP/s", "mfu_spec": "MFU (spec)", "mf
              "decode_gb_s": "decode GB/s", "mbu_spec": "MBU (spec)", "mbu_probed": "MBU (probed)"}
 
 
-def speed_of_light(df: pd.DataFrame, add_speed_of_light=None):
-    """Achieved fraction of the hardware's limits per point (perfkit.roofline), "unknown" where it is."""
+def speed_of_light(df: pd.DataFrame, probe=None):
+    """Achieved fraction of the hardware's limits per point (perfkit.roofline), "unknown" where it is.
+
+    probe: what perfkit.roofline.load_probe takes (a results directory holding probes/*.json, ...): with
+    it the probed columns are filled for rows of the device the probe ran on.
+    """
+    from perfkit.roofline import add_speed_of_light
+
     ok = df[df["status"] == "ok"]
-    if add_speed_of_light is None or ok.empty:
-        return pd.DataFrame({"speed of light": ["not available (perfkit.roofline missing or no points)"]}) \
-            .style.hide(axis="index")
-    sol = add_speed_of_light(ok)
+    if ok.empty:
+        return pd.DataFrame({"speed of light": ["no measured points"]}).style.hide(axis="index")
+    sol = add_speed_of_light(ok, probe=probe)
     cols = [c for c in SOL_SHOWN if c in sol]
     t = sol[["system", "model", "input_len", "output_len", "batch"] + (["hw_name"] if "hw_name" in sol else []) + cols]
     t = t.sort_values(["system", "model", "input_len", "output_len", "batch"]).rename(columns={**_NICE, **SOL_SHOWN,
