@@ -70,7 +70,7 @@ class Runner:
             gc.collect()
             if self.device.startswith("cuda"):
                 torch.cuda.empty_cache()
-        key = {**vars(system), **vars(point), "warmup": warmup, "repeats": repeats, "run_id": self.run_id}
+        key = {**vars(system), **vars(point), "warmup": warmup, "repeats": repeats, "seed": 0, "run_id": self.run_id}
         row = with_provenance(row, self.run_id, self.env, key)
         if self.out:
             from perfkit.results import write_point

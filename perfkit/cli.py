@@ -129,7 +129,6 @@ def _cmd_run(args) -> int:
     key_fields = {**vars(system), **vars(point), "warmup": args.warmup, "repeats": args.repeats,
                   "seed": args.seed, "run_id": run_id}  # a `run` always appends: its key includes the run
     row = with_provenance(to_row(measurement), run_id, env, key_fields)
-    row.update({"warmup": args.warmup, "seed": args.seed})
     if args.out:
         write_run(args.out, run_id, {**env, "run_id": run_id, "command": sys.argv})
         write_point(args.out, row)

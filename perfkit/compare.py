@@ -32,6 +32,7 @@ import zlib
 import numpy as np
 import pandas as pd
 
+from perfkit import metrics
 from perfkit.errors import UsageError
 from perfkit.study_tables import not_derived
 
@@ -127,19 +128,19 @@ def samples_ms(row, kind: str) -> np.ndarray:
     if kind == "e2e":
         return e2e
     if kind == "tpot":
-        o = int(row["output_len"])
-        return (e2e - ttft) / (o - 1) if o > 1 else np.array([])
+        return metrics.tpot(ttft, e2e, int(row["output_len"]))
     raise ValueError(kind)
 
 
+# The study's throughput figures are results columns read at a chosen batch.
+_STUDY_COLUMN = {"max_prefill_tok_s": "prefill_tok_s", "single_user_tok_s": "output_tok_s",
+                 "max_output_tok_s": "output_tok_s"}
+
+
 def _work(row, metric: str) -> float:
-    """Tokens per unit of latency for a throughput metric (same formulas as perfkit.metrics)."""
-    b, i, o = int(row["batch"]), int(row["input_len"]), int(row["output_len"])
-    if metric in ("prefill_tok_s", "max_prefill_tok_s"):
-        return b * i
-    if metric == "decode_tok_s":
-        return b
-    return b * o  # output_tok_s, single_user_tok_s, max_output_tok_s
+    """Tokens per unit of latency for a throughput metric (perfkit.metrics.THROUGHPUTS)."""
+    _, tokens = metrics.THROUGHPUTS[_STUDY_COLUMN.get(metric, metric)]
+    return tokens(int(row["batch"]), int(row["input_len"]), int(row["output_len"]))
 
 
 def _rng(seed: int, *key) -> np.random.Generator:

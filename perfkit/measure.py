@@ -219,6 +219,10 @@ def with_provenance(row: dict, run_id: str, env: dict, key_fields: dict) -> dict
     out = dict(row)
     out["run_id"] = run_id
     out["point_key"] = point_key(key_fields)
+    # What defines the point and is not already in the row (how it was measured) travels with it too.
+    for field in ("warmup", "seed", "derived_from_output_len"):
+        if field in key_fields:
+            out[field] = key_fields[field]
     for field in ("device", "device_name", "driver_version", "cuda_version", "torch_version",
                   "transformers_version", "git_commit"):
         out[field] = env.get(field)

@@ -18,7 +18,6 @@ decode_tok_s are NaN.
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import numpy as np
@@ -42,20 +41,35 @@ def is_noisy(values: Sequence[float]) -> bool:
     return s["n"] > 1 and s["median"] > 0 and s["iqr"] / s["median"] > NOISY_IQR_FRACTION
 
 
+# Each throughput column: the latency it is measured over, and the tokens that latency produces.
+THROUGHPUTS = {
+    "prefill_tok_s": ("ttft", lambda batch, input_len, output_len: batch * input_len),
+    "output_tok_s": ("e2e", lambda batch, input_len, output_len: batch * output_len),
+    "decode_tok_s": ("tpot", lambda batch, input_len, output_len: batch),
+    "total_tok_s": ("e2e", lambda batch, input_len, output_len: batch * (input_len + output_len)),
+}
+
+
+def tpot(ttft, e2e, output_len: int) -> np.ndarray:
+    """Per-repeat time per output token after the first, in the unit of its inputs; empty when O = 1."""
+    ttft, e2e = np.asarray(ttft, dtype=float), np.asarray(e2e, dtype=float)
+    return (e2e - ttft) / (output_len - 1) if output_len > 1 else np.array([])
+
+
+def rate(tokens: float, ms):
+    """Tokens per second over a latency in ms (scalar or array); NaN where the latency is not positive."""
+    ms = np.asarray(ms, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.where(ms > 0, tokens / (ms / 1e3), np.nan)
+    return float(out) if out.ndim == 0 else out
+
+
 def point_metrics(batch: int, input_len: int, output_len: int, ttft_s: Sequence[float], e2e_s: Sequence[float]) -> dict:
     """Every derived column of a results row, from the raw per-repeat ttft and e2e (seconds)."""
     ttft = np.asarray(ttft_s, dtype=float)
     e2e = np.asarray(e2e_s, dtype=float)
-    ttft_ms = summary(ttft * 1e3)
-    e2e_ms = summary(e2e * 1e3)
-    if output_len > 1:
-        tpot_ms = summary((e2e - ttft) / (output_len - 1) * 1e3)
-    else:
-        tpot_ms = summary([])
-    nan = float("nan")
-
-    def rate(tokens: float, ms: float) -> float:
-        return tokens / (ms / 1e3) if ms > 0 and not math.isnan(ms) else nan
+    medians = {"ttft": summary(ttft * 1e3), "e2e": summary(e2e * 1e3), "tpot": summary(tpot(ttft, e2e, output_len) * 1e3)}
+    ttft_ms, e2e_ms, tpot_ms = medians["ttft"], medians["e2e"], medians["tpot"]
 
     return {
         "ttft_ms": ttft_ms["median"],
@@ -70,10 +84,8 @@ def point_metrics(batch: int, input_len: int, output_len: int, ttft_s: Sequence[
         "tpot_iqr_ms": tpot_ms["iqr"],
         "tpot_p10_ms": tpot_ms["p10"],
         "tpot_p90_ms": tpot_ms["p90"],
-        "prefill_tok_s": rate(batch * input_len, ttft_ms["median"]),
-        "output_tok_s": rate(batch * output_len, e2e_ms["median"]),
-        "decode_tok_s": rate(batch, tpot_ms["median"]),
-        "total_tok_s": rate(batch * (input_len + output_len), e2e_ms["median"]),
+        **{column: rate(tokens(batch, input_len, output_len), medians[latency]["median"])
+           for column, (latency, tokens) in THROUGHPUTS.items()},
         "repeats": ttft_ms["n"],
         "noisy": bool(is_noisy(ttft) or is_noisy(e2e) or (output_len > 1 and is_noisy(e2e - ttft))),
     }

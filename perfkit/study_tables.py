@@ -24,6 +24,8 @@ import os
 import numpy as np
 import pandas as pd
 
+from perfkit.metrics import rate
+
 IDENTITY = ["system", "model", "input_len", "output_len", "batch"]
 CONFIG = ["system", "model", "input_len"]
 
@@ -55,7 +57,7 @@ def _ttft(ok: pd.DataFrame) -> pd.DataFrame:
         ms = _pooled_ms(g, "ttft_ms_samples", "ttft_ms")
         q25, q50, q75 = np.percentile(ms, [25, 50, 75])
         rows.append({"system": system, "model": model, "input_len": i_len, "ttft_ms": q50, "ttft_iqr_ms": q75 - q25,
-                     "prefill_tok_s": i_len / (q50 / 1e3), "n_samples": len(ms)})
+                     "prefill_tok_s": rate(i_len, q50), "n_samples": len(ms)})
     return pd.DataFrame(rows, columns=["system", "model", "input_len", "ttft_ms", "ttft_iqr_ms", "prefill_tok_s",
                                        "n_samples"])
 
@@ -66,7 +68,7 @@ def _prefill_max(ok: pd.DataFrame) -> pd.DataFrame:
             CONFIG + ["batch"], sort=True):
         ttft_ms = float(np.median(_pooled_ms(g, "ttft_ms_samples", "ttft_ms")))
         per_batch.append({"system": system, "model": model, "input_len": i_len, "batch": batch, "ttft_ms": ttft_ms,
-                          "max_prefill_tok_s": batch * i_len / (ttft_ms / 1e3)})
+                          "max_prefill_tok_s": rate(batch * i_len, ttft_ms)})
     columns = ["system", "model", "input_len", "max_prefill_tok_s", "batch", "ttft_ms"]
     if not per_batch:
         return pd.DataFrame(columns=columns)

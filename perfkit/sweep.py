@@ -432,8 +432,7 @@ class _Runner:
         for o, row in rows.items():
             fields = key_fields(p, u, o, job.batch)
             full = with_provenance(row, self.run_id, env, fields)
-            full.update({"sweep_name": p.name, "derived_from_output_len": fields["derived_from_output_len"],
-                         "warmup": p.warmup, "seed": p.seed})
+            full["sweep_name"] = p.name
             store.write_point(self.out_dir, full)
             self.measured += 1
             if status == "error":
