@@ -34,7 +34,7 @@ import pandas as pd
 
 from perfkit import metrics
 from perfkit.errors import UsageError
-from perfkit.study_tables import not_derived
+from perfkit.study_tables import prompt_phase_rows
 
 WORKLOAD = ["model", "input_len", "output_len", "batch"]
 
@@ -293,7 +293,7 @@ def _rows_for(df: pd.DataFrame, keys: list, key: tuple, rule: str) -> list:
     # samples), so each side's figure is the one its report shows.
     rows = []
     for batch, g in sel.groupby("batch", sort=True):
-        g = g[not_derived(g)]
+        g = g[prompt_phase_rows(g)]
         if g.empty:  # only derived rows: perfkit.summarize shows no figure here, and neither do we
             continue
         pooled = [v for lst in g["ttft_ms_samples"] if lst is not None for v in lst]

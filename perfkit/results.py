@@ -155,6 +155,16 @@ def done_keys(out_dir: str) -> set[str]:
     return {os.path.basename(p)[: -len(".parquet")] for p in glob.glob(os.path.join(out_dir, POINTS, "*.parquet"))}
 
 
+def devices_by_system(out_dir: str) -> dict[str, set[str]]:
+    """The device names each system label of `out_dir` was measured on (two columns read per file)."""
+    seen: dict[str, set[str]] = {}
+    for f in glob.glob(os.path.join(out_dir, POINTS, "*.parquet")):
+        for row in pq.read_table(f, columns=["system", "device_name"]).to_pylist():
+            if row["device_name"] is not None:
+                seen.setdefault(row["system"], set()).add(row["device_name"])
+    return seen
+
+
 def _point_files(path: str) -> list[str]:
     if os.path.isfile(path):
         return [path]

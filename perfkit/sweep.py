@@ -466,11 +466,11 @@ def _by_model(searches: list[Search]) -> list[tuple[System, str, list[Search]]]:
 
 
 def _environments(params: SweepParams, systems: list[System], searches: list[Search],
-                  done: dict[str, dict]) -> dict[str, dict]:
+                  out_dir: str) -> dict[str, dict]:
     """Check each device that has work and record its provenance; refuse to mix devices in one directory."""
     from perfkit.provenance import environment
 
-    envs = {}
+    envs, stored = {}, None
     for system in systems:
         if not any(s.unit.system == system and not s.finished() for s in searches):
             continue
@@ -481,11 +481,15 @@ def _environments(params: SweepParams, systems: list[System], searches: list[Sea
                 raise UsageError(f"{params.source}: system {system.label!r}: {exc}") from None
             envs[system.device] = environment(system.device)
         here = envs[system.device]["device_name"]
-        for row in done.values():
-            if row.get("system") == system.label and row.get("device_name") not in (None, here):
-                raise UsageError(f"system {system.label!r}: the results directory holds points measured on "
-                                 f"{row['device_name']!r}, this machine is {here!r}: expected the same device "
-                                 "(use another --out)")
+        # Every stored point of this label counts, not only this plan's: an older params version measured
+        # elsewhere under the same label would otherwise mix devices in one directory.
+        if stored is None:
+            stored = store.devices_by_system(out_dir) if os.path.isdir(out_dir) else {}
+        other = sorted(stored.get(system.label, set()) - {here})
+        if other:
+            raise UsageError(f"system {system.label!r}: the results directory holds points measured on "
+                             f"{other[0]!r}, this machine is {here!r}: expected the same device "
+                             "(use another --out)")
     return envs
 
 
@@ -507,7 +511,7 @@ def run_sweep(params_or_path, systems: list[str] | None = None, out_dir: str | N
     done, _ = _done_rows(out_dir, params, all_units)
     searches = _replay(params, all_units, done)
     skipped = sum(len(s.history) for s in searches)
-    envs = _environments(params, chosen, searches, done)
+    envs = _environments(params, chosen, searches, out_dir)
 
     total = sum(s.remaining() for s in searches)
     with tqdm(total=total, desc=params.name, unit="pt", file=sys.stderr, disable=not progress or total == 0,

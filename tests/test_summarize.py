@@ -106,3 +106,14 @@ def test_an_unfinished_search_is_incomplete_not_grid_end():
     assert perfkit.summarize(df)["multi_user_max"].iloc[0]["stop_reason"] == "incomplete"
     df = df.drop(columns=["search_stop"])  # rows from `perfkit run`: never searched
     assert perfkit.summarize(df)["multi_user_max"].iloc[0]["stop_reason"] == "not searched"
+
+
+def test_static_prompt_phase_uses_its_shortest_output_only():
+    # static sizes its cache for I + O, so a longer O means a longer prompt attention: not pooled.
+    rows = [row("m", 64, 8, 1, ttft_ms=(10, 10, 10)), row("m", 64, 64, 1, ttft_ms=(30, 30, 30))]
+    for r in rows:
+        r["backend"] = "static"
+    assert perfkit.summarize(pd.DataFrame(rows))["ttft"].iloc[0]["ttft_ms"] == 10
+    for r in rows:
+        r["backend"] = "hf-loop"  # the same work whatever O: both are pooled
+    assert perfkit.summarize(pd.DataFrame(rows))["ttft"].iloc[0]["ttft_ms"] == 20

@@ -235,6 +235,11 @@ def test_resuming_on_another_device_is_refused(tmp_path, monkeypatch):
     more = write_params(tmp_path / "b.yaml", grid={**grid, "batch_sizes": [1, 2]}, repeats=1)
     with pytest.raises(UsageError, match="measured on .* this machine is 'Other CPU'"):
         run_sweep(more, out_dir=out, progress=False)
+    # A changed params file (other repeats: none of its points is stored yet) under the same label
+    # would still mix two devices in one directory: refused too.
+    changed = write_params(tmp_path / "c.yaml", grid=grid, repeats=2)
+    with pytest.raises(UsageError, match="this machine is 'Other CPU'"):
+        run_sweep(changed, out_dir=out, progress=False)
 
 
 def test_cli_dry_run_lists_points_and_what_is_done(tmp_path, capsys):
