@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import pytest
 import torch
@@ -42,27 +43,33 @@ def test_sweep_measures_every_point_then_a_rerun_skips_them(tmp_path):
     assert len(glob.glob(os.path.join(out, "runs", "*.json"))) == 1  # nothing to do: nothing written
 
 
-def test_batch_one_everywhere_first_and_each_model_built_once_per_pass(tmp_path, monkeypatch):
-    calls, builds = [], []
+@pytest.fixture
+def spy(monkeypatch):
+    """Records every measure_point call (system label, model, I, B) and every model build of a sweep."""
+    record = types.SimpleNamespace(calls=[], builds=[])
     real_measure, real_build = sweep_mod.measure_point, sweep_mod.build_model
 
     def measure(model, system, point, **kw):
-        calls.append((point.model, point.input_len, point.batch))
+        record.calls.append((system.label, point.model, point.input_len, point.batch))
         return real_measure(model, system, point, **kw)
 
     def build(name, *a, **kw):
-        builds.append(name)
+        record.builds.append(name)
         return real_build(name, *a, **kw)
 
     monkeypatch.setattr(sweep_mod, "measure_point", measure)
     monkeypatch.setattr(sweep_mod, "build_model", build)
+    return record
+
+
+def test_batch_one_everywhere_first_and_each_model_built_once_per_pass(tmp_path, spy):
     params = write_params(tmp_path / "p.yaml", models=["tiny-llama2-13b", "tiny-mistral-7b"],
                           grid={"input_lens": [8, 16], "output_lens": [2], "batch_sizes": [1, 2]}, repeats=1)
     run_sweep(params, out_dir=str(tmp_path / "out"), progress=False)
-    assert [c[2] for c in calls] == [1] * 4 + [2] * 4  # pass 1 (batch 1) for every model and config first
-    assert builds == ["tiny-llama2-13b", "tiny-mistral-7b"] * 2  # once per model per pass
+    assert [c[3] for c in spy.calls] == [1] * 4 + [2] * 4  # pass 1 (batch 1) for every model and config first
+    assert spy.builds == ["tiny-llama2-13b", "tiny-mistral-7b"] * 2  # once per model per pass
     # within a pass a model's points are contiguous: it is measured fully before the next is built
-    assert [c[0] for c in calls] == ["tiny-llama2-13b"] * 2 + ["tiny-mistral-7b"] * 2 + \
+    assert [c[1] for c in spy.calls] == ["tiny-llama2-13b"] * 2 + ["tiny-mistral-7b"] * 2 + \
         ["tiny-llama2-13b"] * 2 + ["tiny-mistral-7b"] * 2
 
 
@@ -319,31 +326,18 @@ def test_out_of_memory_reported_as_a_runtime_error_counts_as_oom():
     assert not is_out_of_memory(ValueError("out of memory"))
 
 
-def test_systems_differing_only_in_backend_share_one_build(tmp_path, monkeypatch):
-    builds, systems = [], []
-    real_measure, real_build = sweep_mod.measure_point, sweep_mod.build_model
-
-    def measure(model, system, point, **kw):
-        systems.append(system.label)
-        return real_measure(model, system, point, **kw)
-
-    def build(name, *a, **kw):
-        builds.append(name)
-        return real_build(name, *a, **kw)
-
-    monkeypatch.setattr(sweep_mod, "measure_point", measure)
-    monkeypatch.setattr(sweep_mod, "build_model", build)
+def test_systems_differing_only_in_backend_share_one_build(tmp_path, spy):
     cpu = {"device": "cpu", "dtype": "float32", "attn_implementation": "sdpa"}
     params = write_params(tmp_path / "p.yaml", systems=[{"label": "loop", "backend": "hf-loop", **cpu},
                                                          {"label": "static", "backend": "static", **cpu}],
                           grid={"input_lens": [8], "output_lens": [2], "batch_sizes": [1]}, repeats=1)
     out = run_sweep(params, out_dir=str(tmp_path / "out"), progress=False)
-    assert builds == ["tiny-llama2-13b"]  # one build serves both backends
-    assert sorted(systems) == ["loop", "static"] and out.measured == 2
+    assert spy.builds == ["tiny-llama2-13b"]  # one build serves both backends
+    assert sorted(c[0] for c in spy.calls) == ["loop", "static"] and out.measured == 2
     assert set(load_results(out.out_dir)["backend"]) == {"hf-loop", "static"}
 
 
-def test_resume_retries_an_error_but_not_the_stored_points_after_it(tmp_path, monkeypatch):
+def test_resume_retries_an_error_but_not_the_stored_points_after_it(tmp_path, spy):
     from perfkit.results import write_point
 
     params = write_params(tmp_path / "p.yaml", grid={"input_lens": [8], "output_lens": [2], "batch_sizes": [1, 2, 4]},
@@ -353,11 +347,8 @@ def test_resume_retries_an_error_but_not_the_stored_points_after_it(tmp_path, mo
     df = load_results(out)
     b2 = df[df["batch"] == 2].iloc[0].to_dict()
     write_point(out, {**b2, "status": "error", "error": "RuntimeError: a transient failure"})  # as a crash left it
-    calls = []
-    real_measure = sweep_mod.measure_point
-    monkeypatch.setattr(sweep_mod, "measure_point",
-                        lambda model, system, point, **kw: calls.append(point.batch) or real_measure(model, system, point, **kw))
+    spy.calls.clear()
     again = run_sweep(params, out_dir=out, progress=False)
-    assert calls == [2] and again.measured == 1  # batch 4 was stored ok: judged, not measured again
+    assert [c[3] for c in spy.calls] == [2] and again.measured == 1  # batch 4 was stored ok: judged, not measured again
     df = load_results(out)
     assert len(df) == 3 and set(df["status"]) == {"ok"}
