@@ -182,6 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
     from perfkit import probe
 
     probe.add_parser(sub)
+
+    from perfkit import compare
+
+    compare.add_subcommand(sub)
     return parser
 
 
@@ -196,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("perfkit: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like: stop quietly
+        sys.stderr.close()
+        return 1
 
 
 if __name__ == "__main__":

@@ -132,11 +132,11 @@ def write_probe(out: str, record: dict) -> str:
     """Write the record atomically: to `out` if it ends in .json, else to out/probes/<run_id>.json."""
     import json
 
-    from perfkit.results import _atomic_write
+    from perfkit.results import atomic_write
 
     path = out if out.endswith(".json") else os.path.join(out, "probes", f"{record['run_id']}.json")
     blob = json.dumps(record, indent=2, sort_keys=True, default=str).encode()
-    _atomic_write(os.path.abspath(path), lambda f: f.write(blob))
+    atomic_write(path, lambda f: f.write(blob))
     return path
 
 

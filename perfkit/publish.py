@@ -243,25 +243,9 @@ def report(results_dir: str, system: str | None = None, out_dir: str = DEFAULT_O
     return _publish("report", name, out_dir, {"results_dir": results_dir, "system": system or ""})
 
 
-def console_summary(c) -> str:
-    """The comparison's bottom line for a terminal: per metric, the geometric-mean ratio and the verdicts."""
-    import numpy as np
-
-    from perfkit.compare import BETTER, NOISE, WORSE, summary_line
-
-    lines = [summary_line(c)]
-    if not c.study.empty:
-        lines.append(f"  {'metric':<22}{'geo-mean ratio':>15}   verdicts (better / worse / within noise)")
-        for metric, g in c.study.groupby("metric", sort=False):
-            v = g["verdict"].value_counts()
-            geo = float(np.exp(np.log(g["ratio"]).mean()))
-            lines.append(f"  {metric:<22}{geo:>15.3g}   {v.get(BETTER, 0)} / {v.get(WORSE, 0)} / {v.get(NOISE, 0)}")
-    return "\n".join(lines)
-
-
 def compare(target: str, baseline: str, target_system: str | None = None, baseline_system: str | None = None,
             out_dir: str = DEFAULT_OUT, name: str | None = None) -> str:
-    from perfkit.compare import compare as _compare
+    from perfkit.compare import compare as _compare, console_summary
 
     c = _compare(target, baseline, target_system, baseline_system, n_boot=200)  # the checks, quickly
     print(console_summary(c), flush=True)
@@ -349,14 +333,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _side(arg: str) -> tuple[str, str | None]:
-    """DIR or DIR:LABEL (a system of that results directory)."""
-    if not os.path.exists(arg) and ":" in arg:
-        path, _, label = arg.rpartition(":")
-        return path, label or None
-    return arg, None
-
-
 def main(argv: list[str] | None = None) -> int:
     try:
         args = _parser().parse_args(argv)
@@ -365,7 +341,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "report":
             made = [report(args.results, args.system, args.out, args.name)]
         elif args.command == "compare":
-            (t_dir, t_sys), (b_dir, b_sys) = _side(args.target), _side(args.baseline)
+            from perfkit.compare import parse_side
+
+            (t_dir, t_sys), (b_dir, b_sys) = parse_side(args.target), parse_side(args.baseline)
             made = [compare(t_dir, b_dir, args.target_system or t_sys, args.baseline_system or b_sys, args.out,
                             args.name)]
         elif args.command == "all":

@@ -64,8 +64,9 @@ def point_key(fields: dict) -> str:
     return hashlib.sha256(blob).hexdigest()[:20]
 
 
-def _atomic_write(path: str, write) -> None:
-    directory = os.path.dirname(path)
+def atomic_write(path: str, write) -> None:
+    """Write `path` through a temporary file, fsync and rename: a crash leaves the old file or the new one."""
+    directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
     try:
@@ -139,14 +140,14 @@ def write_point(out_dir: str, row: dict) -> str:
             ordered[field.name] = None
     table = pa.Table.from_pylist([ordered], schema=schema)
     path = point_path(out_dir, ordered["point_key"])
-    _atomic_write(path, lambda f: pq.write_table(table, f))
+    atomic_write(path, lambda f: pq.write_table(table, f))
     return path
 
 
 def write_run(out_dir: str, run_id: str, provenance: dict) -> str:
     path = os.path.join(out_dir, RUNS, f"{run_id}.json")
     blob = json.dumps(provenance, indent=2, sort_keys=True, default=str).encode()
-    _atomic_write(path, lambda f: f.write(blob))
+    atomic_write(path, lambda f: f.write(blob))
     return path
 
 

@@ -15,6 +15,8 @@
 #      multi-user max throughput, where bf16 tokens of the backends diverge)
 #                                                     -> $OUT/results/goals/, $OUT/goals.txt
 #   5. benchmarks/overhead.py: harness overhead against a bare decode loop -> $OUT/overhead.txt
+#   6. tables of the sweep, and `perfkit compare` static vs hf-loop (ratios with bootstrap intervals)
+#                                                     -> $OUT/gpu-check.log, $OUT/compare.txt and CSVs
 # Bring $OUT back, copy its results/ into the repository's results/, and render reports on the CPU side.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -24,11 +26,11 @@ OUT=${OUT:-out}
 mkdir -p "$OUT"
 LOG="$OUT/gpu-check.log"
 if [ "${1:-}" = "--cpu-trial" ]; then
-  PARAMS=params/gpu-check-trial.yaml; SWEEP_MIN=2; GOALS_MIN=1; OVERHEAD_MODEL=tiny-llama2-13b
+  PARAMS=params/gpu-check-trial.yaml; SWEEP_MIN=2; GOALS_MIN=1; OVERHEAD_MODEL=tiny-llama2-13b; SIDE=cpu
 else
   # Sized for the device's 15 minutes, start-up included, and its 10-minute limit per command: the
-  # step caps below add up to 8.75 minutes; ~7 minutes expected.
-  PARAMS=params/gpu-check.yaml; SWEEP_MIN=3; GOALS_MIN=1.25; OVERHEAD_MODEL=llama3-8b
+  # step caps below add up to 9.25 minutes; ~7 minutes expected.
+  PARAMS=params/gpu-check.yaml; SWEEP_MIN=3; GOALS_MIN=1.25; OVERHEAD_MODEL=llama3-8b; SIDE=gpu
 fi
 export PERFKIT_GIT_COMMIT=${PERFKIT_GIT_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -64,6 +66,7 @@ print(df[cols].to_string(index=False) if len(df) else "no points")
 for name, table in perfkit.summarize(df).items():
     print(f"--- {name}"); print(table.to_string(index=False) if len(table) else "(none)")
 PYEOF
+  step compare 30 "$PY" -m perfkit compare "$RESULTS:$SIDE-static" "$RESULTS:$SIDE-hf-loop" --csv "$OUT/compare-static-vs-hf-loop"
   echo "gpu-check finished with status $status"
   exit "$status"
 } 2>&1 | tee "$LOG"

@@ -207,3 +207,56 @@ def test_compare_and_report_modules_import_no_plotting_or_notebook_machinery():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"
+
+
+def test_cli_compare_prints_study_ratios_and_writes_csv(two_sides, tmp_path, capsys):
+    from perfkit.cli import main
+
+    out = tmp_path / "csv"
+    assert main(["compare", *two_sides, "--points", "--csv", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "fast vs slow: of 10 study figures, target better in 10" in text
+    # each side's max with the batch it came from; every ratio 0.5 with a zero-width interval
+    mo = [ln for ln in text.splitlines() if "tiny-mistral-7b" in ln and "max_output_tok_s" in ln]
+    assert len(mo) == 1 and mo[0].count("@B=4") == 2
+    assert "0.500 [0.500, 0.500] target better" in mo[0]
+    assert "point ratios" in text
+    # workloads on one side only are listed, not dropped
+    assert "1 workload(s) measured on the target only" in text and "1 workload(s) measured on the baseline only" in text
+    c = compare(*two_sides)
+    study = pd.read_csv(out / "study.csv")
+    points = pd.read_csv(out / "points.csv")
+    assert len(study) == len(c.study) == 10 and len(points) == len(c.points)
+    np.testing.assert_allclose(study["ratio"], c.study["ratio"])
+    assert list(study["verdict"].unique()) == [BETTER]
+
+
+def test_cli_compare_selects_systems_with_dir_colon_label(tmp_path, capsys):
+    from perfkit.cli import main
+
+    d = str(write_rows(tmp_path / "both", study_rows("fast", 0.5) + study_rows("slow", 1.0)))
+    assert main(["compare", f"{d}:slow", f"{d}:fast"]) == 0  # the other way round: the target is slower
+    text = capsys.readouterr().out
+    assert "slow vs fast: of 10 study figures, target better in 0, worse in 10" in text
+    assert "2.000 [2.000, 2.000] target worse" in text
+
+
+@pytest.mark.parametrize("extra,message", [
+    ([], "target results hold several systems (fast, slow): name the target system"),
+    (["--confidence", "95"], "--confidence must be between 0 and 1"),
+    (["--n-boot", "5"], "--n-boot must be at least 100"),
+    (["--csv", "FILE"], "is a file: expected a directory"),
+])
+def test_cli_compare_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, extra, message):
+    from perfkit.cli import main
+
+    d = str(write_rows(tmp_path / "both", study_rows("fast", 0.5) + study_rows("slow", 1.0)))
+    a_file = tmp_path / "a_file"
+    a_file.write_text("keep me")
+    extra = [str(a_file) if x == "FILE" else x for x in extra]
+    sides = [d, f"{d}:slow"] if not extra else [f"{d}:fast", f"{d}:slow"]
+    assert main(["compare", *sides, *extra]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.count("\n") == 1 and message in captured.err
+    assert a_file.read_text() == "keep me"

@@ -84,31 +84,67 @@ def test_static_mistral_sliding_window(window, graph_ready):
         assert not torch.equal(other, loop)
 
 
-@pytest.mark.parametrize("name", ["tiny-mistral-7b", "tiny-llama3-8b"])
-def test_decode_step_reads_no_python_side_cache_state(tiny_models, monkeypatch, name):
-    """What a CUDA graph replay does, emulated on the CPU: Python-side cache state stays at capture time.
+def _pin_sliding_counters(backend):
+    """A replay sees Python-side cache state as it was at capture (on an empty cache): counter 0."""
+    for layer in backend.buffers.cache.layers:
+        if hasattr(layer, "cumulative_length_int"):
+            layer.cumulative_length_int = 0
 
-    A graph records the kernels of one call; a replay re-runs them without re-running Python. The sliding
-    window layer keeps a Python counter; if the step depended on it, a replay would compute with the
-    value it had at capture (0: capture happens on an empty cache). Pin it there before every step.
+
+def _generate_traced_step(monkeypatch, model, prompt, output_len, step):
+    """Run `static` with its decode step traced once by torch.compile and then only replayed.
+
+    The CPU cannot capture a CUDA graph, but dynamo's tracer asks of a function what a capture asks:
+    fullgraph=True makes any host round trip (.item(), a branch on a tensor's value) an error instead of a
+    graph break, and error_on_recompile makes it an error for the step to read a Python value that changed
+    since it was traced, which a replayed graph would not see change.
     """
     from perfkit.static_backend import StaticBackend
 
-    original = StaticBackend._step
+    traced = torch.compile(step, backend="eager", fullgraph=True)
 
-    def as_if_replayed(self, model):
-        for layer in self.buffers.cache.layers:
-            if hasattr(layer, "cumulative_length_int"):
-                layer.cumulative_length_int = 0
-        original(self, model)
+    def replayed(self, model):
+        _pin_sliding_counters(self)
+        traced(self, model)
+
+    monkeypatch.setattr(StaticBackend, "_step", replayed)
+    torch._dynamo.reset()
+    try:
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            return _generate("static", model, prompt, output_len)
+    finally:
+        torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("name", ["tiny-llama3-8b", "tiny-llama2-13b", "tiny-mistral-7b"])
+def test_decode_step_is_capturable_and_replays_correctly(tiny_models, monkeypatch, name):
+    """What a CUDA graph needs of the decode step, checked on the CPU: traced whole, never retraced, and
+    its replays generate hf-loop's tokens (the CUDA path itself is test_static_cuda_graph_matches_...)."""
+    from perfkit.static_backend import StaticBackend
 
     model = tiny_models[name]
     prompt = synthetic_prompt(B, I, model.config.vocab_size, seed=7)
     _, loop = _generate("hf-loop", model, prompt, O)
-    monkeypatch.setattr(StaticBackend, "_step", as_if_replayed)
-    backend, static = _generate("static", model, prompt, O)
+    backend, static = _generate_traced_step(monkeypatch, model, prompt, O, StaticBackend._step)
     assert backend.graph_ready
     assert torch.equal(static, loop)
+
+
+def test_capture_check_catches_a_step_that_reads_python_state(tiny_models, monkeypatch):
+    """The check above can fail: a step whose position comes from a Python counter is caught."""
+    from perfkit.static_backend import StaticBackend
+
+    correct_step = StaticBackend._step
+
+    def step_with_python_position(self, model):
+        self.python_position = getattr(self, "python_position", I) + 1
+        self.buffers.position.fill_(self.python_position - 1)
+        correct_step(self, model)
+
+    model = tiny_models["tiny-llama3-8b"]
+    prompt = synthetic_prompt(B, I, model.config.vocab_size, seed=7)
+    with pytest.raises(torch._dynamo.exc.RecompileError):
+        _generate_traced_step(monkeypatch, model, prompt, O, step_with_python_position)
 
 
 def test_static_output_len_one(tiny_models):
