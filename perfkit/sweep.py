@@ -9,7 +9,8 @@ pass is not built. So a model is built at most twice per invocation, once when r
 Max-throughput search. For each (system, model, I, O) the batch sizes of the grid are tried in
 ascending order, and the search stops at the first that runs out of memory (`oom`), or whose multi-user
 throughput B·O/e2e gains less than `search.min_gain` over the previous batch (`plateau`), or at the
-grid's end (`grid_end`). The row where a search stopped carries that reason in `search_stop` ("" on the
+grid's end (`grid_end`). A plateau needs both batches measured quietly (e2e IQR/median within 10 %): a
+gain read through noise as a loss takes the search one batch further rather than ending it too soon. The row where a search stopped carries that reason in `search_stop` ("" on the
 others) and every row its `search_gain` over the previous batch.
 
 Durability. Every finished point is written atomically (perfkit.results) before the next one starts. A
@@ -53,7 +54,7 @@ from perfkit import results as store
 from perfkit.errors import UsageError
 from perfkit.measure import Point, PointMeasurement, System, check_device, failed_row, measure_point, to_row, \
     with_provenance
-from perfkit.metrics import truncate_e2e_s
+from perfkit.metrics import NOISY_IQR_FRACTION, truncate_e2e_s
 from perfkit.models import build_model, parse_dtype
 from perfkit.params import SweepParams, load_params
 
@@ -108,13 +109,22 @@ def units(params: SweepParams, systems: list[System]) -> list[Unit]:
     return out
 
 
+def _quiet(row: dict) -> bool:
+    """Whether a row's e2e samples spread (IQR) within metrics.NOISY_IQR_FRACTION of their median."""
+    iqr, median = row.get("e2e_iqr_ms"), row.get("e2e_ms")
+    if iqr is None or not median or iqr != iqr:  # a single repeat, or spread unknown: nothing to doubt it by
+        return True
+    return iqr / median <= NOISY_IQR_FRACTION
+
+
 class Search:
     """The state of one unit's batch search; `judge` annotates a job's rows and advances it."""
 
     def __init__(self, unit: Unit, batches: tuple[int, ...], min_gain: float | None):
         self.unit, self.batches, self.min_gain = unit, batches, min_gain
         self.k = 0  # index of the next batch to run
-        self.prev_tok_s: dict[int, float | None] = {o: None for o in unit.output_lens}
+        # per output length: the last measured throughput (tok/s) and whether its e2e was quiet
+        self.prev_tok_s: dict[int, tuple[float, bool] | None] = {o: None for o in unit.output_lens}
         self.stop: dict[int, str] = {}
         self.history: list[tuple[int, int]] = []  # (batch, output_len) judged so far
 
@@ -137,12 +147,16 @@ class Search:
             if row["status"] == "oom":
                 stop = "oom"
             elif row["status"] == "ok":
-                tok_s, prev = row["output_tok_s"], self.prev_tok_s[o]
+                tok_s, (prev, prev_quiet) = row["output_tok_s"], self.prev_tok_s[o] or (None, True)
                 if prev:
                     gain = tok_s / prev - 1
-                    if self.min_gain is not None and gain < self.min_gain:
+                    # A plateau is only believed when both throughputs were measured quietly: with an e2e
+                    # spread of 10 % a real gain of several % can read as a loss, and stopping on it would
+                    # report too small a max. A noisy step takes the next batch instead (its row's `noisy`
+                    # and `search_gain` show why); on a GPU the spread is ~1 % and this never triggers.
+                    if self.min_gain is not None and gain < self.min_gain and prev_quiet and _quiet(row):
                         stop = "plateau"
-                self.prev_tok_s[o] = tok_s
+                self.prev_tok_s[o] = (tok_s, _quiet(row))
             # an `error` row neither stops the search nor moves its reference: the next batch is compared
             # with the last batch that measured
             if not stop and last:

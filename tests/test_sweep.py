@@ -73,8 +73,9 @@ def test_batch_one_everywhere_first_and_each_model_built_once_per_pass(tmp_path,
         ["tiny-llama2-13b"] * 2 + ["tiny-mistral-7b"] * 2
 
 
-def _row(status="ok", tok_s=float("nan")):
-    return {"status": status, "output_tok_s": tok_s}
+def _row(status="ok", tok_s=float("nan"), e2e_spread=0.01):
+    """A judged row: throughput, and an e2e whose IQR is `e2e_spread` of its median."""
+    return {"status": status, "output_tok_s": tok_s, "e2e_ms": 100.0, "e2e_iqr_ms": 100.0 * e2e_spread}
 
 
 def test_search_stops_on_plateau_oom_or_grid_end():
@@ -111,6 +112,37 @@ def test_search_stops_on_plateau_oom_or_grid_end():
     s.judge({4: _row(tok_s=100.0), 8: _row(tok_s=100.0)})
     s.judge({4: _row(tok_s=101.0), 8: _row(tok_s=150.0)})
     assert s.live() == (8,) and s.next_job().output_lens == (8,)
+
+
+def test_a_plateau_read_through_noise_takes_the_next_batch():
+    unit = Unit(CPU, "m", 16, 4, (4,))
+    # B=2 reads as a 5 % loss, but its e2e spread is 20 %: not believed, the search goes on to B=4
+    s = Search(unit, (1, 2, 4, 8, 16), min_gain=0.03)
+    s.judge({4: _row(tok_s=100.0)})
+    noisy = {4: _row(tok_s=95.0, e2e_spread=0.2)}
+    s.judge(noisy)
+    assert noisy[4]["search_stop"] == "" and noisy[4]["search_gain"] == pytest.approx(-0.05)
+    assert not s.finished() and s.next_job().batch == 4
+    # B=4 is quiet but is compared with the noisy B=2: still not believed
+    after_noisy = {4: _row(tok_s=96.0)}
+    s.judge(after_noisy)
+    assert after_noisy[4]["search_stop"] == "" and not s.finished()
+    # two quiet measurements without a gain: a plateau
+    quiet = {4: _row(tok_s=97.0)}
+    s.judge(quiet)
+    assert quiet[4]["search_stop"] == "plateau" and s.finished()
+    # exactly at the threshold (IQR/median = 10 %) counts as quiet, as metrics.is_noisy does
+    s = Search(unit, (1, 2, 4), min_gain=0.03)
+    s.judge({4: _row(tok_s=100.0, e2e_spread=0.1)})
+    edge = {4: _row(tok_s=100.0, e2e_spread=0.1)}
+    s.judge(edge)
+    assert edge[4]["search_stop"] == "plateau"
+    # a noisy row that gains enough simply continues, and one at the grid's end ends it
+    s = Search(unit, (1, 2), min_gain=0.03)
+    s.judge({4: _row(tok_s=100.0)})
+    end = {4: _row(tok_s=90.0, e2e_spread=0.3)}
+    s.judge(end)
+    assert end[4]["search_stop"] == "grid_end" and s.finished()
 
 
 def test_oom_is_recorded_memory_freed_and_the_search_stops(tmp_path, monkeypatch):
