@@ -183,9 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     probe.add_parser(sub)
 
-    from perfkit import compare
+    from perfkit import compare, study_tables
 
     compare.add_subcommand(sub)
+    study_tables.add_subcommand(sub)
     return parser
 
 

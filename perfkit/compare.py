@@ -34,7 +34,7 @@ import pandas as pd
 
 from perfkit import metrics
 from perfkit.errors import UsageError
-from perfkit.study_tables import prompt_phase_rows
+from perfkit.study_tables import format_number, prompt_phase_rows
 
 WORKLOAD = ["model", "input_len", "output_len", "batch"]
 
@@ -352,12 +352,6 @@ def console_summary(c: Comparison) -> str:
     return "\n".join(lines)
 
 
-def _fmt(value: float) -> str:
-    if not np.isfinite(value):
-        return "-"
-    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
-
-
 def ratio_table_text(table: pd.DataFrame, confidence: float) -> str:
     """A study or point ratio table as aligned text: each side's figure (and batch, for a max), the ratio,
     its interval and verdict."""
@@ -368,7 +362,7 @@ def ratio_table_text(table: pd.DataFrame, confidence: float) -> str:
     out["metric"] = table["metric"]
     for side in ("target", "baseline"):
         at = table.get(f"{side}_batch")
-        out[side] = [_fmt(v) + (f" @B={int(b)}" if at is not None and "max" in m and pd.notna(b) else "")
+        out[side] = [format_number(v) + (f" @B={int(b)}" if at is not None and "max" in m and pd.notna(b) else "")
                      for v, m, b in zip(table[side], table["metric"], at if at is not None else [None] * len(table))]
     out["ratio"] = table["ratio"].map(lambda r: f"{r:.3f}")
     out[f"{confidence:.0%} interval"] = [f"[{lo:.3f}, {hi:.3f}]" for lo, hi in zip(table["ratio_lo"], table["ratio_hi"])]

@@ -158,3 +158,94 @@ def summarize(df) -> dict[str, pd.DataFrame]:
         "multi_user_max": _multi_user_max(df),
         "oom": _oom(df),
     }
+
+
+# ---- perfkit summary: the same tables in a terminal --------------------------------------------------
+
+TITLES = {
+    "ttft": "Time to first token at batch 1",
+    "prefill_max": "Max prefill throughput over batch > 1",
+    "single_user": "Single-user throughput at batch 1 (prompt phase included)",
+    "multi_user_max": "Multi-user total max throughput over batch > 1, and why the batch search stopped",
+    "oom": "First batch out of memory",
+    "speed_of_light": "Speed of light: achieved fraction of the prefill (MFU) and decode (MBU) bounds",
+}
+POINT_COLUMNS = ["system", "model", "input_len", "output_len", "batch", "status", "backend_mode", "ttft_ms",
+                 "tpot_ms", "output_tok_s", "peak_mem_bytes", "noisy"]
+SOL_COLUMNS = ["system", "model", "input_len", "output_len", "batch", "ttft_ms", "prefill_tflop_s", "mfu_spec",
+               "mfu_probed", "tpot_ms", "decode_gb_s", "mbu_spec", "mbu_probed"]
+
+
+def speed_of_light_table(df: pd.DataFrame, probe=None) -> pd.DataFrame:
+    """Every measured point's achieved fractions (perfkit.roofline); NaN where a peak is unknown."""
+    from perfkit.roofline import add_speed_of_light
+
+    ok = _latest(df[df["status"] == "ok"]) if len(df) else df
+    if ok.empty:
+        return pd.DataFrame(columns=SOL_COLUMNS)
+    sol = add_speed_of_light(ok, probe=probe)
+    return sol[SOL_COLUMNS].sort_values(IDENTITY).reset_index(drop=True)
+
+
+def format_number(value: float) -> str:
+    """A figure for a terminal table: thousands separated from 1,000 up, 4 significant digits below, "-" if NaN."""
+    if pd.isna(value) or not np.isfinite(value):
+        return "-"
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
+
+
+def _as_text(table: pd.DataFrame) -> str:
+    if table.empty:
+        return "(none)"
+    shown = table.copy()
+    for col in shown.columns:
+        if col.startswith(("mfu", "mbu")):
+            shown[col] = shown[col].map(lambda v: "unknown" if pd.isna(v) else f"{v:.1%}")
+        elif col == "peak_mem_bytes":
+            shown[col] = shown[col].map(lambda v: "-" if pd.isna(v) else f"{v / 2**30:.2f} GiB")
+        elif shown[col].dtype.kind == "f":
+            shown[col] = shown[col].map(format_number)
+    return shown.rename(columns={"peak_mem_bytes": "peak_mem"}).to_string(index=False)
+
+
+def _cmd_summary(args) -> int:
+    from perfkit.errors import UsageError
+    from perfkit.results import atomic_write, load_results
+
+    if not os.path.isdir(args.results):
+        raise UsageError(f"results directory {args.results!r} does not exist")
+    if args.csv and os.path.exists(args.csv) and not os.path.isdir(args.csv):
+        raise UsageError(f"--csv {args.csv!r} is a file: expected a directory for the tables' CSV files")
+    df = load_results(args.results)
+    if args.system:
+        labels = sorted(df["system"].dropna().unique()) if len(df) else []
+        if args.system not in labels:
+            raise UsageError(f"system {args.system!r} is not in {args.results}: found {', '.join(labels) or 'no results'}")
+        df = df[df["system"] == args.system]
+    if df.empty:
+        raise UsageError(f"no results in {args.results} (expected points/*.parquet written by perfkit run or sweep)")
+    tables = summarize(df)
+    tables["speed_of_light"] = speed_of_light_table(df, probe=args.results)
+    counts = df["status"].value_counts()
+    devices = ", ".join(sorted({str(d) for d in df["device_name"].dropna()})) if "device_name" in df else "unknown"
+    print(f"{args.results}: {len(df)} points on {devices or 'unknown'} ({counts.get('ok', 0)} ok, "
+          f"{counts.get('oom', 0)} out of memory, {counts.get('error', 0)} failed)")
+    if args.points:
+        cols = [c for c in POINT_COLUMNS if c in df]
+        print(f"\n--- every point\n{_as_text(_latest(df)[cols].sort_values(IDENTITY))}")
+    for name, table in tables.items():
+        print(f"\n--- {name}: {TITLES[name]}\n{_as_text(table)}")
+    if args.csv:
+        for name, table in tables.items():
+            atomic_write(os.path.join(args.csv, f"{name}.csv"), lambda f, t=table: f.write(t.to_csv(index=False).encode()))
+        print(f"\nwrote {len(tables)} tables as CSV to {args.csv}")
+    return 0
+
+
+def add_subcommand(sub) -> None:
+    p = sub.add_parser("summary", help="the study's tables and speed of light of a results directory, as text")
+    p.add_argument("results", help="results directory (points/*.parquet; probes/*.json give the probed fractions)")
+    p.add_argument("--system", default=None, help="only this system label")
+    p.add_argument("--points", action="store_true", help="also list every point with its status")
+    p.add_argument("--csv", default=None, metavar="DIR", help="also write each table to DIR/<table>.csv")
+    p.set_defaults(func=_cmd_summary)

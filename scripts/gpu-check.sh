@@ -15,8 +15,8 @@
 #      multi-user max throughput, where bf16 tokens of the backends diverge)
 #                                                     -> $OUT/results/goals/, $OUT/goals.txt
 #   5. benchmarks/overhead.py: harness overhead against a bare decode loop -> $OUT/overhead.txt
-#   6. tables of the sweep, and `perfkit compare` static vs hf-loop (ratios with bootstrap intervals)
-#                                                     -> $OUT/gpu-check.log, $OUT/compare.txt and CSVs
+#   6. `perfkit summary`: the study's tables and speed of light     -> $OUT/summary.txt, $OUT/summary/*.csv
+#   7. `perfkit compare` static vs hf-loop (ratios, bootstrap intervals) -> $OUT/compare.txt and CSVs
 # Bring $OUT back, copy its results/ into the repository's results/, and render reports on the CPU side.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -29,7 +29,7 @@ if [ "${1:-}" = "--cpu-trial" ]; then
   PARAMS=params/gpu-check-trial.yaml; SWEEP_MIN=2; GOALS_MIN=1; OVERHEAD_MODEL=tiny-llama2-13b; SIDE=cpu
 else
   # Sized for the device's 15 minutes, start-up included, and its 10-minute limit per command: the
-  # step caps below add up to 9.25 minutes; ~7 minutes expected.
+  # step caps below add up to 9.5 minutes; ~7 minutes expected.
   PARAMS=params/gpu-check.yaml; SWEEP_MIN=3; GOALS_MIN=1.25; OVERHEAD_MODEL=llama3-8b; SIDE=gpu
 fi
 export PERFKIT_GIT_COMMIT=${PERFKIT_GIT_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
@@ -55,17 +55,8 @@ step() {  # step NAME TIMEOUT_S CMD...: run, log to $OUT/NAME.txt too, keep goin
   step probe 60 "$PY" -m perfkit probe --dtypes bfloat16,float32 --out "$RESULTS"
   step sweep $((SWEEP_MIN * 60 + 60)) "$PY" -m perfkit sweep "$PARAMS" --out "$RESULTS" --max-minutes "$SWEEP_MIN" --no-progress
   step goals 120 "$PY" benchmarks/goals.py --out "$OUT/results/goals" --max-minutes "$GOALS_MIN" --quick
-  step overhead 75 "$PY" benchmarks/overhead.py --model "$OVERHEAD_MODEL" --output-len 32 --repeats 7
-  echo "=== summary of $RESULTS"
-  "$PY" - "$RESULTS" <<'PYEOF'
-import sys
-import perfkit
-df = perfkit.load_results(sys.argv[1])
-cols = ["system", "model", "input_len", "output_len", "batch", "status", "ttft_ms", "tpot_ms", "output_tok_s", "peak_mem_bytes"]
-print(df[cols].to_string(index=False) if len(df) else "no points")
-for name, table in perfkit.summarize(df).items():
-    print(f"--- {name}"); print(table.to_string(index=False) if len(table) else "(none)")
-PYEOF
+  step overhead 60 "$PY" benchmarks/overhead.py --model "$OVERHEAD_MODEL" --output-len 32 --repeats 7
+  step summary 30 "$PY" -m perfkit summary "$RESULTS" --points --csv "$OUT/summary"
   step compare 30 "$PY" -m perfkit compare "$RESULTS:$SIDE-static" "$RESULTS:$SIDE-hf-loop" --csv "$OUT/compare-static-vs-hf-loop"
   echo "gpu-check finished with status $status"
   exit "$status"

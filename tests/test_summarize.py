@@ -117,3 +117,83 @@ def test_static_prompt_phase_uses_its_shortest_output_only():
     for r in rows:
         r["backend"] = "hf-loop"  # the same work whatever O: both are pooled
     assert perfkit.summarize(pd.DataFrame(rows))["ttft"].iloc[0]["ttft_ms"] == 20
+
+
+# ---- perfkit summary (the command line) -------------------------------------------------------------
+
+def _results_on_an_h100(tmp_path):
+    """A results directory of llama3-8b bf16 rows on an H100 (by name), with a probe of that device."""
+    import json
+
+    from perfkit.measure import with_provenance
+    from perfkit.results import write_point
+
+    env = {"device": "cuda", "device_name": "NVIDIA H100 80GB HBM3", "torch_version": "2.11.0"}
+    out = tmp_path / "res"
+    rows = [row("llama3-8b", 128, 8, 1, ttft_ms=(20.0, 20.0, 20.0), e2e_ms=(62.0, 62.0, 62.0)),
+            row("llama3-8b", 128, 8, 2, ttft_ms=(30.0, 30.0, 30.0), e2e_ms=(100.0, 100.0, 100.0), stop="grid_end"),
+            row("llama3-8b", 128, 8, 4, status="oom", stop="oom")]
+    for r in rows:
+        r.update(dtype="bfloat16", backend="static", backend_mode="cuda-graph")
+        write_point(str(out), with_provenance(r, "run-1", env, {k: r[k] for k in ("model", "input_len", "batch")}))
+    (out / "probes").mkdir()
+    (out / "probes" / "p.json").write_text(json.dumps({"device_name": env["device_name"],
+                                                       "copy_bandwidth_bytes_s": 3.0e12,
+                                                       "matmul_flops": {"bfloat16": 700e12}}))
+    return out
+
+
+def test_cli_summary_prints_the_study_tables_and_speed_of_light(tmp_path, capsys):
+    from perfkit import roofline
+    from perfkit.cli import main
+
+    out = _results_on_an_h100(tmp_path)
+    assert main(["summary", str(out), "--points", "--csv", str(tmp_path / "csv")]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"{out}: 3 points on NVIDIA H100 80GB HBM3 (2 ok, 1 out of memory, 0 failed)")
+    for name in ("every point", "ttft:", "prefill_max:", "single_user:", "multi_user_max:", "oom:", "speed_of_light:"):
+        assert f"--- {name}" in text, name
+    # the multi-user max (B=2: 16 tokens in 100 ms) and why the search stopped (B=4 ran out of memory)
+    mu = next(ln for ln in text.split("--- multi_user_max")[1].splitlines() if "llama3-8b" in ln)
+    assert " 160 " in mu and " oom" in mu
+    # MFU at B=1 against the H100's spec (989 TFLOP/s dense bf16) and its probe (700), as percentages
+    flops = roofline.prefill_flops("llama3-8b", 1, 128)
+    sol = next(ln for ln in text.split("--- speed_of_light")[1].splitlines() if "llama3-8b" in ln)
+    assert f"{flops / 989e12 / 0.020:.1%}" in sol and f"{flops / 700e12 / 0.020:.1%}" in sol
+    csv = pd.read_csv(tmp_path / "csv" / "speed_of_light.csv")
+    assert len(csv) == 2 and csv["mfu_probed"].iloc[0] == pytest.approx(flops / 700e12 / 0.020)
+    assert sorted(p.name for p in (tmp_path / "csv").iterdir()) == sorted(
+        f"{n}.csv" for n in ("ttft", "prefill_max", "single_user", "multi_user_max", "oom", "speed_of_light"))
+
+
+def test_cli_summary_says_unknown_where_no_peak_is_known(tmp_path, capsys):
+    from perfkit.cli import main
+    from perfkit.results import write_point
+
+    out = tmp_path / "cpu"
+    write_point(str(out), {**row("tiny-llama3-8b", 16, 4, 1), "dtype": "float32", "device_name": "Some CPU",
+                           "point_key": "k1"})
+    assert main(["summary", str(out)]) == 0
+    sol = capsys.readouterr().out.split("--- speed_of_light")[1]
+    line = next(ln for ln in sol.splitlines() if "tiny-llama3-8b" in ln)
+    assert line.count("unknown") == 4  # spec and probed, MFU and MBU: no guess
+
+
+@pytest.mark.parametrize("args,message", [
+    (["summary", "NOPE"], "nope' does not exist"),
+    (["summary", "RES", "--system", "x"], "system 'x' is not in"),
+    (["summary", "RES", "--csv", "FILE"], "is a file: expected a directory"),
+    (["summary", "EMPTY"], "no results in"),
+])
+def test_cli_summary_bad_input_is_one_line(tmp_path, capsys, args, message):
+    from perfkit.cli import main
+
+    res = _results_on_an_h100(tmp_path)
+    (tmp_path / "empty").mkdir()
+    a_file = tmp_path / "f.csv"
+    a_file.write_text("keep")
+    subst = {"NOPE": str(tmp_path / "nope"), "RES": str(res), "FILE": str(a_file), "EMPTY": str(tmp_path / "empty")}
+    assert main([subst.get(a, a) for a in args]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1 and message in captured.err
+    assert a_file.read_text() == "keep"
