@@ -101,6 +101,8 @@ def load_side(source, system: str | None = None, side: str = "target") -> pd.Dat
         path = os.fspath(source)
         if not os.path.exists(path):
             raise UsageError(f"{side} results directory {path!r} does not exist")
+        if not os.path.isdir(path):
+            raise UsageError(f"{side} {path!r} is a file, expected a results directory (points/*.parquet)")
         df = load_results(path)
     if df.empty:
         raise UsageError(f"{side}: no results in {source if not isinstance(source, pd.DataFrame) else 'the table'}")
@@ -128,6 +130,8 @@ def samples_ms(row, kind: str) -> np.ndarray:
     if kind == "e2e":
         return e2e
     if kind == "tpot":
+        if ttft.size != e2e.size:  # repeats must pair up; a row that lost one side has no tpot samples
+            return np.array([])
         return metrics.tpot(ttft, e2e, int(row["output_len"]))
     raise ValueError(kind)
 
@@ -154,23 +158,22 @@ def _boot_medians(x: np.ndarray, rng: np.random.Generator, n_boot: int) -> np.nd
 
 def _side_value(rows: list, metric: str, kind: str, sample: str, rng, n_boot: int):
     """(value, batch, bootstrap draws) of one side: a median latency, a throughput, or a max throughput."""
-    values, draws = [], []
+    values, batches, draws = [], [], []
     for row in rows:
         x = samples_ms(row, sample)
         if x.size == 0 or not np.all(np.isfinite(x)):
-            continue
+            continue  # a row without usable samples has no figure (and no say in the max)
         med, boot = float(np.median(x)), _boot_medians(x, rng, n_boot)
         if kind == "throughput":
             w = _work(row, metric)
             med, boot = w / (med / 1e3), w / (boot / 1e3)
         values.append(med)
+        batches.append(int(row["batch"]))
         draws.append(boot)
     if not values:
         return np.nan, None, None
-    if len(values) == 1:
-        return values[0], int(rows[0]["batch"]), draws[0]
     best = int(np.argmax(values))
-    return values[best], int(rows[best]["batch"]), np.max(np.vstack(draws), axis=0)
+    return values[best], batches[best], np.max(np.vstack(draws), axis=0)
 
 
 def ratio(kind: str, target: float, baseline: float) -> float:
@@ -333,11 +336,26 @@ def summary_line(c: Comparison) -> str:
 # ---- terminal and command line ----------------------------------------------------------------------
 
 def parse_side(arg: str) -> tuple[str, str | None]:
-    """DIR or DIR:LABEL (a system of that results directory)."""
-    if not os.path.exists(arg) and ":" in arg:
-        path, _, label = arg.rpartition(":")
-        return path, label or None
-    return arg, None
+    """DIR or DIR:LABEL (a system of that results directory).
+
+    Either may hold colons: an existing path is taken whole, else the split is at the first colon whose
+    left-hand part is an existing directory (so `res:gpu:static` is system `gpu:static` of `res`), else at
+    the last colon (and loading then names the directory that does not exist).
+    """
+    if os.path.exists(arg) or ":" not in arg:
+        return arg, None
+    cuts = [i for i, ch in enumerate(arg) if ch == ":"]
+    at = next((i for i in cuts if os.path.isdir(arg[:i])), cuts[-1])
+    return arg[:at], arg[at + 1:] or None
+
+
+def resolve_side(arg: str, flag_label: str | None, side: str) -> tuple[str, str | None]:
+    """A side given as DIR[:LABEL], with --target-system/--baseline-system as another way to name LABEL."""
+    path, label = parse_side(arg)
+    if label and flag_label and label != flag_label:
+        raise UsageError(f"the {side} system is named twice, {label!r} in {arg!r} and {flag_label!r} by "
+                         f"--{side}-system: name it once")
+    return path, label or flag_label
 
 
 def console_summary(c: Comparison) -> str:
@@ -376,16 +394,23 @@ def _write_csv(table: pd.DataFrame, path: str) -> None:
     atomic_write(path, lambda f: f.write(table.to_csv(index=False).encode()))
 
 
+MAX_N_BOOT = 100_000  # beyond this the intervals do not move, and memory grows with draws × repeats
+
+
 def _cmd_compare(args) -> int:
-    (t_dir, t_sys), (b_dir, b_sys) = parse_side(args.target), parse_side(args.baseline)
+    from perfkit.results import check_out_dir
+
+    t_dir, t_sys = resolve_side(args.target, args.target_system, "target")
+    b_dir, b_sys = resolve_side(args.baseline, args.baseline_system, "baseline")
     if not 0 < args.confidence < 1:
         raise UsageError(f"--confidence must be between 0 and 1 (e.g. 0.95), got {args.confidence}")
-    if args.n_boot < 100:
-        raise UsageError(f"--n-boot must be at least 100 bootstrap draws, got {args.n_boot}")
-    if args.csv and os.path.exists(args.csv) and not os.path.isdir(args.csv):
-        raise UsageError(f"--csv {args.csv!r} is a file: expected a directory for study.csv and points.csv")
-    c = compare(t_dir, b_dir, args.target_system or t_sys, args.baseline_system or b_sys, n_boot=args.n_boot,
-                confidence=args.confidence, seed=args.seed)
+    if not 100 <= args.n_boot <= MAX_N_BOOT:
+        raise UsageError(f"--n-boot must be from 100 to {MAX_N_BOOT:,} bootstrap draws, got {args.n_boot}")
+    if not 0 <= args.seed < 2**63:
+        raise UsageError(f"--seed must be an integer from 0 to 2**63 - 1, got {args.seed}")
+    if args.csv:
+        check_out_dir(args.csv, "--csv", "a directory for study.csv and points.csv")
+    c = compare(t_dir, b_dir, t_sys, b_sys, n_boot=args.n_boot, confidence=args.confidence, seed=args.seed)
     print(f"target   {c.target}: " + _side_text(c, "target"))
     print(f"baseline {c.baseline}: " + _side_text(c, "baseline"))
     print(console_summary(c))

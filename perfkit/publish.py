@@ -295,11 +295,13 @@ def rebuild_all(results_root: str, out_dir: str = DEFAULT_OUT, exclude: list[str
     if os.path.exists(spec):
         with open(spec) as f:
             pairs = yaml.safe_load(f) or []
+        from perfkit.compare import parse_side
+
         for pair in pairs:
-            t_dir, _, t_sys = str(pair["target"]).partition(":")
-            b_dir, _, b_sys = str(pair["baseline"]).partition(":")
-            made.append(compare(os.path.join(results_root, t_dir), os.path.join(results_root, b_dir),
-                                t_sys or None, b_sys or None, out_dir))
+            # DIR[:LABEL] relative to the results root, split as `perfkit compare` splits it
+            (t_dir, t_sys), (b_dir, b_sys) = (parse_side(os.path.join(results_root, str(pair[side])))
+                                              for side in ("target", "baseline"))
+            made.append(compare(t_dir, b_dir, t_sys, b_sys, out_dir))
     return made
 
 
@@ -341,11 +343,11 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "report":
             made = [report(args.results, args.system, args.out, args.name)]
         elif args.command == "compare":
-            from perfkit.compare import parse_side
+            from perfkit.compare import resolve_side
 
-            (t_dir, t_sys), (b_dir, b_sys) = parse_side(args.target), parse_side(args.baseline)
-            made = [compare(t_dir, b_dir, args.target_system or t_sys, args.baseline_system or b_sys, args.out,
-                            args.name)]
+            t_dir, t_sys = resolve_side(args.target, args.target_system, "target")
+            b_dir, b_sys = resolve_side(args.baseline, args.baseline_system, "baseline")
+            made = [compare(t_dir, b_dir, t_sys, b_sys, args.out, args.name)]
         elif args.command == "all":
             made = rebuild_all(args.results_root, args.out, args.exclude)
         else:

@@ -105,7 +105,7 @@ def _schema_for(row: dict) -> pa.Schema:
     return pa.schema(fields)
 
 
-def check_out_dir(out_dir: str, flag: str = "--out") -> None:
+def check_out_dir(out_dir: str, flag: str = "--out", what: str = "a results directory") -> None:
     """Refuse, before anything is built or measured, a results directory that could not be written.
 
     It may not exist yet; then its nearest existing ancestor must be a writable directory. Nothing is
@@ -115,14 +115,14 @@ def check_out_dir(out_dir: str, flag: str = "--out") -> None:
 
     path = os.path.abspath(out_dir)
     if os.path.exists(path) and not os.path.isdir(path):
-        raise UsageError(f"{flag} {out_dir!r} is a file, expected a results directory")
+        raise UsageError(f"{flag} {out_dir!r} is a file, expected {what}")
     parent = path
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)
     if not os.path.isdir(parent):
-        raise UsageError(f"{flag} {out_dir!r} lies under the file {parent!r}, expected a results directory")
+        raise UsageError(f"{flag} {out_dir!r} lies under the file {parent!r}, expected {what}")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise UsageError(f"{flag} {out_dir!r}: {parent!r} is not writable, expected a writable directory")
+        raise UsageError(f"{flag} {out_dir!r}: {parent!r} is not writable, expected {what} that can be written")
 
 
 def point_path(out_dir: str, key: str) -> str:

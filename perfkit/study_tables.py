@@ -13,7 +13,8 @@ ttft samples from every O measured there are pooled before taking the median; ro
 run (`derived_from_output_len`) share that run's ttft and are left out of the pooling so that no sample
 counts twice. Throughput is B·I over the pooled median ttft, as in perfkit.metrics. When a point was
 measured more than once (a re-run under another key) the newest row wins.
-`stop_reason` says why the batch search ended: oom, plateau (gain below the sweep's min_gain), grid_end, or
+`stop_reason` says why the batch search ended: oom, plateau (gain below the sweep's min_gain), grid_end,
+grid_end_noisy (the grid's end, after a plateau was passed over because its measurement was noisy), or
 incomplete (a time budget, crash or error stopped the sweep first); "not searched" for rows not from a sweep.
 """
 
@@ -101,6 +102,10 @@ def _single_user(ok: pd.DataFrame) -> pd.DataFrame:
     return su.sort_values(IDENTITY)[columns].reset_index(drop=True)
 
 
+# How a finished search ends (perfkit.sweep.Search); any other last row means it did not finish.
+SEARCH_ENDS = ("plateau", "grid_end", "grid_end_noisy")
+
+
 def _stop_reason(g: pd.DataFrame) -> str:
     if (g["status"] == "oom").any():
         return "oom"
@@ -108,7 +113,7 @@ def _stop_reason(g: pd.DataFrame) -> str:
     if stops.isna().all():
         return "not searched"  # rows from `perfkit run`, not a sweep: nothing says where a search would stop
     last = g.sort_values("batch")["search_stop"].iloc[-1]
-    if last in ("plateau", "grid_end"):
+    if last in SEARCH_ENDS:
         return last
     # The search has not finished: a time budget, a crash or an error stopped the sweep before it could
     # decide. Calling that grid_end would claim batches were tried that never were.
@@ -210,12 +215,13 @@ def _as_text(table: pd.DataFrame) -> str:
 
 def _cmd_summary(args) -> int:
     from perfkit.errors import UsageError
-    from perfkit.results import atomic_write, load_results
+    from perfkit.results import atomic_write, check_out_dir, load_results
 
     if not os.path.isdir(args.results):
-        raise UsageError(f"results directory {args.results!r} does not exist")
-    if args.csv and os.path.exists(args.csv) and not os.path.isdir(args.csv):
-        raise UsageError(f"--csv {args.csv!r} is a file: expected a directory for the tables' CSV files")
+        raise UsageError(f"results directory {args.results!r} does not exist" if not os.path.exists(args.results)
+                         else f"{args.results!r} is a file, expected a results directory")
+    if args.csv:
+        check_out_dir(args.csv, "--csv", "a directory for the tables' CSV files")
     df = load_results(args.results)
     if args.system:
         labels = sorted(df["system"].dropna().unique()) if len(df) else []

@@ -10,7 +10,8 @@ Max-throughput search. For each (system, model, I, O) the batch sizes of the gri
 ascending order, and the search stops at the first that runs out of memory (`oom`), or whose multi-user
 throughput B·O/e2e gains less than `search.min_gain` over the previous batch (`plateau`), or at the
 grid's end (`grid_end`). A plateau needs both batches measured quietly (e2e IQR/median within 10 %): a
-gain read through noise as a loss takes the search one batch further rather than ending it too soon. The row where a search stopped carries that reason in `search_stop` ("" on the
+gain read through noise as a loss takes the search one batch further rather than ending it too soon, and
+a search that then reaches the grid's end says `grid_end_noisy` (it may have been done earlier). The row where a search stopped carries that reason in `search_stop` ("" on the
 others) and every row its `search_gain` over the previous batch.
 
 Durability. Every finished point is written atomically (perfkit.results) before the next one starts. A
@@ -126,6 +127,7 @@ class Search:
         # per output length: the last measured throughput (tok/s) and whether its e2e was quiet
         self.prev_tok_s: dict[int, tuple[float, bool] | None] = {o: None for o in unit.output_lens}
         self.stop: dict[int, str] = {}
+        self.doubted: set[int] = set()  # output lengths where a plateau was not believed for noise
         self.history: list[tuple[int, int]] = []  # (batch, output_len) judged so far
 
     def live(self) -> tuple[int, ...]:
@@ -154,13 +156,18 @@ class Search:
                     # spread of 10 % a real gain of several % can read as a loss, and stopping on it would
                     # report too small a max. A noisy step takes the next batch instead (its row's `noisy`
                     # and `search_gain` show why); on a GPU the spread is ~1 % and this never triggers.
-                    if self.min_gain is not None and gain < self.min_gain and prev_quiet and _quiet(row):
-                        stop = "plateau"
+                    if self.min_gain is not None and gain < self.min_gain:
+                        if prev_quiet and _quiet(row):
+                            stop = "plateau"
+                        else:
+                            self.doubted.add(o)
                 self.prev_tok_s[o] = (tok_s, _quiet(row))
             # an `error` row neither stops the search nor moves its reference: the next batch is compared
             # with the last batch that measured
             if not stop and last:
-                stop = "grid_end"
+                # the grid ran out; if a plateau was passed over for noise on the way, say so: the search
+                # may have been done before the grid was
+                stop = "grid_end_noisy" if o in self.doubted else "grid_end"
             row["search_gain"], row["search_stop"] = gain, stop
             if stop:
                 self.stop[o] = stop

@@ -244,8 +244,12 @@ def test_cli_compare_selects_systems_with_dir_colon_label(tmp_path, capsys):
 @pytest.mark.parametrize("extra,message", [
     ([], "target results hold several systems (fast, slow): name the target system"),
     (["--confidence", "95"], "--confidence must be between 0 and 1"),
-    (["--n-boot", "5"], "--n-boot must be at least 100"),
-    (["--csv", "FILE"], "is a file: expected a directory"),
+    (["--n-boot", "5"], "--n-boot must be from 100 to 100,000"),
+    (["--n-boot", "100000000"], "--n-boot must be from 100 to 100,000"),
+    (["--seed", "-1"], "--seed must be an integer from 0"),
+    (["--csv", "FILE"], "is a file, expected a directory for study.csv"),
+    (["--csv", "FILE/sub"], "lies under the file"),
+    (["--target-system", "slow"], "the target system is named twice, 'fast'"),
 ])
 def test_cli_compare_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, extra, message):
     from perfkit.cli import main
@@ -253,10 +257,51 @@ def test_cli_compare_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, 
     d = str(write_rows(tmp_path / "both", study_rows("fast", 0.5) + study_rows("slow", 1.0)))
     a_file = tmp_path / "a_file"
     a_file.write_text("keep me")
-    extra = [str(a_file) if x == "FILE" else x for x in extra]
+    extra = [x.replace("FILE", str(a_file)) for x in extra]
     sides = [d, f"{d}:slow"] if not extra else [f"{d}:fast", f"{d}:slow"]
     assert main(["compare", *sides, *extra]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err.count("\n") == 1 and message in captured.err
     assert a_file.read_text() == "keep me"
+
+
+def test_cli_compare_refuses_a_file_for_a_results_directory(tmp_path, capsys):
+    from perfkit.cli import main
+
+    d = str(write_rows(tmp_path / "d", study_rows("fast", 0.5)))
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("x")
+    assert main(["compare", str(a_file), d]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is a file, expected a results directory" in err
+
+
+def test_sides_split_where_the_directory_exists(tmp_path, monkeypatch):
+    from perfkit.compare import parse_side
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "res").mkdir()
+    (tmp_path / "a:b").mkdir()
+    assert parse_side("res") == ("res", None)
+    assert parse_side("res:gpu:static") == ("res", "gpu:static")  # a label may hold a colon
+    assert parse_side("a:b") == ("a:b", None)  # a directory may too
+    assert parse_side("a:b:fast") == ("a:b", "fast")
+    assert parse_side("res:") == ("res", None)
+    assert parse_side("nope:x") == ("nope", "x")  # loading it then says 'nope' does not exist
+
+
+def test_a_row_without_samples_does_not_shift_the_batch_of_the_max(tmp_path):
+    # B=2's e2e samples were lost: the max over B = 4, 8 must name the batch it came from (8), not its
+    # position in the list of rows that had samples.
+    rows_t = study_rows("t", 0.5, models=("tiny-llama2-13b",), batches=(1, 2, 4, 8))
+    rows_t[1]["e2e_ms_samples"] = [float("nan")] * 3
+    rows_b = study_rows("b", 1.0, models=("tiny-llama2-13b",), batches=(1, 2, 4, 8))
+    c = compare(write_rows(tmp_path / "t", rows_t), write_rows(tmp_path / "b", rows_b))
+    mo = c.study[c.study.metric == "max_output_tok_s"].iloc[0]
+    assert mo["target_batch"] == 8 and mo["baseline_batch"] == 8
+    assert mo["target"] == pytest.approx(8 * 8 / ((80 + 7 * 13) * 0.5 / 1e3))
+    # a row whose ttft and e2e samples do not pair up has no tpot samples, rather than a crash
+    rows_t[0]["e2e_ms_samples"] = []
+    c = compare(write_rows(tmp_path / "t2", rows_t), write_rows(tmp_path / "b2", rows_b))
+    assert "tpot_ms" not in set(c.study[c.study.input_len == 32]["metric"])

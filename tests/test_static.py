@@ -91,60 +91,94 @@ def _pin_sliding_counters(backend):
             layer.cumulative_length_int = 0
 
 
-def _generate_traced_step(monkeypatch, model, prompt, output_len, step):
-    """Run `static` with its decode step traced once by torch.compile and then only replayed.
+def _addresses(backend) -> dict:
+    """Where every tensor the captured step reads or writes lives: a CUDA graph keeps these addresses."""
+    b = backend.buffers
+    where = {name: getattr(b, name).data_ptr() for name in ("token", "position", "kv_index")}
+    for i, layer in enumerate(b.cache.layers):
+        for name in ("keys", "values", "cumulative_length"):
+            where[f"cache layer {i} {name}"] = getattr(layer, name).data_ptr()
+    return where
 
-    The CPU cannot capture a CUDA graph, but dynamo's tracer asks of a function what a capture asks:
-    fullgraph=True makes any host round trip (.item(), a branch on a tensor's value) an error instead of a
-    graph break, and error_on_recompile makes it an error for the step to read a Python value that changed
-    since it was traced, which a replayed graph would not see change.
+
+def _generate_traced_step(model, prompt, output_len, step):
+    """Run `static` as on CUDA, with torch.compile's tracer standing in for the graph capture.
+
+    The CPU cannot capture a CUDA graph, but dynamo's tracer asks of a function much of what a capture
+    asks: fullgraph=True makes any host round trip (.item(), a branch on a tensor's value) an error
+    instead of a graph break, and error_on_recompile makes it an error for the step to read a Python
+    value that differs from when it was traced, which a replayed graph would not see differ. What dynamo
+    forgives and a graph does not, checked by hand: a step must not rebind a tensor the graph captured
+    (every address stays as it was at capture). The trace happens where StaticBackend._capture captures:
+    on an emptied cache at position 0, then the cache is emptied again and the point runs.
     """
-    from perfkit.static_backend import StaticBackend
-
+    backend = get_backend("static")
+    backend.prepare(model, prompt.shape[0], prompt.shape[1], output_len)
+    b = backend.buffers
+    captured_at = _addresses(backend)
     traced = torch.compile(step, backend="eager", fullgraph=True)
 
-    def replayed(self, model):
-        _pin_sliding_counters(self)
-        traced(self, model)
+    def replay(model):
+        _pin_sliding_counters(backend)
+        traced(backend, model)
+        moved = [k for k, v in _addresses(backend).items() if v != captured_at[k]]
+        assert not moved, f"the decode step moved {', '.join(moved)}: a captured graph would use the old memory"
 
-    monkeypatch.setattr(StaticBackend, "_step", replayed)
     torch._dynamo.reset()
     try:
-        with torch._dynamo.config.patch(error_on_recompile=True):
-            return _generate("static", model, prompt, output_len)
+        with torch._dynamo.config.patch(error_on_recompile=True), torch.inference_mode():
+            b.cache.reset()
+            b.position.zero_()
+            replay(model)  # the "capture"
+            b.cache.reset()
+            backend._step = replay  # every decode step of the point is now a "replay"
+            tokens = backend.run(model, prompt, output_len, CpuClock(output_len + 1))
     finally:
         torch._dynamo.reset()
+    return backend, tokens
 
 
 @pytest.mark.parametrize("name", ["tiny-llama3-8b", "tiny-llama2-13b", "tiny-mistral-7b"])
-def test_decode_step_is_capturable_and_replays_correctly(tiny_models, monkeypatch, name):
-    """What a CUDA graph needs of the decode step, checked on the CPU: traced whole, never retraced, and
-    its replays generate hf-loop's tokens (the CUDA path itself is test_static_cuda_graph_matches_...)."""
+def test_decode_step_is_capturable_and_replays_correctly(tiny_models, name):
+    """What a CUDA graph needs of the decode step, checked on the CPU: traced whole at capture, never
+    retraced, nothing it captured moved, and its replays generate hf-loop's tokens (the CUDA path itself
+    is test_static_cuda_graph_matches_hf_loop_first_tokens)."""
     from perfkit.static_backend import StaticBackend
 
     model = tiny_models[name]
     prompt = synthetic_prompt(B, I, model.config.vocab_size, seed=7)
     _, loop = _generate("hf-loop", model, prompt, O)
-    backend, static = _generate_traced_step(monkeypatch, model, prompt, O, StaticBackend._step)
+    backend, static = _generate_traced_step(model, prompt, O, StaticBackend._step)
     assert backend.graph_ready
     assert torch.equal(static, loop)
 
 
-def test_capture_check_catches_a_step_that_reads_python_state(tiny_models, monkeypatch):
-    """The check above can fail: a step whose position comes from a Python counter is caught."""
+def _reads_a_python_position(self, model):
     from perfkit.static_backend import StaticBackend
 
-    correct_step = StaticBackend._step
+    self.python_position = getattr(self, "python_position", -1) + 1
+    self.buffers.position.fill_(self.python_position)
+    StaticBackend._step(self, model)
 
-    def step_with_python_position(self, model):
-        self.python_position = getattr(self, "python_position", I) + 1
-        self.buffers.position.fill_(self.python_position - 1)
-        correct_step(self, model)
 
+def _rebinds_the_token(self, model):
+    b = self.buffers
+    logits = model(input_ids=b.token, position_ids=b.position, past_key_values=b.cache, use_cache=True).logits
+    b.token = logits[:, -1].argmax(dim=-1, keepdim=True)  # a new tensor, not a copy into the captured one
+    b.position.add_(1)
+
+
+@pytest.mark.parametrize("wrong_step,caught_by,message", [
+    (_reads_a_python_position, torch._dynamo.exc.RecompileError, "python_position"),
+    (_rebinds_the_token, AssertionError, "the decode step moved token"),
+])
+def test_capture_check_catches_steps_a_graph_could_not_replay(tiny_models, wrong_step, caught_by, message):
+    """The check above can fail: a step that reads a Python counter, or one that replaces a tensor the
+    graph captured instead of writing into it, is caught."""
     model = tiny_models["tiny-llama3-8b"]
     prompt = synthetic_prompt(B, I, model.config.vocab_size, seed=7)
-    with pytest.raises(torch._dynamo.exc.RecompileError):
-        _generate_traced_step(monkeypatch, model, prompt, O, step_with_python_position)
+    with pytest.raises(caught_by, match=message):
+        _generate_traced_step(model, prompt, O, wrong_step)
 
 
 def test_static_output_len_one(tiny_models):

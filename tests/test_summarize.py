@@ -106,6 +106,9 @@ def test_an_unfinished_search_is_incomplete_not_grid_end():
     assert perfkit.summarize(df)["multi_user_max"].iloc[0]["stop_reason"] == "incomplete"
     df = df.drop(columns=["search_stop"])  # rows from `perfkit run`: never searched
     assert perfkit.summarize(df)["multi_user_max"].iloc[0]["stop_reason"] == "not searched"
+    # a search that passed over a noisy plateau and ran to the grid's end keeps saying so
+    df = pd.DataFrame([row("m", 64, 8, 1), row("m", 64, 8, 2, e2e_ms=(20, 20, 20), stop="grid_end_noisy")])
+    assert perfkit.summarize(df)["multi_user_max"].iloc[0]["stop_reason"] == "grid_end_noisy"
 
 
 def test_static_prompt_phase_uses_its_shortest_output_only():
@@ -182,7 +185,8 @@ def test_cli_summary_says_unknown_where_no_peak_is_known(tmp_path, capsys):
 @pytest.mark.parametrize("args,message", [
     (["summary", "NOPE"], "nope' does not exist"),
     (["summary", "RES", "--system", "x"], "system 'x' is not in"),
-    (["summary", "RES", "--csv", "FILE"], "is a file: expected a directory"),
+    (["summary", "RES", "--csv", "FILE"], "is a file, expected a directory"),
+    (["summary", "FILE"], "is a file, expected a results directory"),
     (["summary", "EMPTY"], "no results in"),
 ])
 def test_cli_summary_bad_input_is_one_line(tmp_path, capsys, args, message):

@@ -142,7 +142,18 @@ def test_a_plateau_read_through_noise_takes_the_next_batch():
     s.judge({4: _row(tok_s=100.0)})
     end = {4: _row(tok_s=90.0, e2e_spread=0.3)}
     s.judge(end)
-    assert end[4]["search_stop"] == "grid_end" and s.finished()
+    assert end[4]["search_stop"] == "grid_end_noisy" and s.finished()  # the doubt is kept at the end
+    s = Search(unit, (1, 2, 4), min_gain=0.03)
+    s.judge({4: _row(tok_s=100.0)})
+    s.judge({4: _row(tok_s=90.0, e2e_spread=0.3)})
+    end = {4: _row(tok_s=150.0)}
+    s.judge(end)
+    assert end[4]["search_stop"] == "grid_end_noisy"
+    s = Search(unit, (1, 2), min_gain=0.03)
+    s.judge({4: _row(tok_s=100.0, e2e_spread=0.3)})  # noisy, but gaining: no doubt raised
+    end = {4: _row(tok_s=150.0, e2e_spread=0.3)}
+    s.judge(end)
+    assert end[4]["search_stop"] == "grid_end"
 
 
 def test_oom_is_recorded_memory_freed_and_the_search_stops(tmp_path, monkeypatch):
