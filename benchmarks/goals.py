@@ -251,6 +251,9 @@ def cpu(args) -> int:
 
 
 def main(argv=None) -> int:
+    from perfkit.cli import restore_interrupt
+
+    restore_interrupt()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=None, help="results directory for the measured rows and the probe")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

@@ -44,6 +44,9 @@ def bare_decode_s(model, prompt, output_len):
 
 
 def main() -> int:
+    from perfkit.cli import restore_interrupt
+
+    restore_interrupt()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="tiny-llama2-13b")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

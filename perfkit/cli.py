@@ -190,7 +190,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def restore_interrupt() -> None:
+    """Let SIGINT raise KeyboardInterrupt even where the parent started us with it ignored (a shell's
+    background job inherits SIGINT ignored): `timeout --signal=INT` then stops a sweep between points,
+    with its summary, instead of waiting for the SIGKILL that follows."""
+    import signal
+
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def main(argv: list[str] | None = None) -> int:
+    restore_interrupt()
     try:
         args = build_parser().parse_args(argv)
         return args.func(args)

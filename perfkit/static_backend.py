@@ -14,6 +14,11 @@ What it does (the same arithmetic as `hf-loop`, greedy, exactly output_len token
   prompt in one forward pass (eager: its shape is the prompt's, and it runs once) with logits_to_keep=1,
   then O − 1 decode steps: graph replay on CUDA, the same step function called eagerly elsewhere.
 
+Attention in the decode step: with sdpa, the step runs `grouped_decode_sdpa` (registered with
+transformers' AttentionInterface and selected for the step only), which reads each grouped K/V head once;
+transformers' own sdpa would copy the KV cache once per query head whenever a mask is passed, and the
+static step always passes one. The prompt forward is transformers' sdpa unchanged (mask-free, causal).
+
 The decode step reads its inputs from fixed buffers (the current token and its position) and builds its
 own attention mask from the position, so nothing in it depends on Python-side state that a replay would
 not update. transformers' sliding-window cache layer keeps such state (it branches on a Python counter
@@ -31,6 +36,43 @@ import time
 
 import torch
 
+from perfkit.timing import synchronize
+
+
+GROUPED_DECODE_SDPA = "perfkit-grouped-decode-sdpa"
+
+
+def grouped_decode_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """SDPA for one new token per sequence that reads each key/value head once, mask or no mask.
+
+    transformers' sdpa attention expands grouped K/V heads to one copy per query head (`repeat_kv`)
+    whenever a mask is given, since SDPA's own grouped-query path needs mask-free attention. The static
+    decode step always has a mask (the cache holds empty slots), so that would copy the whole KV cache
+    n_rep times per layer and step — extra memory traffic that grows with B·(I + O) and is not the model's
+    work. With one query position, a K/V head's n_rep query heads can instead stand as n_rep query rows
+    of that head: query (B, H, 1, d) -> (B, kv_heads, n_rep, d) against K/V (B, kv_heads, L, d), the
+    (B, 1, 1, L) mask broadcasting over both. Same arithmetic; anything else goes to transformers' sdpa.
+    """
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    batch, heads, q_len, head_dim = query.shape
+    kv_heads = key.shape[1]
+    if q_len != 1 or heads == kv_heads or dropout or kwargs.get("output_attentions"):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                      scaling=scaling, **kwargs)
+    mask = attention_mask[:, :, :, : key.shape[-2]] if attention_mask is not None else None
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query.view(batch, kv_heads, heads // kv_heads, head_dim), key, value, attn_mask=mask, scale=scaling)
+    # (B, kv_heads, n_rep, d) -> (B, H, 1, d) -> (B, 1, H, d), the layout attention functions return
+    return out.reshape(batch, heads, 1, head_dim).transpose(1, 2).contiguous(), None
+
+
+def _register_grouped_decode() -> None:
+    from transformers import AttentionInterface
+
+    if GROUPED_DECODE_SDPA not in AttentionInterface._global_mapping:
+        AttentionInterface.register(GROUPED_DECODE_SDPA, grouped_decode_sdpa)
+
 
 class _Buffers:
     """Everything the decode step touches, at fixed addresses for the life of the point."""
@@ -44,7 +86,8 @@ class _Buffers:
         self.batch = batch
         self.max_len = max_len
         # sdpa takes a boolean mask (True = attend); the eager attention adds the mask to the scores.
-        self.bool_mask = model.config._attn_implementation == "sdpa"
+        self.attn_implementation = model.config._attn_implementation
+        self.bool_mask = self.attn_implementation == "sdpa"
         self.dtype = model.dtype
 
 
@@ -67,6 +110,7 @@ class StaticBackend:
             t0 = time.perf_counter()
             self.graph = None
             max_len = input_len + output_len
+            _register_grouped_decode()
             cache = StaticCache(config=model.config, max_cache_len=max_len)
             c = model.config
             head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
@@ -129,13 +173,19 @@ class StaticBackend:
         b = self.buffers
         # Attend to every cached position up to and including the token's own (written by this step).
         allowed = (b.kv_index <= b.position).expand(b.batch, 1, 1, b.max_len)
+        config = model.config
         if b.bool_mask:
             mask = allowed
+            # For this step only (the model may be shared with other backends): each K/V head read once.
+            config._attn_implementation = GROUPED_DECODE_SDPA
         else:
             mask = torch.zeros((), dtype=b.dtype, device=allowed.device).masked_fill(
                 ~allowed, torch.finfo(b.dtype).min)
-        logits = model(input_ids=b.token, position_ids=b.position, attention_mask=mask,
-                       past_key_values=b.cache, use_cache=True).logits
+        try:
+            logits = model(input_ids=b.token, position_ids=b.position, attention_mask=mask,
+                           past_key_values=b.cache, use_cache=True).logits
+        finally:
+            config._attn_implementation = b.attn_implementation
         b.token.copy_(logits[:, -1].argmax(dim=-1, keepdim=True))
         b.position.add_(1)
 
@@ -152,8 +202,11 @@ class StaticBackend:
             raise RuntimeError(f"static backend prepared for batch {b and b.batch} and {b and b.max_len} "
                                f"positions, asked for batch {batch} and {input_len + output_len}: call prepare()")
         with torch.inference_mode():
-            # Each repeat is a fresh request: empty the cache before the clock starts (not timed).
+            # Each repeat is a fresh request: empty the cache before the clock starts (not timed), and
+            # wait for it, so that the GPU starts the prompt idle, as every other backend's does: with
+            # the zeroing still queued, the host would be ahead by its length when the clock starts.
             b.cache.reset()
+            synchronize(model.device)
             tokens = torch.empty((batch, output_len), dtype=torch.long, device=model.device)
             clock.mark()
             input_ids = input_ids_host.to(model.device)

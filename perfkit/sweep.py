@@ -602,8 +602,9 @@ def _print_outcome(out: SweepOutcome) -> None:
         if len(table):
             print("multi-user max throughput:")
             for r in table.itertuples():
-                print(f"  {r.system} {r.model} I={r.input_len} O={r.output_len}: {r.max_output_tok_s:.1f} tok/s "
-                      f"at B={r.batch} (search stopped: {r.stop_reason})")
+                found = (f"{r.max_output_tok_s:.1f} tok/s at B={r.batch}" if r.max_output_tok_s == r.max_output_tok_s
+                         else "no batch > 1 measured")
+                print(f"  {r.system} {r.model} I={r.input_len} O={r.output_len}: {found} (search stopped: {r.stop_reason})")
     if out.failures:
         print(f"{len(out.failures)} failed points:", file=sys.stderr)
         for r in out.failures:

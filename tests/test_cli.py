@@ -115,3 +115,20 @@ def test_an_unwritable_out_is_refused_before_any_work(tmp_path, command):
         r = run_cli(*command, "--out", str(out))
         assert r.returncode == 2 and words in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert blocker.read_text() == "not a directory"
+
+
+def test_sigint_stops_perfkit_even_when_started_with_it_ignored():
+    # A shell's background job inherits SIGINT ignored; `timeout --signal=INT` must still reach Python.
+    import signal
+
+    code = ("import os, signal, time\n"
+            "from perfkit.cli import restore_interrupt\n"
+            "assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN\n"
+            "restore_interrupt()\n"
+            "try:\n"
+            "    os.kill(os.getpid(), signal.SIGINT); time.sleep(5); print('not interrupted')\n"
+            "except KeyboardInterrupt:\n"
+            "    print('interrupted')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    assert done.stdout.strip() == "interrupted", done.stderr

@@ -20,6 +20,12 @@ def test_shipped_params_files_are_valid():
     assert study.systems[0].device == "cuda" and study.systems[0].dtype == "bfloat16"
     check = load_params(os.path.join(ROOT, "params", "gpu-check.yaml"))
     assert "llama2-13b" in check.models
+    oom = load_params(os.path.join(ROOT, "params", "gpu-check-oom.yaml"))
+    assert oom.models == ("llama2-13b",) and max(oom.batch_sizes) == 96 and oom.min_gain is None
+    import glob
+
+    for path in glob.glob(os.path.join(ROOT, "params", "*.yaml")):  # every shipped file loads
+        assert load_params(path).systems, path
 
 
 def test_defaults_and_normalisation(tmp_path):

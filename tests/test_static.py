@@ -243,3 +243,41 @@ def test_static_cuda_graph_matches_hf_loop_first_tokens():
         again = static_b.run(model, prompt, O, CudaClock(O + 1)).cpu()
     assert torch.equal(static, loop)
     assert torch.equal(again, static)
+
+
+def test_grouped_decode_attention_equals_transformers_sdpa():
+    """One query position: reading each K/V head once gives transformers' sdpa result (which repeats K/V)."""
+    from types import SimpleNamespace
+
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from perfkit.static_backend import grouped_decode_sdpa
+
+    torch.manual_seed(0)
+    batch, heads, kv_heads, length, d = 3, 8, 2, 11, 16
+    module = SimpleNamespace(num_key_value_groups=heads // kv_heads, is_causal=True)
+    q = torch.randn(batch, heads, 1, d)
+    k, v = torch.randn(batch, kv_heads, length, d), torch.randn(batch, kv_heads, length, d)
+    mask = (torch.arange(length) <= 6).view(1, 1, 1, length).expand(batch, 1, 1, length)
+    want, _ = sdpa_attention_forward(module, q, k, v, mask, scaling=d ** -0.5)
+    got, _ = grouped_decode_sdpa(module, q, k, v, mask, scaling=d ** -0.5)
+    assert got.shape == want.shape == (batch, 1, heads, d)
+    torch.testing.assert_close(got, want)
+    # a query head must meet its own K/V head: swapping K/V heads changes the answer
+    swapped, _ = grouped_decode_sdpa(module, q, k.flip(1), v.flip(1), mask, scaling=d ** -0.5)
+    assert not torch.allclose(swapped, want)
+
+
+@pytest.mark.parametrize("name,groups", [("tiny-llama3-8b", 4), ("tiny-mistral-7b", 4), ("tiny-llama2-13b", 1)])
+def test_static_decode_copies_no_kv_heads_and_leaves_the_model_as_it_was(tiny_models, monkeypatch, name, groups):
+    import transformers.integrations.sdpa_attention as sdpa
+
+    model = tiny_models[name]
+    assert model.config.num_attention_heads // model.config.num_key_value_heads == groups
+    copies = []
+    real_repeat_kv = sdpa.repeat_kv
+    monkeypatch.setattr(sdpa, "repeat_kv", lambda h, n: copies.append(n) or real_repeat_kv(h, n))
+    prompt = synthetic_prompt(B, I, model.config.vocab_size, seed=2)
+    _generate("static", model, prompt, O)
+    assert copies == []  # neither prefill (mask-free, causal) nor any decode step expanded K/V
+    assert model.config._attn_implementation == "sdpa"  # hf-loop, sharing the model, still gets sdpa
