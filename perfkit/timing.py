@@ -30,8 +30,11 @@ class CpuClock:
 
 class CudaClock:
     def __init__(self, n_marks: int):
-        # Events are created before the timed region: creating them inside it would add host work.
+        # torch creates a CUDA event lazily, at its first record(): record each one once now, before
+        # the timed region, so that a mark inside it only re-records an existing event.
         self._events = [torch.cuda.Event(enable_timing=True) for _ in range(n_marks)]
+        for event in self._events:
+            event.record()
         self._n = 0
 
     def mark(self) -> None:
