@@ -10,7 +10,8 @@ A params file is the only place a sweep is described:
     warmup: 1
     repeats: 3
     seed: 0
-    search: {min_gain: 0.03}          # batch search stops when throughput gains less than this (null: never)
+    search: {min_gain: 0.03, patience: 1}   # batch search stops after `patience` batches in a row that
+                                            # gain less than min_gain in throughput (null: never)
     derive_output_lens: false         # true: measure the longest O once, derive the shorter ones
     beyond_context: error             # error | skip: an input + output beyond a model's context
     max_minutes: null                 # optional time budget (the CLI's --max-minutes overrides it)
@@ -39,7 +40,7 @@ TOP_KEYS = ("name", "models", "systems", "grid", "warmup", "repeats", "seed", "s
 REQUIRED_TOP = ("models", "systems", "grid")
 SYSTEM_KEYS = ("label", "backend", "dtype", "device", "attn_implementation")
 GRID_KEYS = ("input_lens", "output_lens", "batch_sizes")
-SEARCH_KEYS = ("min_gain",)
+SEARCH_KEYS = ("min_gain", "patience")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +55,7 @@ class SweepParams:
     repeats: int = 3
     seed: int = 0
     min_gain: float | None = 0.03  # None: the search never stops on a plateau (only OOM or grid end)
+    patience: int = 1  # batches in a row without min_gain that make a plateau
     derive_output_lens: bool = False
     beyond_context: str = "error"
     max_minutes: float | None = None
@@ -212,6 +214,7 @@ def parse_params(data, source: str = "params") -> SweepParams:
             c.fail("search.min_gain", f"{min_gain!r} is not a fraction in [0, 1)",
                    "a fraction such as 0.03 (3%), or null to stop only on OOM or at the grid's end")
         min_gain = float(min_gain)
+    patience = c.int_(search.get("patience", 1), "search.patience", 1)
 
     derive = d.get("derive_output_lens", False)
     if not isinstance(derive, bool):
@@ -240,7 +243,7 @@ def parse_params(data, source: str = "params") -> SweepParams:
 
     return SweepParams(name=name, models=tuple(models), systems=tuple(systems), input_lens=input_lens,
                        output_lens=output_lens, batch_sizes=batch_sizes, warmup=warmup, repeats=repeats, seed=seed,
-                       min_gain=min_gain, derive_output_lens=derive, beyond_context=beyond,
+                       min_gain=min_gain, patience=patience, derive_output_lens=derive, beyond_context=beyond,
                        max_minutes=None if max_minutes is None else float(max_minutes), source=source)
 
 

@@ -62,7 +62,7 @@ def grouped_decode_sdpa(module, query, key, value, attention_mask, dropout=0.0, 
                                       scaling=scaling, **kwargs)
     mask = attention_mask[:, :, :, : key.shape[-2]] if attention_mask is not None else None
     out = torch.nn.functional.scaled_dot_product_attention(
-        query.view(batch, kv_heads, heads // kv_heads, head_dim), key, value, attn_mask=mask, scale=scaling)
+        query.reshape(batch, kv_heads, heads // kv_heads, head_dim), key, value, attn_mask=mask, scale=scaling)
     # (B, kv_heads, n_rep, d) -> (B, H, 1, d) -> (B, 1, H, d), the layout attention functions return
     return out.reshape(batch, heads, 1, head_dim).transpose(1, 2).contiguous(), None
 

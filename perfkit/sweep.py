@@ -8,8 +8,9 @@ pass is not built. So a model is built at most twice per invocation, once when r
 
 Max-throughput search. For each (system, model, I, O) the batch sizes of the grid are tried in
 ascending order, and the search stops at the first that runs out of memory (`oom`), or whose multi-user
-throughput B·O/e2e gains less than `search.min_gain` over the previous batch (`plateau`), or at the
-grid's end (`grid_end`). A plateau needs both batches measured quietly (e2e IQR/median within 10 %): a
+throughput B·O/e2e gains less than `search.min_gain` over the previous batch for `search.patience`
+batches in a row (`plateau`; patience 1 by default, more where a kernel change makes throughput stall at one
+batch and jump at the next), or at the grid's end (`grid_end`). A plateau needs both batches measured quietly (e2e IQR/median within 10 %): a
 gain read through noise as a loss takes the search one batch further rather than ending it too soon, and
 a search that then reaches the grid's end says `grid_end_noisy` (it may have been done earlier). The row where a search stopped carries that reason in `search_stop` ("" on the
 others) and every row its `search_gain` over the previous batch.
@@ -121,8 +122,9 @@ def _quiet(row: dict) -> bool:
 class Search:
     """The state of one unit's batch search; `judge` annotates a job's rows and advances it."""
 
-    def __init__(self, unit: Unit, batches: tuple[int, ...], min_gain: float | None):
-        self.unit, self.batches, self.min_gain = unit, batches, min_gain
+    def __init__(self, unit: Unit, batches: tuple[int, ...], min_gain: float | None, patience: int = 1):
+        self.unit, self.batches, self.min_gain, self.patience = unit, batches, min_gain, patience
+        self.flat: dict[int, int] = {o: 0 for o in unit.output_lens}  # believed non-gains in a row
         self.k = 0  # index of the next batch to run
         # per output length: the last measured throughput (tok/s) and whether its e2e was quiet
         self.prev_tok_s: dict[int, tuple[float, bool] | None] = {o: None for o in unit.output_lens}
@@ -158,9 +160,13 @@ class Search:
                     # and `search_gain` show why); on a GPU the spread is ~1 % and this never triggers.
                     if self.min_gain is not None and gain < self.min_gain:
                         if prev_quiet and _quiet(row):
-                            stop = "plateau"
+                            self.flat[o] += 1
+                            if self.flat[o] >= self.patience:
+                                stop = "plateau"
                         else:
                             self.doubted.add(o)
+                    else:
+                        self.flat[o] = 0  # a gain: throughput still rises with the batch
                 self.prev_tok_s[o] = (tok_s, _quiet(row))
             # an `error` row neither stops the search nor moves its reference: the next batch is compared
             # with the last batch that measured
@@ -192,7 +198,7 @@ def _replay(params: SweepParams, all_units: list[Unit], done: dict[str, dict]) -
     """Rebuild every search's state from the stored rows: it resumes at the first job not fully stored."""
     searches = []
     for unit in all_units:
-        s = Search(unit, params.batch_sizes, params.min_gain)
+        s = Search(unit, params.batch_sizes, params.min_gain, params.patience)
         while not s.finished():
             job = s.next_job()
             rows = {o: done.get(store.point_key(key_fields(params, unit, o, job.batch))) for o in job.output_lens}

@@ -35,13 +35,15 @@ def test_defaults_and_normalisation(tmp_path):
     path = tmp_path / "mine.yaml"
     path.write_text(yaml.safe_dump(d))
     p = load_params(path)
-    assert (p.name, p.warmup, p.repeats, p.seed, p.min_gain) == ("mine", 1, 3, 0, 0.03)
+    assert (p.name, p.warmup, p.repeats, p.seed, p.min_gain, p.patience) == ("mine", 1, 3, 0, 0.03, 1)
     assert p.input_lens == (8, 32) and p.batch_sizes == (1, 2, 4)  # the search climbs in ascending order
     assert p.systems[0].dtype == "bfloat16" and p.systems[0].backend == "hf-loop"
 
 
 BAD = [
     # (change to the params, the key named, a word of the message)
+    (lambda d: d["search"].update(patience=0), "search.patience", "too small"),
+    (lambda d: d["search"].update(patience="2"), "search.patience", "not an integer"),
     (lambda d: d["grid"].update(input_len=[8]), "grid.input_len", "did you mean 'input_lens'"),
     (lambda d: d.update(repeat=3), "repeat", "unknown key"),
     (lambda d: d.update(repeats="3"), "repeats", "not an integer"),

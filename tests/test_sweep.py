@@ -156,6 +156,24 @@ def test_a_plateau_read_through_noise_takes_the_next_batch():
     assert end[4]["search_stop"] == "grid_end"
 
 
+def test_patience_lets_the_search_past_a_stall():
+    unit = Unit(CPU, "m", 16, 4, (4,))
+    # B=2 stalls (as a CPU's kernel choice made tiny-llama3-8b do), B=4 jumps: patience 2 finds the jump
+    s = Search(unit, (1, 2, 4, 8, 16, 32), min_gain=0.03, patience=2)
+    verdicts = []
+    for tok_s in (100.0, 101.0, 250.0, 252.0, 251.0):
+        rows = {4: _row(tok_s=tok_s)}
+        s.judge(rows)
+        verdicts.append(rows[4]["search_stop"])
+    assert verdicts == ["", "", "", "", "plateau"] and s.finished()  # two stalls in a row end it at B=16
+    # with patience 1 the first stall ends it
+    s = Search(unit, (1, 2, 4), min_gain=0.03)
+    s.judge({4: _row(tok_s=100.0)})
+    rows = {4: _row(tok_s=101.0)}
+    s.judge(rows)
+    assert rows[4]["search_stop"] == "plateau"
+
+
 def test_oom_is_recorded_memory_freed_and_the_search_stops(tmp_path, monkeypatch):
     freed = []
     real_free = sweep_mod._free_memory
