@@ -163,10 +163,15 @@ class Search:
                             self.flat[o] += 1
                             if self.flat[o] >= self.patience:
                                 stop = "plateau"
-                        else:
+                        else:  # doubted: neither a plateau nor part of a row of them
                             self.doubted.add(o)
+                            self.flat[o] = 0
                     else:
-                        self.flat[o] = 0  # a gain: throughput still rises with the batch
+                        # a gain: throughput still rises with the batch, and a clear one settles any doubt
+                        # about an earlier noisy step (the search did not stop too soon there)
+                        self.flat[o] = 0
+                        if _quiet(row):
+                            self.doubted.discard(o)
                 self.prev_tok_s[o] = (tok_s, _quiet(row))
             # an `error` row neither stops the search nor moves its reference: the next batch is compared
             # with the last batch that measured

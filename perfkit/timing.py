@@ -29,12 +29,14 @@ class CpuClock:
 
 
 class CudaClock:
-    def __init__(self, n_marks: int):
-        # torch creates a CUDA event lazily, at its first record(): record each one once now, before
-        # the timed region, so that a mark inside it only re-records an existing event.
+    def __init__(self, n_marks: int, device: torch.device | None = None):
+        # torch creates a CUDA event lazily, at its first record(), on that stream's device: record each
+        # one once now, before the timed region, on the device the marks will be made on, so that a mark
+        # inside the region only re-records an existing event.
         self._events = [torch.cuda.Event(enable_timing=True) for _ in range(n_marks)]
+        stream = torch.cuda.current_stream(device)
         for event in self._events:
-            event.record()
+            event.record(stream)
         self._n = 0
 
     def mark(self) -> None:
@@ -48,7 +50,7 @@ class CudaClock:
 
 
 def clock_for(device: torch.device, n_marks: int):
-    return CudaClock(n_marks) if device.type == "cuda" else CpuClock(n_marks)
+    return CudaClock(n_marks, device) if device.type == "cuda" else CpuClock(n_marks)
 
 
 def synchronize(device: torch.device) -> None:

@@ -48,8 +48,10 @@ export PYTHONUNBUFFERED=1  # a step killed at its cap keeps what it printed
 RESULTS="$WORK/results/$(basename "$PARAMS" .yaml)"
 status=0
 
-pack() {  # the scratch folder as $OUT/gpu-check.tgz, replaced only once the new archive is whole
-  tar -C "$WORK" -czf "$OUT/gpu-check.tgz.part" . && mv -f "$OUT/gpu-check.tgz.part" "$OUT/gpu-check.tgz"
+pack() {  # the scratch folder as $OUT/gpu-check.tgz, replaced only once the new archive is whole; each
+  # pack writes its own temporary file, so two packs (the exit trap and a step's) never share one
+  local part
+  part=$(mktemp "$OUT/gpu-check.tgz.XXXXXX") && tar -C "$WORK" -czf "$part" . && mv -f "$part" "$OUT/gpu-check.tgz"
 }
 trap pack EXIT
 
@@ -57,7 +59,8 @@ step() {  # step NAME TIMEOUT_S CMD...: run, keep its output in NAME.txt, keep g
   local name=$1 limit=$2; shift 2
   echo "=== $(date -u +%H:%M:%S) $name: $*"
   local t0=$SECONDS
-  timeout --signal=INT --kill-after=20 "$limit" "$@" 2>&1 | tee "$WORK/$name.txt"
+  # --foreground keeps the step in the script's process group, so whoever kills the group kills it too
+  timeout --foreground --signal=INT --kill-after=20 "$limit" "$@" 2>&1 | tee "$WORK/$name.txt"
   local rc=${PIPESTATUS[0]}
   echo "=== $name: exit $rc after $((SECONDS - t0)) s"
   [ $rc -eq 0 ] || status=1

@@ -143,12 +143,20 @@ def test_a_plateau_read_through_noise_takes_the_next_batch():
     end = {4: _row(tok_s=90.0, e2e_spread=0.3)}
     s.judge(end)
     assert end[4]["search_stop"] == "grid_end_noisy" and s.finished()  # the doubt is kept at the end
+    # the doubt stays through a noisy gain, to the grid's end
     s = Search(unit, (1, 2, 4), min_gain=0.03)
     s.judge({4: _row(tok_s=100.0)})
     s.judge({4: _row(tok_s=90.0, e2e_spread=0.3)})
-    end = {4: _row(tok_s=150.0)}
+    end = {4: _row(tok_s=150.0, e2e_spread=0.3)}
     s.judge(end)
     assert end[4]["search_stop"] == "grid_end_noisy"
+    # a clear, quiet gain after it shows the search was not done there: a plain grid_end
+    s = Search(unit, (1, 2, 4, 8), min_gain=0.03)
+    for tok_s, spread in ((100.0, 0.01), (98.0, 0.3), (150.0, 0.01)):
+        s.judge({4: _row(tok_s=tok_s, e2e_spread=spread)})
+    end = {4: _row(tok_s=220.0)}
+    s.judge(end)
+    assert end[4]["search_stop"] == "grid_end"
     s = Search(unit, (1, 2), min_gain=0.03)
     s.judge({4: _row(tok_s=100.0, e2e_spread=0.3)})  # noisy, but gaining: no doubt raised
     end = {4: _row(tok_s=150.0, e2e_spread=0.3)}
@@ -166,6 +174,12 @@ def test_patience_lets_the_search_past_a_stall():
         s.judge(rows)
         verdicts.append(rows[4]["search_stop"])
     assert verdicts == ["", "", "", "", "plateau"] and s.finished()  # two stalls in a row end it at B=16
+    # a noisy stall breaks the row: stall, noisy stall, stall is not two in a row
+    s = Search(unit, (1, 2, 4, 8, 16), min_gain=0.03, patience=2)
+    for tok_s, spread in ((100.0, 0.01), (101.0, 0.01), (100.0, 0.3), (101.0, 0.01)):
+        rows = {4: _row(tok_s=tok_s, e2e_spread=spread)}
+        s.judge(rows)
+    assert rows[4]["search_stop"] == "" and not s.finished()
     # with patience 1 the first stall ends it
     s = Search(unit, (1, 2, 4), min_gain=0.03)
     s.judge({4: _row(tok_s=100.0)})
