@@ -158,21 +158,18 @@ def measure_point(model, system: System, point: Point, warmup: int = 1, repeats:
                             mode, energy_j, power_w)
 
 
+def _identity(system: System, point: Point, status: str, error: str | None) -> dict:
+    """The columns that say which point a row is, and how it ended."""
+    return {"system": system.label, "model": point.model, "dtype": dtype_name(parse_dtype(system.dtype)),
+            "backend": system.backend, "attn_implementation": system.attn_implementation,
+            "input_len": point.input_len, "output_len": point.output_len, "batch": point.batch,
+            "status": status, "error": error}
+
+
 def to_row(m: PointMeasurement) -> dict:
     """One results row (without provenance): identity, metrics, raw samples."""
-    p, s = m.point, m.system
-    row = {
-        "system": s.label,
-        "model": p.model,
-        "dtype": dtype_name(parse_dtype(s.dtype)),
-        "backend": s.backend,
-        "attn_implementation": s.attn_implementation,
-        "input_len": p.input_len,
-        "output_len": p.output_len,
-        "batch": p.batch,
-        "status": "ok",
-        "error": None,
-    }
+    p = m.point
+    row = _identity(m.system, p, "ok", None)
     row.update(point_metrics(p.batch, p.input_len, p.output_len, m.ttft_s, m.e2e_s))
     row.update(
         {
@@ -193,19 +190,7 @@ def to_row(m: PointMeasurement) -> dict:
 
 def failed_row(system: System, point: Point, status: str, error: str) -> dict:
     """The row of a point that produced no timings: status "oom" or "error", with the message."""
-    nan = float("nan")
-    row = {
-        "system": system.label,
-        "model": point.model,
-        "dtype": dtype_name(parse_dtype(system.dtype)),
-        "backend": system.backend,
-        "attn_implementation": system.attn_implementation,
-        "input_len": point.input_len,
-        "output_len": point.output_len,
-        "batch": point.batch,
-        "status": status,
-        "error": error,
-    }
+    row = _identity(system, point, status, error)
     row.update(point_metrics(point.batch, point.input_len, point.output_len, [], []))
     row.update({"repeats": 0, "peak_mem_bytes": None, "noisy": False})
     return row

@@ -27,6 +27,16 @@ def _grid(n: int, width: float = 4.2, height: float = 3.2):
     return fig, list(axes.flat[:n])
 
 
+def _decorate(ax, title: str, xlabel: str, ylabel: str, legend_size: int) -> None:
+    """A model's panel: titled, labelled, from zero, light grid, small legend."""
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=legend_size)
+
+
 def ttft_vs_input(ttft: pd.DataFrame):
     """TTFT (batch 1) against input length, one panel per model, one line per system (perfkit.summarize)."""
     models = sorted(ttft["model"].unique())
@@ -35,12 +45,7 @@ def ttft_vs_input(ttft: pd.DataFrame):
         for system, g in ttft[ttft["model"] == model].groupby("system"):
             g = g.sort_values("input_len")
             ax.errorbar(g["input_len"], g["ttft_ms"], yerr=g["ttft_iqr_ms"] / 2, marker="o", capsize=3, label=system)
-        ax.set_title(model)
-        ax.set_xlabel("input length (tokens)")
-        ax.set_ylabel("TTFT, batch 1 (ms)")
-        ax.set_ylim(bottom=0)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        _decorate(ax, model, "input length (tokens)", "TTFT, batch 1 (ms)", legend_size=8)
     fig.suptitle("Time to first token vs input length (bars: IQR)")
     fig.tight_layout()
     return fig
@@ -70,12 +75,7 @@ def throughput_vs_batch(df: pd.DataFrame, column: str = "output_tok_s"):
                                 color=line.get_color())
         ax.set_xscale("log", base=2)
         ax.set_xticks(sorted(m["batch"].unique()), [str(b) for b in sorted(m["batch"].unique())])
-        ax.set_title(model)
-        ax.set_xlabel("batch size")
-        ax.set_ylabel(label.get(column, column))
-        ax.set_ylim(bottom=0)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        _decorate(ax, model, "batch size", label.get(column, column), legend_size=7)
     fig.suptitle("Throughput vs batch size (✕ = out of memory)")
     fig.tight_layout()
     return fig

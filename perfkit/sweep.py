@@ -235,12 +235,6 @@ def is_out_of_memory(exc: BaseException) -> bool:
         isinstance(exc, RuntimeError) and any(m in str(exc) for m in _OOM_MESSAGES))
 
 
-def _check_out_dir(out_dir: str) -> None:
-    from perfkit.results import check_out_dir
-
-    check_out_dir(out_dir)
-
-
 # ---- dry run -------------------------------------------------------------------------------------
 
 @dataclasses.dataclass
@@ -260,7 +254,7 @@ def plan(params_or_path, systems: list[str] | None = None, out_dir: str | None =
     params = _as_params(params_or_path)
     chosen = _select(params, systems)
     out_dir = out_dir or os.path.join("results", params.name)
-    _check_out_dir(out_dir)
+    store.check_out_dir(out_dir)
     all_units = units(params, chosen)
     done, other = _done_rows(out_dir, params, all_units)
     points = []
@@ -405,9 +399,7 @@ class _Runner:
         try:
             built = build_model(model, parse_dtype(system.dtype), system.device, system.attn_implementation,
                                 seed=self.params.seed)
-        except torch.OutOfMemoryError as exc:
-            build_failure = ("oom", f"building the model: {_one_line(exc)}")
-        except Exception as exc:  # a broken checkpoint is a failed point, not a failed sweep
+        except Exception as exc:  # out of memory, or a broken checkpoint: failed points, not a failed sweep
             build_failure = ("oom" if is_out_of_memory(exc) else "error", f"building the model: {_one_line(exc)}")
         self.builds.append({"system": system.label, "model": model, "seconds": time.perf_counter() - t})
         if build_failure:
@@ -445,8 +437,6 @@ class _Runner:
                 self.faults.check(job)
                 m = measure_point(model, u.system, Point(u.model, u.input_len, u.run_output_len, job.batch),
                                   warmup=p.warmup, repeats=p.repeats, seed=p.seed)
-            except torch.OutOfMemoryError as exc:
-                status, error = "oom", _one_line(exc)
             except Exception as exc:
                 status, error = ("oom" if is_out_of_memory(exc) else "error"), _one_line(exc)
             if status != "ok":  # outside the except block: the traceback no longer pins the tensors
@@ -534,7 +524,7 @@ def run_sweep(params_or_path, systems: list[str] | None = None, out_dir: str | N
     params = _as_params(params_or_path)
     chosen = _select(params, systems)
     out_dir = out_dir or os.path.join("results", params.name)
-    _check_out_dir(out_dir)
+    store.check_out_dir(out_dir)
     if max_minutes is not None and not (isinstance(max_minutes, (int, float)) and max_minutes > 0):
         raise UsageError(f"max_minutes {max_minutes!r} is not a positive number of minutes")
     budget = max_minutes if max_minutes is not None else params.max_minutes
