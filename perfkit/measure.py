@@ -15,11 +15,13 @@ results row with the metrics of `perfkit.metrics`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 
 import torch
 
+from perfkit.attention import KernelRecorder, recording
 from perfkit.backends import get_backend
 from perfkit.energy import EnergyMeter, energy_columns, repeat_energy
 from perfkit.errors import UsageError
@@ -63,6 +65,8 @@ class PointMeasurement:
     backend_mode: str = "eager"  # how decode ran: "eager", or "cuda-graph" where the backend replayed a graph
     energy_j: list | None = None  # per repeat, from the board's NVML counter; None entries where unavailable
     power_w: list | None = None  # per repeat, energy over the wall time between the two counter reads
+    sdpa_prefill_backend: str | None = None  # the SDPA kernel(s) the prompt pass ran (perfkit.attention)
+    sdpa_decode_backend: str | None = None  # the SDPA kernel(s) the decode steps ran; None where not seen
 
 
 def default_device() -> str:
@@ -114,7 +118,7 @@ def synthetic_prompt(batch: int, input_len: int, vocab_size: int, seed: int = 0)
 
 def _one_repeat(backend, model, prompt, output_len, device):
     clock = clock_for(device, output_len + 1)
-    tokens = backend.run(model, prompt, output_len, clock)
+    tokens = _run_naming_phase(backend, model, prompt, output_len, clock)
     marks = clock.seconds()
     if len(marks) != output_len + 1:
         raise RuntimeError(f"backend {backend.name} marked {len(marks)} times, expected {output_len + 1}")
@@ -130,13 +134,17 @@ def measure_point(model, system: System, point: Point, warmup: int = 1, repeats:
     backend = get_backend(system.backend)
     prompt = synthetic_prompt(point.batch, point.input_len, model.config.vocab_size, seed)
     ttft_s, e2e_s, step_s = [], [], []
+    kernels = KernelRecorder()
     with on_device(device), torch.inference_mode(), PeakMemory(device) as mem:
-        setup_s = backend.prepare(model, point.batch, point.input_len, point.output_len)
-        t1 = time.perf_counter()
-        for _ in range(warmup):
-            backend.run(model, prompt, point.output_len, clock_for(device, point.output_len + 1))
-        synchronize(device)
-        warmup_s = time.perf_counter() - t1
+        # Set-up and warm-up are untimed: there, and only there, the SDPA kernel of each call is recorded.
+        with recording(kernels):
+            with _out_of_memory_names("in set-up (the backend's cache and graph, before any prompt)"):
+                setup_s = backend.prepare(model, point.batch, point.input_len, point.output_len)
+            t1 = time.perf_counter()
+            for _ in range(warmup):
+                _run_naming_phase(backend, model, prompt, point.output_len, clock_for(device, point.output_len + 1))
+            synchronize(device)
+            warmup_s = time.perf_counter() - t1
         meter = EnergyMeter(device)
         energy_j, power_w = [], []
         for _ in range(repeats):
@@ -155,7 +163,25 @@ def measure_point(model, system: System, point: Point, warmup: int = 1, repeats:
     # ran; the row keeps it, so a figure is never read as a graph-replay figure when it was not one.
     mode = getattr(backend, "mode", "eager")
     return PointMeasurement(point, system, ttft_s, e2e_s, step_s, warmup_s, setup_s, mem.peak_bytes, mem.scope, tokens,
-                            mode, energy_j, power_w)
+                            mode, energy_j, power_w, kernels.kernels("prefill"), kernels.kernels("decode"))
+
+
+@contextlib.contextmanager
+def _out_of_memory_names(where):
+    """Re-raise an out-of-memory error saying where it happened (the sweep records the message).
+    `where`: a phrase, or a function giving one at the time of the error."""
+    try:
+        yield
+    except torch.OutOfMemoryError as exc:
+        phrase = where() if callable(where) else where
+        raise torch.OutOfMemoryError(f"out of memory {phrase}: {' '.join(str(exc).split())[:500]}") from None
+
+
+def _run_naming_phase(backend, model, prompt, output_len, clock):
+    """One run; out of memory names the phase it happened in (prompt pass or decode)."""
+    # the clock is marked at the prompt's start and at the first token: two marks mean the prompt was done
+    with _out_of_memory_names(lambda: "in the prompt pass" if clock.marks_made() < 2 else "in decode"):
+        return backend.run(model, prompt, output_len, clock)
 
 
 def _identity(system: System, point: Point, status: str, error: str | None) -> dict:
@@ -178,6 +204,8 @@ def to_row(m: PointMeasurement) -> dict:
             "warmup_ms": m.warmup_s * 1e3,
             "setup_ms": m.setup_s * 1e3,
             "backend_mode": m.backend_mode,
+            "sdpa_prefill_backend": m.sdpa_prefill_backend,
+            "sdpa_decode_backend": m.sdpa_decode_backend,
             "generated_tokens": int(m.tokens.numel()),
             "ttft_ms_samples": [t * 1e3 for t in m.ttft_s],
             "e2e_ms_samples": [t * 1e3 for t in m.e2e_s],
@@ -208,7 +236,7 @@ def with_provenance(row: dict, run_id: str, env: dict, key_fields: dict) -> dict
     for field in ("warmup", "seed", "derived_from_output_len"):
         if field in key_fields:
             out[field] = key_fields[field]
-    for field in ("device", "device_name", "driver_version", "cuda_version", "torch_version",
+    for field in ("device", "device_name", "driver_version", "cuda_version", "cudnn_version", "torch_version",
                   "transformers_version", "git_commit"):
         out[field] = env.get(field)
     out["created_utc"] = utc_now()

@@ -10,6 +10,8 @@ import subprocess
 
 import torch
 
+from perfkit.attention import cudnn_version
+
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -94,6 +96,8 @@ def environment(device: str | torch.device | None = None) -> dict:
         "gpu_memory_bytes": torch.cuda.get_device_properties(dev).total_memory if cuda else None,
         "driver_version": (_nvml_driver() or _smi_driver()) if cuda else None,
         "cuda_version": torch.version.cuda if cuda else None,
+        # attention kernels differ by cuDNN release (SDPA's cuDNN backend): a comparison must see it
+        "cudnn_version": str(cudnn_version()) if cuda and cudnn_version() else None,
         "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),

@@ -47,12 +47,13 @@ SCHEMA = pa.schema(
         ("e2e_iqr_ms", _F), ("e2e_p10_ms", _F), ("e2e_p90_ms", _F),
         ("tpot_iqr_ms", _F), ("tpot_p10_ms", _F), ("tpot_p90_ms", _F), ("noisy", _B),
         ("peak_mem_scope", _S), ("warmup_ms", _F), ("setup_ms", _F), ("backend_mode", _S),
-        ("generated_tokens", _I),
+        ("sdpa_prefill_backend", _S), ("sdpa_decode_backend", _S), ("generated_tokens", _I),
         ("ttft_ms_samples", _LIST), ("e2e_ms_samples", _LIST), ("decode_step_ms_samples", pa.list_(_LIST)),
         ("energy_j", _F), ("avg_power_w", _F), ("j_per_token", _F), ("energy_j_samples", _LIST),
         ("search_gain", _F), ("search_stop", _S), ("sweep_name", _S), ("derived_from_output_len", _I),
         ("warmup", _I), ("seed", _I),
-        ("device", _S), ("driver_version", _S), ("cuda_version", _S), ("torch_version", _S),
+        ("device", _S), ("driver_version", _S), ("cuda_version", _S), ("cudnn_version", _S),
+        ("torch_version", _S),
         ("transformers_version", _S), ("git_commit", _S), ("created_utc", _S),
     ]
 )

@@ -14,10 +14,20 @@ What it does (the same arithmetic as `hf-loop`, greedy, exactly output_len token
   prompt in one forward pass (eager: its shape is the prompt's, and it runs once) with logits_to_keep=1,
   then O − 1 decode steps: graph replay on CUDA, the same step function called eagerly elsewhere.
 
-Attention in the decode step: with sdpa, the step runs `grouped_decode_sdpa` (registered with
-transformers' AttentionInterface and selected for the step only), which reads each grouped K/V head once;
-transformers' own sdpa would copy the KV cache once per query head whenever a mask is passed, and the
-static step always passes one. The prompt forward is transformers' sdpa unchanged (mask-free, causal).
+Attention in the decode step: with sdpa, the step runs one of two functions registered with transformers'
+AttentionInterface and selected for the step only, both of which read each grouped K/V head once
+(transformers' own sdpa would copy the KV cache once per query head whenever a mask is passed, and the
+static step always passes one):
+- `gqa_decode_sdpa`: SDPA's own grouped-query mode (`enable_gqa=True`) on the (B, H, 1, d) query. Chosen on
+  a GPU when PyTorch's selector sends that call to a fused kernel (cuDNN on Hopper in bf16): with a mask,
+  FlashAttention declines and the memory-efficient kernel refuses unequal head counts, and the unfused math
+  fallback would expand K/V itself.
+- `grouped_decode_sdpa`: a K/V head's query heads stand as rows of one query, (B, kv_heads, n_rep, d),
+  which every kernel accepts with a mask. Chosen otherwise, and always on a CPU.
+The choice is made once per point in `prepare` and the kernel SDPA picked is recorded in the row
+(perfkit.attention). If graph capture fails, it is retried once with the memory-efficient kernel and the
+row-grouped layout before decode falls back to eager. The prompt forward is transformers' sdpa unchanged
+(mask-free, causal).
 
 The decode step reads its inputs from fixed buffers (the current token and its position) and builds its
 own attention mask from the position, so nothing in it depends on Python-side state that a replay would
@@ -36,6 +46,7 @@ import time
 
 import torch
 
+from perfkit.attention import decode_phase
 from perfkit.timing import synchronize
 
 
@@ -61,17 +72,54 @@ def grouped_decode_sdpa(module, query, key, value, attention_mask, dropout=0.0, 
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, **kwargs)
     mask = attention_mask[:, :, :, : key.shape[-2]] if attention_mask is not None else None
-    out = torch.nn.functional.scaled_dot_product_attention(
-        query.reshape(batch, kv_heads, heads // kv_heads, head_dim), key, value, attn_mask=mask, scale=scaling)
+    with decode_phase():  # n_rep query rows per head: still one decode position, whatever the shape says
+        out = torch.nn.functional.scaled_dot_product_attention(
+            query.reshape(batch, kv_heads, heads // kv_heads, head_dim), key, value, attn_mask=mask,
+            scale=scaling)
     # (B, kv_heads, n_rep, d) -> (B, H, 1, d) -> (B, 1, H, d), the layout attention functions return
     return out.reshape(batch, heads, 1, head_dim).transpose(1, 2).contiguous(), None
 
 
-def _register_grouped_decode() -> None:
+def gqa_decode_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """SDPA for one new token per sequence in SDPA's grouped-query mode: K/V heads unexpanded, mask kept."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if query.shape[2] != 1 or query.shape[1] == key.shape[1] or dropout or kwargs.get("output_attentions"):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                      scaling=scaling, **kwargs)
+    mask = attention_mask[:, :, :, : key.shape[-2]] if attention_mask is not None else None
+    out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling,
+                                                           enable_gqa=True)
+    return out.transpose(1, 2).contiguous(), None
+
+
+GQA_DECODE_SDPA = "perfkit-gqa-decode-sdpa"
+_DECODE_FUNCTIONS = {GROUPED_DECODE_SDPA: grouped_decode_sdpa, GQA_DECODE_SDPA: gqa_decode_sdpa}
+
+
+def _register_decode_attention() -> None:
     from transformers import AttentionInterface
 
-    if GROUPED_DECODE_SDPA not in AttentionInterface._global_mapping:
-        AttentionInterface.register(GROUPED_DECODE_SDPA, grouped_decode_sdpa)
+    for name, function in _DECODE_FUNCTIONS.items():
+        if name not in AttentionInterface._global_mapping:
+            AttentionInterface.register(name, function)
+
+
+def choose_decode_attention(config, batch: int, max_len: int, dtype, device) -> str:
+    """Which decode attention function the step uses at this point (see the module docstring)."""
+    from perfkit.attention import sdpa_kernel_choice
+
+    device = torch.device(device)
+    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
+    if device.type != "cuda" or heads == kv_heads:
+        return GROUPED_DECODE_SDPA
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    # Tensors of the step's exact shapes, mask included; the selector only reads their metadata.
+    query = torch.empty((batch, heads, 1, head_dim), dtype=dtype, device=device)
+    kv = torch.empty((batch, kv_heads, max_len, head_dim), dtype=dtype, device=device)
+    mask = torch.ones((batch, 1, 1, max_len), dtype=torch.bool, device=device)
+    fused = sdpa_kernel_choice(query, kv, kv, mask, enable_gqa=True) in ("cudnn", "flash", "efficient")
+    return GQA_DECODE_SDPA if fused else GROUPED_DECODE_SDPA
 
 
 class _Buffers:
@@ -89,6 +137,8 @@ class _Buffers:
         self.attn_implementation = model.config._attn_implementation
         self.bool_mask = self.attn_implementation == "sdpa"
         self.dtype = model.dtype
+        self.decode_attention = (choose_decode_attention(model.config, batch, max_len, model.dtype, device)
+                                 if self.bool_mask else self.attn_implementation)
 
 
 class StaticBackend:
@@ -110,7 +160,7 @@ class StaticBackend:
             t0 = time.perf_counter()
             self.graph = None
             max_len = input_len + output_len
-            _register_grouped_decode()
+            _register_decode_attention()
             cache = StaticCache(config=model.config, max_cache_len=max_len)
             c = model.config
             head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
@@ -134,6 +184,32 @@ class StaticBackend:
             return time.perf_counter() - t0
 
     def _capture(self, model) -> None:
+        """Capture the decode step; if that fails, once more with the memory-efficient kernel and the
+        row-grouped layout (which it always accepts), before decode falls back to eager."""
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        first_failure = self._try_capture(model)
+        if first_failure is None:
+            return
+        b = self.buffers
+        chosen = b.decode_attention
+        if b.bool_mask:
+            b.decode_attention = GROUPED_DECODE_SDPA
+        with sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION]):
+            second_failure = self._try_capture(model)
+        if second_failure is None:
+            self._warn(f"CUDA graph capture failed with the default attention kernel ({first_failure}); "
+                       "captured with the memory-efficient kernel instead (recorded in sdpa_decode_backend)")
+            return
+        b.decode_attention = chosen
+        self.graph = None
+        self.mode = "eager"
+        self._warn(f"CUDA graph capture failed ({first_failure}; with the memory-efficient kernel: "
+                   f"{second_failure}); decode runs eagerly with a static cache: these figures are NOT "
+                   "graph-replay figures")
+
+    def _try_capture(self, model) -> str | None:
+        """Warm up and capture the step; None on success, else what went wrong (out of memory raises)."""
         b = self.buffers
         try:
             side = torch.cuda.Stream(device=model.device)
@@ -155,12 +231,12 @@ class StaticBackend:
             b.cache.reset()
             self.graph = graph
             self.mode = "cuda-graph"
+            return None
         except torch.OutOfMemoryError:
             raise  # out of memory is a recorded outcome of the point, not a reason to change backends
-        except Exception as exc:  # noqa: BLE001 - any capture failure: fall back, loudly
+        except Exception as exc:  # noqa: BLE001 - any capture failure: the caller retries or falls back
             self.graph = None
-            self._warn(f"CUDA graph capture failed ({type(exc).__name__}: {exc}); decode runs eagerly "
-                       "with a static cache: these figures are NOT graph-replay figures")
+            return f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
 
     def _warn(self, message: str) -> None:
         self.note = message
@@ -177,7 +253,7 @@ class StaticBackend:
         if b.bool_mask:
             mask = allowed
             # For this step only (the model may be shared with other backends): each K/V head read once.
-            config._attn_implementation = GROUPED_DECODE_SDPA
+            config._attn_implementation = b.decode_attention
         else:
             mask = torch.zeros((), dtype=b.dtype, device=allowed.device).masked_fill(
                 ~allowed, torch.finfo(b.dtype).min)

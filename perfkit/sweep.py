@@ -31,8 +31,11 @@ ttft + the first O − 1 decode steps (perfkit.metrics.truncate_e2e_s). Those ro
 `derived_from_output_len` = the O that was run; their peak memory and warm-up are the longer run's.
 
 Time budget (`--max-minutes`). Before each model build and each point the sweep estimates its duration
-from what it has measured (the last point of the same model, scaled by the work B·(I + O)) and stops
-cleanly if it would end past the budget; the same command continues later.
+from what it has measured (perfkit.budget: the measured prompt-pass and decode-step times of the same
+(system, model), each scaled by how its phase's cost grows). A job that would end past the budget is
+skipped, with the rest of its batch search, and the sweep goes on with the jobs that still fit: a long
+prompt that does not fit never keeps the short ones of the next model from running. The same command
+continues later with what was skipped.
 
 Test hook. `PERFKIT_SWEEP_FAULT="KIND:MIN_BATCH[:MODEL][,...]"` (KIND oom or error) makes every point
 with batch >= MIN_BATCH (of MODEL, if named) raise torch.OutOfMemoryError or RuntimeError just before it
@@ -52,7 +55,9 @@ import time
 import pyarrow.parquet as pq
 import torch
 
+from perfkit import hardware
 from perfkit import results as store
+from perfkit.budget import DurationEstimator
 from perfkit.errors import UsageError
 from perfkit.measure import Point, PointMeasurement, System, check_device, failed_row, measure_point, to_row, \
     with_provenance
@@ -61,6 +66,8 @@ from perfkit.models import build_model, parse_dtype
 from perfkit.params import SweepParams, load_params
 
 FAULT_ENV = "PERFKIT_SWEEP_FAULT"
+
+_now = time.perf_counter  # the budget's clock (a test replaces it to inject timings)
 
 
 # ---- what a sweep is made of ----------------------------------------------------------------------
@@ -287,7 +294,7 @@ class SweepOutcome:
     skipped: int  # rows already stored when it started (resume)
     failures: list[dict]  # rows with status "error" written by this invocation
     ooms: list[dict]  # rows with status "oom" written by this invocation
-    stopped_early: bool  # the time budget ran out; the same command continues
+    stopped_early: bool  # jobs were left out for the time budget; the same command continues
     left: int  # runs still to do (an upper bound: searches may stop earlier)
     wall_s: float
     build_s: list[dict]  # {"system", "model", "seconds"} per model build
@@ -347,34 +354,35 @@ class _Runner:
         self.run_id = new_run_id()
         self.run_written = False
         self.deadline = None if max_minutes is None else t0 + max_minutes * 60
-        self.stopped = False
+        self.stopped = False  # some job was left out because it would not have fit the time budget
         self.measured, self.failures, self.ooms, self.builds = 0, [], [], []
-        self.last_job: dict[tuple, tuple[int, float]] = {}  # (system, model) -> (work, seconds)
+        # one estimator per device, each with that device's peaks where known (perfkit.hardware)
+        self.estimators = {device: DurationEstimator(hardware.lookup(env.get("device_name")))
+                           for device, env in envs.items()}
         self.done: dict[str, dict] = {}  # rows stored before this session, by point key
+
+    def _estimator(self, label: str) -> DurationEstimator | None:
+        system = next((s for s in self.params.systems if s.label == label), None)
+        return self.estimators.get(system.device) if system else None
 
     def learn(self, done: dict[str, dict]) -> None:
         """Seed the duration estimates from stored rows, so a resumed session budgets its first points too."""
         self.done = done
-        for row in done.values():
-            if row.get("status") != "ok" or row.get("derived_from_output_len") is not None:
-                continue
-            seconds = (sum(row.get("e2e_ms_samples") or []) + (row.get("warmup_ms") or 0)
-                       + (row.get("setup_ms") or 0)) / 1e3
-            work = row["batch"] * (row["input_len"] + row["output_len"])
-            key = (row["system"], row["model"])
-            if key not in self.last_job or work > self.last_job[key][0]:
-                self.last_job[key] = (work, seconds)
+        for row in sorted(done.values(), key=lambda r: r.get("created_utc") or ""):
+            estimator = self._estimator(row.get("system"))
+            if estimator is not None:
+                estimator.learn(row)
 
     def _fits(self, seconds: float) -> bool:
-        if self.deadline is not None and time.perf_counter() + seconds > self.deadline:
-            self.stopped = True
-        return not self.stopped
+        return self.deadline is None or _now() + seconds <= self.deadline
 
     def _estimate_job(self, job: Job) -> float:
         u = job.unit
-        work = job.batch * (u.input_len + u.run_output_len)
-        last = self.last_job.get((u.system.label, u.model))
-        return last[1] * max(1.0, work / last[0]) if last else 0.0
+        estimator = self._estimator(u.system.label)
+        if estimator is None:
+            return 0.0
+        return estimator.estimate(u.system.label, u.model, job.batch, u.input_len, u.run_output_len,
+                                  self.params.warmup + self.params.repeats)
 
     def _estimate_build(self, system: System, model: str) -> float:
         same = [b["seconds"] for b in self.builds if b["model"] == model and b["system"] == system.label]
@@ -389,9 +397,19 @@ class _Runner:
         store.write_run(self.out_dir, self.run_id, prov)
         self.run_written = True
 
+    def _skip(self, search: Search) -> None:
+        """Leave a search for a later invocation: its next job would not fit the budget."""
+        self.stopped = True
+
     def run_model(self, system: System, model: str, searches: list[Search], first_only: bool) -> None:
         pending = [s for s in searches if not s.finished() and (s.k == 0 or not first_only)]
-        if not pending or self.stopped or not self._fits(self._estimate_build(system, model)):
+        if not pending:
+            return
+        # Build only if the build and at least one of its jobs fit; otherwise every pending job waits.
+        build_s = self._estimate_build(system, model)
+        if not any(self._fits(build_s + self._estimate_job(s.next_job())) for s in pending):
+            for s in pending:
+                self._skip(s)
             return
         self.bar.set_postfix_str(f"building {model}", refresh=True)
         t = time.perf_counter()
@@ -409,7 +427,9 @@ class _Runner:
                 while not s.finished():
                     job = s.next_job()
                     if not self._fits(self._estimate_job(job)):
-                        return
+                        # this search waits (its later batches cost more still); the others go on
+                        self._skip(s)
+                        break
                     self._run_job(built, build_failure, s, job)
                     if first_only:
                         break
@@ -428,7 +448,6 @@ class _Runner:
             search.judge({o: dict(r) for o, r in stored.items()})
             self._advance_bar(search)
             return
-        t = time.perf_counter()
         status, error, m = "ok", None, None
         if build_failure:
             status, error = build_failure
@@ -461,9 +480,9 @@ class _Runner:
                 self.failures.append(full)
             elif status == "oom":
                 self.ooms.append(full)
-        seconds = time.perf_counter() - t
         if status == "ok":
-            self.last_job[(u.system.label, u.model)] = (job.batch * (u.input_len + u.run_output_len), seconds)
+            self._estimator(u.system.label).learn(
+                {**rows[u.run_output_len], "warmup": p.warmup, "derived_from_output_len": None})
         self._advance_bar(search)
 
     def _advance_bar(self, search: Search) -> None:
@@ -520,7 +539,7 @@ def run_sweep(params_or_path, systems: list[str] | None = None, out_dir: str | N
     """Measure every point of a params file (skipping those already stored in `out_dir`)."""
     from tqdm import tqdm
 
-    t0 = time.perf_counter()
+    t0 = _now()
     params = _as_params(params_or_path)
     chosen = _select(params, systems)
     out_dir = out_dir or os.path.join("results", params.name)
@@ -547,7 +566,7 @@ def run_sweep(params_or_path, systems: list[str] | None = None, out_dir: str | N
     return SweepOutcome(out_dir=out_dir, run_id=runner.run_id if runner.run_written else None,
                         measured=runner.measured, skipped=skipped, failures=runner.failures, ooms=runner.ooms,
                         stopped_early=runner.stopped, left=sum(s.remaining() for s in searches),
-                        wall_s=time.perf_counter() - t0, build_s=runner.builds)
+                        wall_s=_now() - t0, build_s=runner.builds)
 
 
 # ---- command line --------------------------------------------------------------------------------
@@ -595,7 +614,8 @@ def _print_outcome(out: SweepOutcome) -> None:
     print(f"sweep -> {out.out_dir}: measured {out.measured} points, {out.skipped} already done, "
           f"{len(out.ooms)} out of memory (recorded), {len(out.failures)} failed, {out.wall_s:.1f} s")
     if out.stopped_early:
-        print(f"stopped before the time budget ran out: up to {out.left} runs left; run the same command to continue")
+        print(f"runs that would not have fit the time budget were left out: up to {out.left} runs left; "
+              "run the same command to continue")
     if out.measured or out.skipped:
         from perfkit.study_tables import summarize
 

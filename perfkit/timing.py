@@ -22,6 +22,9 @@ class CpuClock:
         self._stamps[self._n] = time.perf_counter()
         self._n += 1
 
+    def marks_made(self) -> int:
+        return self._n
+
     def seconds(self) -> list[float]:
         """Seconds from the first mark to each mark (the first is 0.0)."""
         t0 = self._stamps[0]
@@ -42,6 +45,9 @@ class CudaClock:
     def mark(self) -> None:
         self._events[self._n].record()
         self._n += 1
+
+    def marks_made(self) -> int:
+        return self._n
 
     def seconds(self) -> list[float]:
         torch.cuda.synchronize()

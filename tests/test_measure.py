@@ -123,3 +123,38 @@ def test_validation_rejects_bad_points():
 
 def test_backend_registry_names():
     assert {"hf-loop", "hf-generate"} <= set(BACKENDS)
+
+
+class _RunsOutOfMemory:
+    """A backend that runs out of memory in set-up, or after `marks_before` clock marks of a run."""
+
+    name = "oom-test"
+
+    def __init__(self, in_setup=False, marks_before=0):
+        self.in_setup, self.marks_before = in_setup, marks_before
+
+    def prepare(self, model, batch, input_len, output_len):
+        if self.in_setup:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 162.00 GiB")
+        return 0.0
+
+    def run(self, model, prompt, output_len, clock):
+        for _ in range(self.marks_before):
+            clock.mark()
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+@pytest.mark.parametrize("backend,phrase", [
+    (_RunsOutOfMemory(in_setup=True), "out of memory in set-up"),
+    (_RunsOutOfMemory(marks_before=1), "out of memory in the prompt pass"),
+    (_RunsOutOfMemory(marks_before=2), "out of memory in decode"),
+])
+@pytest.mark.parametrize("warmup", [0, 1])
+def test_out_of_memory_says_where_it_happened(tiny_models, monkeypatch, backend, phrase, warmup):
+    import perfkit.measure as measure
+
+    monkeypatch.setattr(measure, "get_backend", lambda name: backend)
+    with pytest.raises(torch.OutOfMemoryError, match=phrase) as info:
+        measure_point(tiny_models["tiny-llama3-8b"], System(), Point("tiny-llama3-8b", 8, 4, 1),
+                      warmup=warmup, repeats=1)
+    assert "Tried to allocate" in str(info.value)  # torch's own message kept

@@ -245,13 +245,17 @@ def test_static_cuda_graph_matches_hf_loop_first_tokens():
     assert torch.equal(again, static)
 
 
-def test_grouped_decode_attention_equals_transformers_sdpa():
-    """One query position: reading each K/V head once gives transformers' sdpa result (which repeats K/V)."""
+@pytest.mark.parametrize("function", ["grouped_decode_sdpa", "gqa_decode_sdpa"])
+def test_decode_attention_equals_transformers_sdpa(function):
+    """One query position: reading each K/V head once gives transformers' sdpa result (which repeats K/V),
+    in both layouts the static step may choose (row-grouped query, or SDPA's enable_gqa)."""
     from types import SimpleNamespace
 
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    from perfkit.static_backend import grouped_decode_sdpa
+    from perfkit import static_backend
+
+    grouped_decode_sdpa = getattr(static_backend, function)
 
     torch.manual_seed(0)
     batch, heads, kv_heads, length, d = 3, 8, 2, 11, 16
@@ -281,3 +285,67 @@ def test_static_decode_copies_no_kv_heads_and_leaves_the_model_as_it_was(tiny_mo
     _generate("static", model, prompt, O)
     assert copies == []  # neither prefill (mask-free, causal) nor any decode step expanded K/V
     assert model.config._attn_implementation == "sdpa"  # hf-loop, sharing the model, still gets sdpa
+
+
+def test_decode_attention_choice_needs_a_fused_kernel(tiny_models):
+    """On a CPU (and for models without grouped K/V) the step keeps the row-grouped layout, which every
+    SDPA kernel accepts with a mask; enable_gqa is chosen only where the selector names a fused kernel."""
+    from perfkit.static_backend import GROUPED_DECODE_SDPA, choose_decode_attention
+
+    for name in ("tiny-llama3-8b", "tiny-llama2-13b"):
+        config = tiny_models[name].config
+        assert choose_decode_attention(config, 2, 64, torch.float32, "cpu") == GROUPED_DECODE_SDPA
+
+
+def test_failed_capture_is_retried_with_the_efficient_kernel_before_eager(tiny_models, monkeypatch, capsys):
+    """The capture path's control flow, on a CPU: the first capture fails, the retry runs under
+    sdpa_kernel(EFFICIENT_ATTENTION) with the row-grouped layout; if that fails too, decode is eager and
+    says so; the layout chosen for the point is restored for the eager steps."""
+    from perfkit.static_backend import GQA_DECODE_SDPA, GROUPED_DECODE_SDPA, StaticBackend
+
+    model = tiny_models["tiny-llama3-8b"]
+    backend = StaticBackend()
+    backend.prepare(model, 1, 8, 4)  # CPU: no capture attempted, buffers allocated
+    attempts = []
+
+    def fake_try(results):
+        def attempt(_model):
+            attempts.append((backend.buffers.decode_attention,
+                             torch._C._get_mem_efficient_sdp_enabled(), torch._C._get_flash_sdp_enabled()))
+            outcome = results.pop(0)
+            if outcome is None:
+                backend.graph, backend.mode = "a graph", "cuda-graph"
+            return outcome
+        return attempt
+
+    backend.buffers.decode_attention = GQA_DECODE_SDPA
+    monkeypatch.setattr(backend, "_try_capture", fake_try(["RuntimeError: cudnn says no", None]))
+    backend._capture(model)
+    assert backend.mode == "cuda-graph"
+    assert attempts[0] == (GQA_DECODE_SDPA, True, True)
+    assert attempts[1] == (GROUPED_DECODE_SDPA, True, False)  # only the efficient kernel allowed
+    assert backend.buffers.decode_attention == GROUPED_DECODE_SDPA  # what the graph holds
+    assert "memory-efficient" in capsys.readouterr().err
+
+    attempts.clear()
+    backend.mode, backend.graph = "eager", None
+    backend.buffers.decode_attention = GQA_DECODE_SDPA
+    monkeypatch.setattr(backend, "_try_capture", fake_try(["RuntimeError: one", "RuntimeError: two"]))
+    backend._capture(model)
+    assert (backend.mode, backend.graph) == ("eager", None)
+    assert backend.buffers.decode_attention == GQA_DECODE_SDPA
+    err = capsys.readouterr().err
+    assert "NOT graph-replay figures" in err and "one" in err and "two" in err
+
+
+@pytest.mark.parametrize("backend_name", ["hf-loop", "static", "hf-generate"])
+def test_rows_record_the_attention_kernel_of_each_phase(tiny_models, backend_name):
+    """The kernel SDPA picked is read during set-up and warm-up and kept in the row (on a CPU: PyTorch's
+    CPU flash kernel), and the model's attention function is left as it was."""
+    model = tiny_models["tiny-llama3-8b"]
+    m = measure_point(model, System(backend=backend_name), Point("tiny-llama3-8b", 16, 4, 2), warmup=1, repeats=1)
+    row = to_row(m)
+    assert row["sdpa_prefill_backend"] in ("flash", "math")
+    assert row["sdpa_decode_backend"] in ("flash", "math")
+    assert torch.nn.functional.scaled_dot_product_attention.__name__ == "scaled_dot_product_attention"
+    assert model.config._attn_implementation == "sdpa"

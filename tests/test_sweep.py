@@ -371,23 +371,91 @@ def test_sigkill_midway_then_the_same_command_finishes_every_point_exactly_once(
     assert set(kept["point_key"]) == set(before["point_key"])
 
 
-def test_budget_estimates_come_from_stored_points_and_stop_before_the_deadline(tmp_path):
+def test_budget_estimates_scale_each_phase_from_stored_points(tmp_path):
+    """A batch-1 point at I = 2048 costs about what one at I = 128 does when decode dominates: the estimate
+    scales the measured prompt pass and decode step separately (not the whole job by B·(I + O))."""
     from tqdm import tqdm
 
     from perfkit.params import load_params
     from perfkit.sweep import Job, _Faults, _Runner
 
-    params = load_params(write_params(tmp_path / "p.yaml"))
+    params = load_params(write_params(tmp_path / "p.yaml", repeats=2))  # warmup 1 + 2 repeats = 3 runs
     stored = {"k": {"status": "ok", "derived_from_output_len": None, "system": "cpu", "model": "tiny-llama2-13b",
-                    "batch": 1, "input_len": 16, "output_len": 4, "e2e_ms_samples": [100.0, 100.0],
-                    "warmup_ms": 100.0, "setup_ms": 0.0}}
+                    "dtype": "float32", "batch": 1, "input_len": 128, "output_len": 128, "ttft_ms": 10.0,
+                    "tpot_ms": 50.0, "setup_ms": 0.0, "warmup": 1, "repeats": 2}}
     with tqdm(disable=True) as bar:
-        runner = _Runner(params, str(tmp_path / "out"), {}, _Faults(None), 1.0, bar, time.perf_counter())
+        runner = _Runner(params, str(tmp_path / "out"), {"cpu": {"device_name": "a CPU"}}, _Faults(None), 1.0,
+                         bar, time.perf_counter())
         runner.learn(stored)
-        unit = Unit(CPU, "tiny-llama2-13b", 16, 4, (4,))
-        assert runner._estimate_job(Job(unit, 4, (4,))) == pytest.approx(0.3 * 4)  # scaled by the work B·(I+O)
-        assert runner._fits(30.0) and not runner.stopped
-        assert not runner._fits(61.0) and runner.stopped  # would end past the 1-minute budget: stop now
+        same = runner._estimate_job(Job(Unit(CPU, "tiny-llama2-13b", 128, 128, (128,)), 1, (128,)))
+        assert same == pytest.approx(3 * (0.010 + 127 * 0.050))
+        long_prompt = runner._estimate_job(Job(Unit(CPU, "tiny-llama2-13b", 2048, 128, (128,)), 1, (128,)))
+        # the prompt pass scales with its FLOPs (~16x), a decode step with the bytes it reads (~1x here)
+        assert 1.0 < long_prompt / same < 2.0  # the old B·(I + O) scaling said 13x
+        assert runner._fits(30.0) and not runner._fits(61.0)  # a 1-minute budget
+        assert not runner.stopped  # asking is not skipping
+
+
+def _fake_timings(monkeypatch, ttft_s, step_s, build_s=1.0):
+    """Replace measuring and building with injected timings on a fake clock that they advance."""
+    import perfkit.sweep as sweep_mod
+    from perfkit.measure import PointMeasurement
+
+    now = [0.0]
+    monkeypatch.setattr(sweep_mod, "_now", lambda: now[0])
+
+    def measure(model, system, point, warmup, repeats, seed):
+        ttft, step = ttft_s(point), step_s(point)
+        e2e = ttft + (point.output_len - 1) * step
+        now[0] += (warmup + repeats) * e2e
+        return PointMeasurement(point, system, [ttft] * repeats, [e2e] * repeats,
+                                [[step] * (point.output_len - 1)] * repeats, warmup * e2e, 0.0, None, "none",
+                                torch.zeros((point.batch, point.output_len), dtype=torch.long))
+
+    def build(name, *a, **kw):
+        now[0] += build_s
+        return object()
+
+    monkeypatch.setattr(sweep_mod, "measure_point", measure)
+    monkeypatch.setattr(sweep_mod, "build_model", build)
+    return now
+
+
+def test_a_job_over_the_budget_is_skipped_and_the_sweep_goes_on(tmp_path, monkeypatch):
+    """Injected timings (compute-bound prompts): I = 2048 would end past the budget, so it waits; I = 256,
+    after it in the grid, still fits and runs; the same command later measures only what was left."""
+    _fake_timings(monkeypatch, ttft_s=lambda p: 0.005 * p.batch * p.input_len, step_s=lambda p: 0.01)
+    params = write_params(tmp_path / "p.yaml", grid={"input_lens": [128, 2048, 256], "output_lens": [8],
+                                                     "batch_sizes": [1]})
+    out = str(tmp_path / "out")
+    first = run_sweep(params, out_dir=out, progress=False, max_minutes=0.2)  # 12 s of fake time
+    assert first.stopped_early and first.measured == 2 and first.left == 1
+    assert sorted(load_results(out)["input_len"]) == [128, 256]
+    second = run_sweep(params, out_dir=out, progress=False)
+    assert (second.measured, second.skipped, second.stopped_early) == (1, 2, False)
+    assert sorted(load_results(out)["input_len"]) == [128, 256, 2048]
+
+
+def test_a_long_prompt_no_longer_ends_the_sweep(tmp_path, monkeypatch):
+    """Decode-dominated points (the GPU's case at batch 1): after I = 128 the sweep measures I = 2048 and the
+    next model, then the batch climbs while they fit; what does not fit is left, not the whole rest."""
+    import perfkit.sweep as sweep_mod
+    from perfkit.hardware import by_name
+
+    now = _fake_timings(monkeypatch, ttft_s=lambda p: 0.0001 * p.batch * p.input_len, step_s=lambda p: 0.05)
+    # a device whose peaks are known, as on a GPU: a decode step's estimate follows the bytes it reads
+    monkeypatch.setattr(sweep_mod.hardware, "lookup", lambda name: by_name("H100 SXM"))
+    params = write_params(tmp_path / "p.yaml", models=["tiny-llama2-13b", "tiny-mistral-7b"],
+                          grid={"input_lens": [128, 2048], "output_lens": [32], "batch_sizes": [1, 2]})
+    out = str(tmp_path / "out")
+    first = run_sweep(params, out_dir=out, progress=False, max_minutes=0.6)  # 36 s: pass 1 takes ~22 s
+    df = load_results(out)
+    assert sorted(df.loc[df["batch"] == 1, "model"]) == ["tiny-llama2-13b"] * 2 + ["tiny-mistral-7b"] * 2
+    # the climb goes on where it fits: llama2-13b's I = 2048 step (~10 s estimated, ~8 s left) waits, and
+    # mistral-7b's I = 128 step, after it, still runs; the sweep never ends past its budget
+    climbed = df[df["batch"] == 2]
+    assert sorted(zip(climbed["model"], climbed["input_len"])) == [("tiny-llama2-13b", 128), ("tiny-mistral-7b", 128)]
+    assert first.stopped_early and first.left == 2 and now[0] <= 36.0
 
 
 def test_out_of_memory_reported_as_a_runtime_error_counts_as_oom():
