@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup test demo sweep report compare reports lab clean-venv
+.PHONY: setup test test-fast demo sweep report compare reports lab clean-venv
 
 setup: $(STAMP)
 
@@ -19,7 +19,11 @@ $(STAMP): pyproject.toml constraints.txt
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
-# ---- notebooks, HTML reports and comparisons (perfkit.publish runs the notebooks with papermill) ----
+# The fast loop while developing: everything but the tests marked slow (notebooks, browser, subprocess sweeps).
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" tests
+
+# ---- notebooks, HTML reports and comparisons (`perfkit publish` runs the notebooks with papermill) ----
 # make sweep PARAMS=params/smoke.yaml [SYSTEM="label ..."] [OUT=results/DIR]
 # make report RESULTS=results/DIR [SYSTEM=label]
 # make compare TARGET=results/DIR[:label] BASELINE=results/DIR[:label]
@@ -31,26 +35,28 @@ RESULTS ?=
 TARGET ?=
 BASELINE ?=
 REPORTS ?= reports
-PUBLISH := $(PY) -m perfkit.publish
+PUBLISH := $(PY) -m perfkit publish
 
 sweep: $(STAMP)
-	$(PUBLISH) sweep $(PARAMS) $(foreach s,$(SYSTEM),--system $(s)) $(if $(OUT),--results $(OUT)) --out $(REPORTS)
+	$(PUBLISH) sweep $(PARAMS) $(foreach s,$(SYSTEM),--system $(s)) $(if $(OUT),--out $(OUT)) --reports $(REPORTS)
 
 report: $(STAMP)
 	@test -n "$(RESULTS)" || { echo "make report: set RESULTS=<results directory>, e.g. make report RESULTS=results/smoke" >&2; exit 2; }
-	$(PUBLISH) report $(RESULTS) $(if $(SYSTEM),--system $(SYSTEM)) --out $(REPORTS)
+	$(PUBLISH) report $(RESULTS) $(if $(SYSTEM),--system $(SYSTEM)) --reports $(REPORTS)
 
 compare: $(STAMP)
 	@test -n "$(TARGET)" -a -n "$(BASELINE)" || { echo "make compare: set TARGET=<results dir>[:system] and BASELINE=<results dir>[:system]" >&2; exit 2; }
-	$(PUBLISH) compare $(TARGET) $(BASELINE) --out $(REPORTS)
+	$(PUBLISH) compare $(TARGET) $(BASELINE) --reports $(REPORTS)
 
 # Every results directory committed under results/ (GPU data where we have it), one report per system,
 # plus the comparisons listed in results/comparisons.yaml. The demo's own results are left out.
 reports: $(STAMP)
-	$(PUBLISH) all results --exclude results/demo --out $(REPORTS)
+	$(PUBLISH) all results --exclude results/demo --reports $(REPORTS)
 
+# JupyterLab on the project; each notebook's first cell works from the project's root, so its default
+# paths (results/demo, ...) are the ones `make demo` writes. As root (a container) Jupyter needs --allow-root.
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab notebooks
+	$(VENV)/bin/jupyter lab --notebook-dir=. $(if $(filter 0,$(shell id -u)),--allow-root)
 
 # The demo, end to end on the CPU: the three tiny stand-ins for float32 (baseline) and float16 (target),
 # one report per system and their comparison in reports/demo/. It always measures afresh. One thread per
@@ -58,10 +64,10 @@ lab: $(STAMP)
 # core, which made the figures swing by 10x; one thread gives stable, comparable figures.
 demo: $(STAMP)
 	rm -rf results/demo reports/demo
-	OMP_NUM_THREADS=1 $(PUBLISH) sweep params/demo.yaml --results results/demo --out reports/demo
-	OMP_NUM_THREADS=1 $(PUBLISH) report results/demo --system cpu-fp32 --out reports/demo
-	OMP_NUM_THREADS=1 $(PUBLISH) report results/demo --system cpu-fp16 --out reports/demo
-	OMP_NUM_THREADS=1 $(PUBLISH) compare results/demo:cpu-fp16 results/demo:cpu-fp32 --out reports/demo
+	OMP_NUM_THREADS=1 $(PUBLISH) sweep params/demo.yaml --out results/demo --reports reports/demo
+	OMP_NUM_THREADS=1 $(PUBLISH) report results/demo --system cpu-fp32 --reports reports/demo
+	OMP_NUM_THREADS=1 $(PUBLISH) report results/demo --system cpu-fp16 --reports reports/demo
+	OMP_NUM_THREADS=1 $(PUBLISH) compare results/demo:cpu-fp16 results/demo:cpu-fp32 --reports reports/demo
 	@echo "open $(REPORTS)/index.html"
 
 clean-venv:

@@ -1,4 +1,4 @@
-"""Issue 5's goals, measured (a benchmark that prints its figures, not a test that passes or fails).
+"""perfkit's speed goals on a GPU, measured (a benchmark that prints its figures, not a test that passes or fails).
 
 On a GPU (the goals are stated for an H100 in bf16, llama3-8b with random weights):
   1. B=1, I=128, O=128: decode tokens/s with `static` (goal >= 150; transformers eager ~35), beside hf-loop,
@@ -15,6 +15,9 @@ roofline gives for them on the H100's spec, and measures what a CPU can: tiny-ll
 
     python3 benchmarks/goals.py --out results/goals            # GPU: ~4 minutes on an H100
     python3 benchmarks/goals.py --quick                        # fewer points
+
+perfkit must be importable (installed, or PYTHONPATH=. from the repository root, as scripts/gpu-check.sh
+sets it). The bf16 CUDA-graph check of the full-size model is scripts/graph_check.py, run before this.
 """
 
 from __future__ import annotations
@@ -25,16 +28,15 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
 
-import torch  # noqa: E402
-
-from perfkit import roofline  # noqa: E402
-from perfkit.hardware import by_name, lookup  # noqa: E402
-from perfkit.measure import Point, System, failed_row, measure_point, to_row, with_provenance  # noqa: E402
-from perfkit.models import build_model  # noqa: E402
-from perfkit.provenance import environment, new_run_id  # noqa: E402
-from perfkit.sweep import is_out_of_memory  # noqa: E402
+from perfkit import roofline
+from perfkit.hardware import by_name, lookup
+from perfkit.measure import is_out_of_memory, measure_point
+from perfkit.models import build_model
+from perfkit.provenance import environment, new_run_id
+from perfkit.rows import failed_row, to_row, with_provenance
+from perfkit.workload import Point, System
 
 MODEL = "llama3-8b"
 
@@ -99,26 +101,6 @@ def first_divergence(a: torch.Tensor, b: torch.Tensor) -> list:
     return out
 
 
-def graph_smoke(device) -> None:
-    """Before the long runs: does the CUDA graph capture here, and give hf-loop's tokens (tiny model, fp32)?"""
-    from perfkit.backends import get_backend
-    from perfkit.measure import synthetic_prompt
-    from perfkit.timing import CudaClock
-
-    model = build_model("tiny-llama3-8b", torch.float32, device)
-    prompt = synthetic_prompt(2, 24, model.config.vocab_size, seed=3)
-    static, loop = get_backend("static"), get_backend("hf-loop")
-    static.prepare(model, 2, 24, 10)
-    with torch.inference_mode():
-        a = static.run(model, prompt, 10, CudaClock(11)).cpu()
-        b = loop.run(model, prompt, 10, CudaClock(11)).cpu()
-    print(f"graph smoke test (tiny-llama3-8b fp32): static mode {static.mode}, tokens equal hf-loop: "
-          f"{torch.equal(a, b)}" + (f"; note: {static.note}" if static.note else ""), flush=True)
-    del model, static
-    gc.collect()
-    torch.cuda.empty_cache()
-
-
 def profile_decode(model, device) -> None:
     """Where a static decode step's time goes: the top CUDA kernels over one B=1, I=128, O=32 request."""
     from torch.profiler import ProfilerActivity, profile
@@ -143,93 +125,115 @@ def verdict(ok) -> str:
     return "unknown" if ok is None else ("MET" if ok else "not met")
 
 
-def gpu(args) -> int:
+def probe_device(device: str, out: str | None) -> tuple[dict, float, float]:
+    """The device's probed copy bandwidth and bf16 matmul throughput (the bounds the goals are read against)."""
     from perfkit.probe import probe, write_probe
 
-    device = args.device
-    deadline = time.monotonic() + args.max_minutes * 60
     print(f"probing {device}...", flush=True)
     rec = probe(device, ("bfloat16",), budget_s=2)
-    if args.out:
-        write_probe(args.out, rec)
+    if out:
+        write_probe(out, rec)
     bw, mm = rec["copy_bandwidth_bytes_s"], rec["matmul_flops"]["bfloat16"]
     spec = lookup(rec["device_name"])
+    spec_text = (f"{spec.name}: {spec.mem_bw_bytes_s / 1e12:.2f} TB/s, {spec.bf16_flops / 1e12:.0f} TFLOP/s"
+                 if spec else "unknown")
     print(f"device {rec['device_name']}: probed copy {bw / 1e12:.2f} TB/s, bf16 matmul {mm / 1e12:.0f} TFLOP/s; "
-          f"spec {spec.name + ': ' + format(spec.mem_bw_bytes_s / 1e12, '.2f') + ' TB/s, ' + format(spec.bf16_flops / 1e12, '.0f') + ' TFLOP/s' if spec else 'unknown'}")
+          f"spec {spec_text}")
+    return rec, bw, mm
 
-    graph_smoke(device)
-    t0 = time.perf_counter()
-    model = build_model(MODEL, torch.bfloat16, device)
-    print(f"built {MODEL} bf16 in {time.perf_counter() - t0:.1f} s", flush=True)
-    r = Runner(model, MODEL, device, args.out, deadline)
-    results = {}
 
+def goal_decode(r: Runner, bw: float) -> dict:
+    """Goal 1: B=1, I=128, O=128 decode tokens/s, static beside hf-loop, and where their tokens diverge."""
     print("\ngoal 1: B=1, I=128, O=128 decode tokens/s")
-    s1, ms = r.point("static", 1, 128, 128)
-    h1, mh = r.point("hf-loop", 1, 128, 128, repeats=2)
-    div = first_divergence(ms.tokens, mh.tokens) if ms is not None and mh is not None else None
-    bound = roofline.decode_bytes_per_step(MODEL, "bfloat16", 1, 128, 128)
-    results["goal1"] = (s1 and s1.get("decode_tok_s"), h1 and h1.get("decode_tok_s"), bw / bound)
+    static, ms = r.point("static", 1, 128, 128)
+    loop, mh = r.point("hf-loop", 1, 128, 128, repeats=2)
+    return {"static": static, "hf_loop": loop,
+            "divergence": first_divergence(ms.tokens, mh.tokens) if ms is not None and mh is not None else None,
+            "generated": ms.tokens.shape[1] if ms is not None else None,
+            "sol_tok_s": bw / roofline.decode_bytes_per_step(MODEL, "bfloat16", 1, 128, 128)}
 
+
+def goal_ttft(r: Runner, mm: float) -> tuple[float | None, float]:
+    """Goal 2: ttft at B=1, I=2048 against the prefill bound at the probed matmul throughput."""
     print("\ngoal 2: B=1, I=2048 ttft vs the prefill bound at the probed matmul throughput")
-    s2, _ = r.point("static", 1, 2048, 4)
-    prefill_bound_ms = roofline.prefill_flops(MODEL, 1, 2048) / mm * 1e3
-    results["goal2"] = (s2 and s2.get("ttft_ms"), prefill_bound_ms)
+    row, _ = r.point("static", 1, 2048, 4)
+    return row and row.get("ttft_ms"), roofline.prefill_flops(MODEL, 1, 2048) / mm * 1e3
 
+
+def goal_multi_user(r: Runner, batches: list[int]) -> tuple[int, float] | None:
+    """Goal 3: I=128, O=128 multi-user total max throughput with static, climbing until it stops gaining 3%."""
     print("\ngoal 3: I=128, O=128 multi-user total max throughput (static)")
     best = None
-    for b in ([64, 256, 512] if args.quick else [64, 128, 256, 512, 1024]):
+    for b in batches:
         row, _ = r.point("static", b, 128, 128, repeats=2)
         if row is None or row["status"] != "ok":
             break
         if best is not None and row["output_tok_s"] < best[1] * 1.03:
-            best = max(best, (b, row["output_tok_s"]), key=lambda t: t[1])
-            break
+            return max(best, (b, row["output_tok_s"]), key=lambda t: t[1])
         best = (b, row["output_tok_s"]) if best is None or row["output_tok_s"] > best[1] else best
-    results["goal3"] = best
+    return best
 
+
+def static_vs_hf_loop(r: Runner, batches: list[int]) -> list[tuple]:
+    """Goal 4: static / hf-loop ratios of ttft, tpot and output throughput (I=2048, O=16)."""
     print("\ngoal 4: static / hf-loop over the gpu-check grid (I=2048, O=16)")
     ratios = []
-    for b in ([1, 32] if args.quick else [1, 8, 32, 128]):
+    for b in batches:
         st, _ = r.point("static", b, 2048, 16, repeats=2)
         hf, _ = r.point("hf-loop", b, 2048, 16, repeats=2)
         if st and hf and st["status"] == hf["status"] == "ok":
             ratios.append((b, st["ttft_ms"] / hf["ttft_ms"], st["tpot_ms"] / hf["tpot_ms"],
                            hf["output_tok_s"] / st["output_tok_s"]))
-    if s1 and h1 and s1["status"] == h1["status"] == "ok":
-        ratios.insert(0, ("1 (I=128,O=128)", s1["ttft_ms"] / h1["ttft_ms"], s1["tpot_ms"] / h1["tpot_ms"],
-                          h1["output_tok_s"] / s1["output_tok_s"]))
+    return ratios
 
-    if args.profile:
-        profile_decode(model, device)
 
-    # ---- summary --------------------------------------------------------------------------------
-    print(f"\n=== issue 5 goals on {rec['device_name']} (bf16, {MODEL}, random weights) ===")
-    st_tok, hf_tok, sol_tok = results["goal1"]
+def print_goals(device_name: str, decode: dict, ttft: tuple, best, ratios: list) -> None:
+    print(f"\n=== speed goals on {device_name} (bf16, {MODEL}, random weights) ===")
+    s1, h1 = decode["static"], decode["hf_loop"]
+    st_tok, hf_tok = s1 and s1.get("decode_tok_s"), h1 and h1.get("decode_tok_s")
     print(f"1. decode B=1 I=128 O=128: static {st_tok or float('nan'):.1f} tok/s (goal >= 150: "
           f"{verdict(None if st_tok is None else st_tok >= 150)}); hf-loop {hf_tok or float('nan'):.1f} tok/s; "
-          f"speed of light at the probed bandwidth {sol_tok:.1f} tok/s")
-    if div is not None:
-        print(f"   first generated token where static and hf-loop differ, per sequence: {div} "
-              f"(None: all {ms.tokens.shape[1]} identical; bf16 rounding may differ after many steps)")
-    ttft, pb = results["goal2"]
-    print(f"2. ttft B=1 I=2048: static {ttft or float('nan'):.2f} ms, prefill bound (probed) {pb:.2f} ms, "
-          f"ratio {(ttft or float('nan')) / pb:.2f}x (goal <= 1.3x: {verdict(None if ttft is None else ttft / pb <= 1.3)})")
+          f"speed of light at the probed bandwidth {decode['sol_tok_s']:.1f} tok/s")
+    if decode["divergence"] is not None:
+        print(f"   first generated token where static and hf-loop differ, per sequence: {decode['divergence']} "
+              f"(None: all {decode['generated']} identical; bf16 rounding may differ after many steps)")
+    ttft_ms, bound_ms = ttft
+    print(f"2. ttft B=1 I=2048: static {ttft_ms or float('nan'):.2f} ms, prefill bound (probed) {bound_ms:.2f} ms, "
+          f"ratio {(ttft_ms or float('nan')) / bound_ms:.2f}x "
+          f"(goal <= 1.3x: {verdict(None if ttft_ms is None else ttft_ms / bound_ms <= 1.3)})")
     if best:
         print(f"3. multi-user total max throughput I=128 O=128: {best[1]:.0f} tok/s at B={best[0]} "
               f"(goal >= 15,000: {verdict(best[1] >= 15000)})")
     else:
         print("3. multi-user total max throughput: not measured")
+    if s1 and h1 and s1["status"] == h1["status"] == "ok":
+        ratios = [("1 (I=128,O=128)", s1["ttft_ms"] / h1["ttft_ms"], s1["tpot_ms"] / h1["tpot_ms"],
+                   h1["output_tok_s"] / s1["output_tok_s"])] + ratios
     print("4. static vs hf-loop (< 1: static better)\n   B                 Ratio_ttft  Ratio_tpot  Ratio_Throughput(output)")
     for b, rt, rp, rthr in ratios:
         print(f"   {str(b):<18}{rt:10.3f}  {rp:10.3f}  {rthr:10.3f}")
+
+
+def gpu(args) -> int:
+    rec, bw, mm = probe_device(args.device, args.out)
+    t0 = time.perf_counter()
+    model = build_model(MODEL, torch.bfloat16, args.device)
+    print(f"built {MODEL} bf16 in {time.perf_counter() - t0:.1f} s", flush=True)
+    r = Runner(model, MODEL, args.device, args.out, time.monotonic() + args.max_minutes * 60)
+    decode = goal_decode(r, bw)
+    ttft = goal_ttft(r, mm)
+    best = goal_multi_user(r, [64, 256, 512] if args.quick else [64, 128, 256, 512, 1024])
+    ratios = static_vs_hf_loop(r, [1, 32] if args.quick else [1, 8, 32, 128])
+    if args.profile:
+        profile_decode(model, args.device)
+    print_goals(rec["device_name"], decode, ttft, best, ratios)
     if args.out:
         print(f"\nrows and probe written to {args.out}")
     return 0
 
 
 def cpu(args) -> int:
-    print("The issue 5 goals are H100 figures (llama3-8b, bf16): they cannot be measured on this CPU.")
+    print("The speed goals are H100 figures (llama3-8b, bf16): they cannot be measured on this CPU.")
     h100 = by_name("H100 SXM")
     step = roofline.decode_bytes_per_step(MODEL, "bfloat16", 1, 128, 128)
     print(f"What the roofline says about them on an {h100.name} spec sheet (bounds, not measurements):")

@@ -16,7 +16,7 @@ def load_results(path):
 
 def summarize(df):
     """The study's headline tables (ttft, prefill_max, single_user, multi_user_max, oom) of a results
-    DataFrame or path, as a dict of pandas DataFrames (see perfkit.study_tables)."""
-    from perfkit.study_tables import summarize as _summarize
+    DataFrame or path, as a dict of pandas DataFrames (see perfkit.summary)."""
+    from perfkit.summary import summarize as _summarize
 
     return _summarize(df)

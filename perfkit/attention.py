@@ -92,6 +92,12 @@ def recording(recorder: KernelRecorder):
         _active = saved
 
 
+def forget_kernels(phase: str) -> None:
+    """Inside a recording: drop what a phase recorded so far (a retried capture replaces the failed one's)."""
+    if _active is not None:
+        _active.seen[phase].clear()
+
+
 def decode_phase():
     """Inside a recording: label the calls of the block as decode calls. Elsewhere: nothing."""
     return _active.phase("decode") if _active is not None else contextlib.nullcontext()

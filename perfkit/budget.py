@@ -16,7 +16,13 @@ at I = 2048 therefore costs about what one at I = 128 does (decode dominates), n
 
 References, in order of preference: the last measured job of the same (system, model); any system's jobs
 of the same model (the largest estimate); the same system's jobs of other models (scaled across
-architectures by the same cost model). No reference: no estimate (0 s): the job runs, and teaches.
+architectures by the same cost model) — each only among jobs that, like the new one, decode (O > 1) or do
+not. No reference: no estimate (0 s): the job runs, and teaches. A model's build is estimated from its
+last build, or from another model's scaled by weight bytes.
+
+The ratios are those of the bounds, so a reference far from its bound (launch overhead at batch 1) scales
+as if the overhead grew with the work too: estimates err long, which leaves a job for later rather than
+overrunning the budget.
 """
 
 from __future__ import annotations
@@ -96,12 +102,14 @@ class DurationEstimator:
 
     def __init__(self, spec=None):
         self.costs = _Costs(spec)
-        self.last: dict[tuple[str, str], MeasuredJob] = {}  # (system, model) -> the last measured job
+        # (system, model, decodes) -> the last measured job; `decodes`: O > 1. A job with O = 1 has no decode
+        # step to scale, so it never stands for one that decodes (nor the other way round).
+        self.last: dict[tuple[str, str, bool], MeasuredJob] = {}
 
     def learn(self, row: dict) -> None:
         job = measured_job(row)
         if job is not None:
-            self.last[(job.system, job.model)] = job
+            self.last[(job.system, job.model, job.output_len > 1)] = job
 
     def _from(self, ref: MeasuredJob, model, batch, input_len, output_len, runs) -> float | None:
         ratios = self.costs.ratios(ref, model, batch, input_len, output_len)
@@ -112,9 +120,28 @@ class DurationEstimator:
         return ref.setup_s + runs * per_run
 
     def estimate(self, system: str, model: str, batch: int, input_len: int, output_len: int, runs: int) -> float:
-        refs = ([self.last[(system, model)]] if (system, model) in self.last else
-                [j for (s, m), j in self.last.items() if m == model] or
-                [j for (s, m), j in self.last.items() if s == system])
+        decodes = output_len > 1
+        same = {k: j for k, j in self.last.items() if k[2] == decodes}
+        refs = ([same[(system, model, decodes)]] if (system, model, decodes) in same else
+                [j for (s, m, _), j in same.items() if m == model] or
+                [j for (s, m, _), j in same.items() if s == system])
         estimates = [e for e in (self._from(r, model, batch, input_len, output_len, runs) for r in refs)
                      if e is not None]
         return max(estimates) if estimates else 0.0
+
+
+def estimate_build_s(builds: list[dict], model: str, dtype: str) -> float:
+    """Seconds to build `model`: its last build (any system); else the largest other build, scaled by weight
+    bytes (building is allocating and initialising the weights); 0.0 before any build."""
+    from perfkit import roofline as rl
+
+    same = [b["seconds"] for b in builds if b["model"] == model]
+    if same:
+        return same[-1]
+    scaled = []
+    for b in builds:
+        try:
+            scaled.append(b["seconds"] * rl.weight_bytes(model, dtype) / rl.weight_bytes(b["model"], b["dtype"]))
+        except Exception:  # a checkpoint whose config the cost model cannot read
+            continue
+    return max(scaled, default=0.0)

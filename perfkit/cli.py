@@ -1,16 +1,24 @@
-"""perfkit's command line: `perfkit models | run | env | ...`.
+"""perfkit's one command line: every subcommand, its flags and its checks, wired to the core.
 
-Bad input is one line on stderr naming what is wrong, exit code 2, no traceback, nothing written.
+    perfkit models | env | run | sweep | probe | summary | compare     the measuring core (no notebooks)
+    perfkit publish sweep | report | compare | all | index              notebooks -> HTML (perfkit.report)
+
+`--out` is always a results directory; HTML reports go to `--reports` (default reports/).
+Bad input is one line on stderr naming what is wrong and what was expected, exit code 2, no traceback,
+nothing written. Domain modules hold no argparse; what a command prints is rendered by perfkit.console.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
+import os
 import sys
 
 from perfkit.errors import UsageError
+
+DEFAULT_REPORTS = "reports"
+MAX_N_BOOT = 100_000  # beyond this the intervals do not move, and memory grows with draws × repeats
 
 
 class _Parser(argparse.ArgumentParser):
@@ -18,30 +26,29 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}")
 
 
-def _json_default(value):
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    return str(value)
+# ---- argument types --------------------------------------------------------------------------------
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text[:40]!r}") from None
 
 
-def _clean(value):
-    """NaN is not JSON: emit null."""
-    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_clean(v) for v in value]
+def _positive_minutes(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of minutes, got {text[:40]!r}") from None
+    if not value > 0 or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"expected a positive number of minutes, got {text[:40]!r}")
     return value
 
 
-def print_json(obj) -> None:
-    print(json.dumps(_clean(obj), default=_json_default))
-
-
-# ---- perfkit models -------------------------------------------------------------------------------
+# ---- perfkit models / env ------------------------------------------------------------------------
 
 def _cmd_models(args) -> int:
+    from perfkit.console import print_json
     from perfkit.models import REGISTRY, describe
 
     rows = [describe(name) for name in REGISTRY]
@@ -55,9 +62,8 @@ def _cmd_models(args) -> int:
     return 0
 
 
-# ---- perfkit env ----------------------------------------------------------------------------------
-
 def _cmd_env(args) -> int:
+    from perfkit.console import print_json
     from perfkit.provenance import environment
 
     env = environment()
@@ -69,54 +75,27 @@ def _cmd_env(args) -> int:
     return 0
 
 
-# ---- perfkit run ----------------------------------------------------------------------------------
-
-def format_row(row: dict) -> str:
-    """A short human summary of one results row."""
-    head = (f"{row['system']} {row['model']} {row['dtype']} {row['backend']} "
-            f"I={row['input_len']} O={row['output_len']} B={row['batch']}")
-    if row["status"] != "ok":
-        return f"{head}: {row['status']}: {row.get('error')}"
-    mem = row.get("peak_mem_bytes")
-    lines = [
-        head,
-        f"  ttft {row['ttft_ms']:.2f} ms (IQR {row['ttft_iqr_ms']:.2f})   prefill {row['prefill_tok_s']:.1f} tok/s",
-        f"  tpot {row['tpot_ms']:.2f} ms   decode {row['decode_tok_s']:.1f} tok/s",
-        f"  e2e  {row['e2e_ms']:.2f} ms   output {row['output_tok_s']:.1f} tok/s   total {row['total_tok_s']:.1f} tok/s",
-        f"  peak memory {mem / 2**20:.1f} MiB ({row.get('peak_mem_scope', '')})   repeats {row['repeats']}"
-        if mem is not None else f"  repeats {row['repeats']}",
-    ]
-    if row.get("noisy"):
-        lines.append("  warning: IQR/median above 10%: this machine was noisy; consider more repeats")
-    return "\n".join(lines)
-
-
-def _add_system_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: bfloat16 on cuda, float32 on cpu)")
-    p.add_argument("--backend", default="hf-loop", help="hf-loop (default) | hf-generate | static")
-    p.add_argument("--attn", default="sdpa", dest="attn_implementation", help="attention implementation: sdpa | eager")
-    p.add_argument("--device", default=None, help="cpu | cuda[:N] (default: cuda if available)")
-    p.add_argument("--system", default="default", help="label of the system being measured (for comparisons)")
-
+# ---- perfkit run ---------------------------------------------------------------------------------
 
 def _cmd_run(args) -> int:
-    from perfkit.measure import Point, System, default_device, default_dtype, measure_point, to_row, validate, \
-        with_provenance
-    from perfkit.models import build_model, dtype_name, parse_dtype
+    from perfkit.console import format_row, print_json
+    from perfkit.measure import default_device, default_dtype, measure_point, validate
+    from perfkit.models import build_model, parse_dtype
     from perfkit.provenance import environment, new_run_id
     from perfkit.results import check_out_dir, write_point, write_run
+    from perfkit.rows import to_row, with_provenance
+    from perfkit.workload import Point, System, canonical_dtype, check_seed
 
     device = args.device or default_device()
     system = System(args.system, args.backend, args.dtype or default_dtype(device), device, args.attn_implementation)
     point = Point(args.model, args.input_len, args.output_len, args.batch)
     validate(system, point)
+    check_seed(args.seed)
     if args.warmup < 0 or args.repeats < 1:
         raise UsageError(f"need --warmup >= 0 and --repeats >= 1, got {args.warmup} and {args.repeats}")
-    if not 0 <= args.seed < 2**63:
-        raise UsageError(f"--seed must be an integer from 0 to 2**63 - 1, got {args.seed}")
     if args.out:
         check_out_dir(args.out)
-    system = System(system.label, system.backend, dtype_name(parse_dtype(system.dtype)), system.device,
+    system = System(system.label, system.backend, canonical_dtype(system.dtype), system.device,
                     system.attn_implementation)
 
     print(f"building {args.model} ({system.dtype}) on {device}...", file=sys.stderr, flush=True)
@@ -141,14 +120,204 @@ def _cmd_run(args) -> int:
     return 0
 
 
-def _int(text: str) -> int:
+# ---- perfkit sweep -------------------------------------------------------------------------------
+
+def _cmd_sweep(args) -> int:
+    from perfkit.console import outcome_text, plan_text
+    from perfkit.sweep import plan, run_sweep
+
+    if args.dry_run:
+        print(plan_text(plan(args.params, args.systems, args.out)))
+        return 0
+    out = run_sweep(args.params, args.systems, args.out, args.max_minutes, progress=not args.no_progress)
+    multi_user_max = None
+    if out.measured or out.skipped:
+        from perfkit.results import load_results
+        from perfkit.summary import summarize
+
+        multi_user_max = summarize(load_results(out.out_dir))["multi_user_max"]
+    text, errors = outcome_text(out, multi_user_max)
+    print(text)
+    if errors:
+        print(errors, file=sys.stderr)
+    return 1 if out.failures else 0
+
+
+# ---- perfkit probe -------------------------------------------------------------------------------
+
+def _cmd_probe(args) -> int:
+    from perfkit.console import format_probe, print_json
+    from perfkit.measure import check_device, default_device
+    from perfkit.models import parse_dtype
+    from perfkit.probe import probe, write_probe
+    from perfkit.results import check_out_dir
+
+    device = args.device or default_device()
+    check_device(device)
+    dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+    if not dtypes:
+        raise UsageError("--dtypes is empty: expected e.g. bfloat16,float32")
+    for d in dtypes:
+        parse_dtype(d)
+    if not (0 < args.budget_s <= 60):
+        raise UsageError(f"--budget-s must be in (0, 60] seconds, got {args.budget_s}")
+    if args.out:
+        check_out_dir(os.path.dirname(os.path.abspath(args.out)) if args.out.endswith(".json") else args.out)
+    print(f"probing {device}...", file=sys.stderr, flush=True)
+    record = probe(device, dtypes, budget_s=args.budget_s)
+    if args.out:
+        print(f"wrote {write_probe(args.out, record)}", file=sys.stderr)
+    if args.json:
+        print_json(record)
+    else:
+        print(format_probe(record))
+    return 0
+
+
+# ---- perfkit summary -----------------------------------------------------------------------------
+
+def _write_tables_csv(tables: dict, directory: str) -> None:
+    from perfkit.results import atomic_write
+
+    for name, table in tables.items():
+        atomic_write(os.path.join(directory, f"{name}.csv"),
+                     lambda f, t=table: f.write(t.to_csv(index=False).encode()))
+
+
+def _cmd_summary(args) -> int:
+    from perfkit.console import results_header, table_text
+    from perfkit.results import check_out_dir, open_results, select_system
+    from perfkit.summary import IDENTITY, POINT_COLUMNS, TABLE_TITLES, latest_per_point, speed_of_light_table, \
+        summarize
+
+    if args.csv:
+        check_out_dir(args.csv, "--csv", "a directory for the tables' CSV files")
+    df = select_system(open_results(args.results), args.system, args.results)
+    tables = summarize(df)
+    tables["speed_of_light"] = speed_of_light_table(df, probe=args.results)
+    print(results_header(args.results, df))
+    if args.points:
+        cols = [c for c in POINT_COLUMNS if c in df]
+        print(f"\n--- every point\n{table_text(latest_per_point(df)[cols].sort_values(IDENTITY))}")
+    for name, table in tables.items():
+        print(f"\n--- {name}: {TABLE_TITLES[name]}\n{table_text(table)}")
+    if args.csv:
+        _write_tables_csv(tables, args.csv)
+        print(f"\nwrote {len(tables)} tables as CSV to {args.csv}")
+    return 0
+
+
+# ---- perfkit compare -----------------------------------------------------------------------------
+
+def _check_bootstrap(args) -> None:
+    from perfkit.workload import check_seed
+
+    check_seed(args.seed)
+    if not 0 < args.confidence < 1:
+        raise UsageError(f"--confidence must be between 0 and 1 (e.g. 0.95), got {args.confidence}")
+    if not 100 <= args.n_boot <= MAX_N_BOOT:
+        raise UsageError(f"--n-boot must be from 100 to {MAX_N_BOOT:,} bootstrap draws, got {args.n_boot}")
+
+
+def _cmd_compare(args) -> int:
+    from perfkit.compare import compare, resolve_side
+    from perfkit.console import ratio_table_text, side_text, verdicts_text
+    from perfkit.results import check_out_dir
+
+    t_dir, t_sys = resolve_side(args.target, args.target_system, "target")
+    b_dir, b_sys = resolve_side(args.baseline, args.baseline_system, "baseline")
+    _check_bootstrap(args)
+    if args.csv:
+        check_out_dir(args.csv, "--csv", "a directory for study.csv and points.csv")
+    c = compare(t_dir, b_dir, t_sys, b_sys, n_boot=args.n_boot, confidence=args.confidence, seed=args.seed)
+    print(f"target   {c.target}: " + side_text(c, "target"))
+    print(f"baseline {c.baseline}: " + side_text(c, "baseline"))
+    print(verdicts_text(c))
+    print("\nstudy ratios (Ratio_Latency = target/baseline, Ratio_Throughput = baseline/target; < 1: target better)")
+    print(ratio_table_text(c.study, c.confidence))
+    if args.points:
+        print("\npoint ratios")
+        print(ratio_table_text(c.points, c.confidence))
+    for name, table in (("measured on the target only", c.only_target),
+                        ("measured on the baseline only", c.only_baseline),
+                        ("on both sides, but without timings on one", c.not_ok)):
+        if len(table):
+            print(f"\n{len(table)} workload(s) {name}:")
+            print(table.to_string(index=False))
+    if args.csv:
+        _write_tables_csv({"study": c.study, "points": c.points}, args.csv)
+        print(f"\nwrote {os.path.join(args.csv, 'study.csv')} and points.csv")
+    return 0
+
+
+# ---- perfkit publish -----------------------------------------------------------------------------
+
+def _cmd_publish(args) -> int:
+    from perfkit.report import publish
+
     try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if args.what == "sweep":
+            made = [publish.publish_sweep(args.params, args.systems, args.out, args.reports, args.name)]
+        elif args.what == "report":
+            made = [publish.publish_report(args.results, args.system, args.reports, args.name)]
+        elif args.what == "compare":
+            from perfkit.compare import resolve_side
+
+            t_dir, t_sys = resolve_side(args.target, args.target_system, "target")
+            b_dir, b_sys = resolve_side(args.baseline, args.baseline_system, "baseline")
+            made = [publish.publish_comparison(t_dir, b_dir, t_sys, b_sys, args.reports, args.name)]
+        elif args.what == "all":
+            made = publish.publish_all(args.results_root, args.reports, args.exclude)
+        else:
+            made = [publish.build_index(args.reports)]
+    except Exception as exc:
+        if type(exc).__name__ != "PapermillExecutionError":
+            raise
+        # The executed notebook keeps the traceback; the terminal gets the cause in one line.
+        print(f"perfkit publish: notebook failed: {exc.ename}: {exc.evalue}", file=sys.stderr)
+        return 1
+    for path in made:
+        print(path)
+    return 0
 
 
-# ---- entry point -----------------------------------------------------------------------------------
+def _add_publish(sub) -> None:
+    p = sub.add_parser("publish", help="run the notebooks with papermill and publish them as HTML reports")
+    what = p.add_subparsers(dest="what", required=True, parser_class=_Parser)
+    s = what.add_parser("sweep", help="run a sweep through notebooks/sweep.ipynb")
+    s.add_argument("params", help="params YAML file")
+    s.add_argument("--system", action="append", dest="systems", metavar="LABEL", help="only this system (repeatable)")
+    s.add_argument("--out", default=None, help="results directory (default results/<params name>)")
+    r = what.add_parser("report", help="one results directory (one system of it) as a report")
+    r.add_argument("results", help="results directory")
+    r.add_argument("--system", default=None, help="system label (needed where the directory holds several)")
+    c = what.add_parser("compare", help="target vs baseline as a report")
+    c.add_argument("target", help="results directory of the target, or DIR:LABEL")
+    c.add_argument("baseline", help="results directory of the baseline, or DIR:LABEL")
+    c.add_argument("--target-system", default=None, help="system label within the target directory")
+    c.add_argument("--baseline-system", default=None, help="system label within the baseline directory")
+    a = what.add_parser("all", help="every results directory below a root, one report per system, and the "
+                                    "comparisons listed in ROOT/comparisons.yaml")
+    a.add_argument("results_root", help="folder holding results directories")
+    a.add_argument("--exclude", action="append", default=[], metavar="DIR", help="results directory to leave out")
+    i = what.add_parser("index", help="rebuild the reports' index.html")
+    for q in (s, r, c, a, i):
+        q.add_argument("--reports", default=DEFAULT_REPORTS,
+                       help=f"where executed notebooks and HTML go (default {DEFAULT_REPORTS}/)")
+    for q in (s, r, c):
+        q.add_argument("--name", default=None, help="file name of the report, without extension")
+    p.set_defaults(func=_cmd_publish)
+
+
+# ---- the parser ----------------------------------------------------------------------------------
+
+def _add_system_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: bfloat16 on cuda, float32 on cpu)")
+    p.add_argument("--backend", default="hf-loop", help="hf-loop (default) | hf-generate | static")
+    p.add_argument("--attn", default="sdpa", dest="attn_implementation", help="attention implementation: sdpa | eager")
+    p.add_argument("--device", default=None, help="cpu | cuda[:N] (default: cuda if available)")
+    p.add_argument("--system", default="default", help="label of the system being measured (for comparisons)")
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="perfkit", description="Measure LLM inference: prompt and token phases, compared honestly.")
@@ -175,18 +344,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object with every results column")
     p.set_defaults(func=_cmd_run)
 
-    from perfkit import sweep
+    p = sub.add_parser("sweep", help="measure a params/*.yaml grid: resumable, with the max-throughput search")
+    p.add_argument("params", help="params YAML file (see params/smoke.yaml)")
+    p.add_argument("--system", action="append", dest="systems", metavar="LABEL",
+                   help="measure only this system of the params file (repeatable)")
+    p.add_argument("--out", default=None, help="results directory (default: results/<params name>)")
+    p.add_argument("--dry-run", action="store_true", help="list the points it would measure and how many are done")
+    p.add_argument("--max-minutes", type=_positive_minutes, default=None,
+                   help="time budget: jobs that would end past it wait; the same command continues later")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_sweep)
 
-    sweep.add_subcommand(sub)
+    p = sub.add_parser("probe", help="measure this device's achievable copy bandwidth and matmul throughput")
+    p.add_argument("--device", default=None, help="cpu | cuda[:N] (default: cuda if available)")
+    p.add_argument("--dtypes", default="bfloat16,float16,float32",
+                   help="comma-separated matmul dtypes (default: bfloat16,float16,float32)")
+    p.add_argument("--budget-s", type=float, default=5.0, help="time budget per figure, seconds (default 5)")
+    p.add_argument("--out", default=None, help="results directory (writes probes/<run_id>.json) or a .json file")
+    p.add_argument("--json", action="store_true", help="print the record as JSON")
+    p.set_defaults(func=_cmd_probe)
 
-    from perfkit import probe
+    p = sub.add_parser("summary", help="the study's tables and speed of light of a results directory, as text")
+    p.add_argument("results", help="results directory (points/*.parquet; probes/*.json give the probed fractions)")
+    p.add_argument("--system", default=None, help="only this system label")
+    p.add_argument("--points", action="store_true", help="also list every point with its status")
+    p.add_argument("--csv", default=None, metavar="DIR", help="also write each table to DIR/<table>.csv")
+    p.set_defaults(func=_cmd_summary)
 
-    probe.add_parser(sub)
+    p = sub.add_parser("compare", help="target vs baseline: study and point ratios with bootstrap intervals")
+    p.add_argument("target", help="results directory of the target, or DIR:LABEL")
+    p.add_argument("baseline", help="results directory of the baseline, or DIR:LABEL")
+    p.add_argument("--target-system", default=None, help="system label within the target directory")
+    p.add_argument("--baseline-system", default=None, help="system label within the baseline directory")
+    p.add_argument("--points", action="store_true", help="also print the ratio of every matched workload point")
+    p.add_argument("--csv", default=None, metavar="DIR", help="also write DIR/study.csv and DIR/points.csv")
+    p.add_argument("--n-boot", type=_int, default=2000, help="bootstrap draws per ratio (default 2000)")
+    p.add_argument("--confidence", type=float, default=0.95, help="interval's confidence (default 0.95)")
+    p.add_argument("--seed", type=_int, default=0, help="seed of the bootstrap (default 0)")
+    p.set_defaults(func=_cmd_compare)
 
-    from perfkit import compare, study_tables
-
-    compare.add_subcommand(sub)
-    study_tables.add_subcommand(sub)
+    _add_publish(sub)
     return parser
 
 

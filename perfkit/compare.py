@@ -34,7 +34,7 @@ import pandas as pd
 
 from perfkit import metrics
 from perfkit.errors import UsageError
-from perfkit.study_tables import format_number, prompt_phase_rows
+from perfkit.summary import latest_per_point, prompt_phase_rows
 
 WORKLOAD = ["model", "input_len", "output_len", "batch"]
 
@@ -93,29 +93,19 @@ def load_side(source, system: str | None = None, side: str = "target") -> pd.Dat
     A directory holding several systems needs `system`. Where the same workload was measured more than
     once (`perfkit run` appends), the latest measurement is used.
     """
+    from perfkit.results import open_results, select_system
+
     if isinstance(source, pd.DataFrame):
         df = source.copy()
+        if df.empty:
+            raise UsageError(f"{side}: no results in the table")
     else:
-        from perfkit.results import load_results
-
-        path = os.fspath(source)
-        if not os.path.exists(path):
-            raise UsageError(f"{side} results directory {path!r} does not exist")
-        if not os.path.isdir(path):
-            raise UsageError(f"{side} {path!r} is a file, expected a results directory (points/*.parquet)")
-        df = load_results(path)
-    if df.empty:
-        raise UsageError(f"{side}: no results in {source if not isinstance(source, pd.DataFrame) else 'the table'}")
+        df = open_results(source, f"{side} results directory")
+    df = select_system(df, system, "its results", side)
     labels = sorted(df["system"].dropna().unique())
-    if system:
-        if system not in labels:
-            raise UsageError(f"{side} system {system!r} is not in its results: found {', '.join(labels)}")
-        df = df[df["system"] == system]
-    elif len(labels) > 1:
+    if not system and len(labels) > 1:
         raise UsageError(f"{side} results hold several systems ({', '.join(labels)}): name the {side} system")
-    if "created_utc" in df:
-        df = df.sort_values("created_utc", kind="stable")
-    df = df.drop_duplicates(WORKLOAD, keep="last")
+    df = latest_per_point(df, WORKLOAD)
     return df.sort_values(WORKLOAD, kind="stable").reset_index(drop=True)
 
 
@@ -327,13 +317,13 @@ def summary_line(c: Comparison) -> str:
     """One sentence for the top of a report: how many study ratios favour each side."""
     counts = c.study["verdict"].value_counts() if not c.study.empty else pd.Series(dtype=int)
     n = len(c.study)
-    geo = float(np.exp(np.log(c.study["ratio"]).mean())) if n else float("nan")
+    geo = metrics.geometric_mean(c.study["ratio"])
     return (f"{c.target} vs {c.baseline}: of {n} study figures, target better in {counts.get(BETTER, 0)}, "
             f"worse in {counts.get(WORSE, 0)}, within noise in {counts.get(NOISE, 0)}; "
             f"geometric-mean ratio {geo:.3g} (< 1 favours the target).")
 
 
-# ---- terminal and command line ----------------------------------------------------------------------
+# ---- naming a side: DIR[:LABEL] ----------------------------------------------------------------------
 
 def parse_side(arg: str) -> tuple[str, str | None]:
     """DIR or DIR:LABEL (a system of that results directory).
@@ -356,97 +346,3 @@ def resolve_side(arg: str, flag_label: str | None, side: str) -> tuple[str, str 
         raise UsageError(f"the {side} system is named twice, {label!r} in {arg!r} and {flag_label!r} by "
                          f"--{side}-system: name it once")
     return path, label or flag_label
-
-
-def console_summary(c: Comparison) -> str:
-    """The comparison's bottom line for a terminal: per metric, the geometric-mean ratio and the verdicts."""
-    lines = [summary_line(c)]
-    if not c.study.empty:
-        lines.append(f"  {'metric':<22}{'geo-mean ratio':>15}   verdicts (better / worse / within noise)")
-        for metric, g in c.study.groupby("metric", sort=False):
-            v = g["verdict"].value_counts()
-            geo = float(np.exp(np.log(g["ratio"]).mean()))
-            lines.append(f"  {metric:<22}{geo:>15.3g}   {v.get(BETTER, 0)} / {v.get(WORSE, 0)} / {v.get(NOISE, 0)}")
-    return "\n".join(lines)
-
-
-def ratio_table_text(table: pd.DataFrame, confidence: float) -> str:
-    """A study or point ratio table as aligned text: each side's figure (and batch, for a max), the ratio,
-    its interval and verdict."""
-    if table.empty:
-        return "(none)"
-    out = pd.DataFrame({k: table[k] for k in ("model", "input_len", "output_len", "batch") if k in table})
-    out["output_len"] = out["output_len"].map(lambda v: "-" if pd.isna(v) else int(v))
-    out["metric"] = table["metric"]
-    for side in ("target", "baseline"):
-        at = table.get(f"{side}_batch")
-        out[side] = [format_number(v) + (f" @B={int(b)}" if at is not None and "max" in m and pd.notna(b) else "")
-                     for v, m, b in zip(table[side], table["metric"], at if at is not None else [None] * len(table))]
-    out["ratio"] = table["ratio"].map(lambda r: f"{r:.3f}")
-    out[f"{confidence:.0%} interval"] = [f"[{lo:.3f}, {hi:.3f}]" for lo, hi in zip(table["ratio_lo"], table["ratio_hi"])]
-    out["verdict"] = table["verdict"]
-    return out.to_string(index=False)
-
-
-def _write_csv(table: pd.DataFrame, path: str) -> None:
-    from perfkit.results import atomic_write
-
-    atomic_write(path, lambda f: f.write(table.to_csv(index=False).encode()))
-
-
-MAX_N_BOOT = 100_000  # beyond this the intervals do not move, and memory grows with draws × repeats
-
-
-def _cmd_compare(args) -> int:
-    from perfkit.results import check_out_dir
-
-    t_dir, t_sys = resolve_side(args.target, args.target_system, "target")
-    b_dir, b_sys = resolve_side(args.baseline, args.baseline_system, "baseline")
-    if not 0 < args.confidence < 1:
-        raise UsageError(f"--confidence must be between 0 and 1 (e.g. 0.95), got {args.confidence}")
-    if not 100 <= args.n_boot <= MAX_N_BOOT:
-        raise UsageError(f"--n-boot must be from 100 to {MAX_N_BOOT:,} bootstrap draws, got {args.n_boot}")
-    if not 0 <= args.seed < 2**63:
-        raise UsageError(f"--seed must be an integer from 0 to 2**63 - 1, got {args.seed}")
-    if args.csv:
-        check_out_dir(args.csv, "--csv", "a directory for study.csv and points.csv")
-    c = compare(t_dir, b_dir, t_sys, b_sys, n_boot=args.n_boot, confidence=args.confidence, seed=args.seed)
-    print(f"target   {c.target}: " + _side_text(c, "target"))
-    print(f"baseline {c.baseline}: " + _side_text(c, "baseline"))
-    print(console_summary(c))
-    print("\nstudy ratios (Ratio_Latency = target/baseline, Ratio_Throughput = baseline/target; < 1: target better)")
-    print(ratio_table_text(c.study, c.confidence))
-    if args.points:
-        print("\npoint ratios")
-        print(ratio_table_text(c.points, c.confidence))
-    for name, table in (("measured on the target only", c.only_target),
-                        ("measured on the baseline only", c.only_baseline),
-                        ("on both sides, but without timings on one", c.not_ok)):
-        if len(table):
-            print(f"\n{len(table)} workload(s) {name}:")
-            print(table.to_string(index=False))
-    if args.csv:
-        for name, table in (("study", c.study), ("points", c.points)):
-            _write_csv(table, os.path.join(args.csv, f"{name}.csv"))
-        print(f"\nwrote {os.path.join(args.csv, 'study.csv')} and points.csv")
-    return 0
-
-
-def _side_text(c: Comparison, side: str) -> str:
-    info = c.systems.set_index("side").loc[side]
-    return (f"{info['device_name']}, {info['dtype']}, backend {info['backend']}, "
-            f"torch {info['torch_version']}, transformers {info['transformers_version']}")
-
-
-def add_subcommand(sub) -> None:
-    p = sub.add_parser("compare", help="target vs baseline: study and point ratios with bootstrap intervals")
-    p.add_argument("target", help="results directory of the target, or DIR:SYSTEM")
-    p.add_argument("baseline", help="results directory of the baseline, or DIR:SYSTEM")
-    p.add_argument("--target-system", default=None, help="system label within the target directory")
-    p.add_argument("--baseline-system", default=None, help="system label within the baseline directory")
-    p.add_argument("--points", action="store_true", help="also print the ratio of every matched workload point")
-    p.add_argument("--csv", default=None, metavar="DIR", help="also write DIR/study.csv and DIR/points.csv")
-    p.add_argument("--n-boot", type=int, default=2000, help="bootstrap draws per ratio (default 2000)")
-    p.add_argument("--confidence", type=float, default=0.95, help="interval's confidence (default 0.95)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
-    p.set_defaults(func=_cmd_compare)

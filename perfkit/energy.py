@@ -66,23 +66,3 @@ def repeat_energy(before, after) -> tuple[float, float] | tuple[None, None]:
     joules = (after[0] - before[0]) / 1e3
     seconds = after[1] - before[1]
     return joules, (joules / seconds if seconds > 0 else None)
-
-
-def energy_columns(energy_j: list, power_w: list, generated_tokens: int) -> dict:
-    """Row columns: medians over repeats of joules and watts, and joules per generated token.
-
-    None (null) when the counter was unavailable for any repeat; the raw samples are then an empty list
-    (not null, so that a results directory mixing CPU and GPU rows keeps one list column type).
-    """
-    import numpy as np
-
-    if not energy_j or any(e is None for e in energy_j):
-        return {"energy_j": None, "avg_power_w": None, "j_per_token": None, "energy_j_samples": []}
-    joules = float(np.median(energy_j))
-    watts = [w for w in power_w if w is not None]
-    return {
-        "energy_j": joules,
-        "avg_power_w": float(np.median(watts)) if watts else None,
-        "j_per_token": joules / generated_tokens if generated_tokens > 0 else None,
-        "energy_j_samples": [float(e) for e in energy_j],
-    }

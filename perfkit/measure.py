@@ -23,31 +23,12 @@ import torch
 
 from perfkit.attention import KernelRecorder, recording
 from perfkit.backends import get_backend
-from perfkit.energy import EnergyMeter, energy_columns, repeat_energy
+from perfkit.energy import EnergyMeter, repeat_energy
 from perfkit.errors import UsageError
 from perfkit.memory import PeakMemory
-from perfkit.metrics import point_metrics
-from perfkit.models import context_length, dtype_name, parse_dtype, resolve_model
+from perfkit.models import context_length, parse_dtype, resolve_model
 from perfkit.timing import clock_for, on_device, synchronize
-
-
-@dataclasses.dataclass(frozen=True)
-class System:
-    """How a model is run: the things a target and a baseline may differ in."""
-
-    label: str = "default"
-    backend: str = "hf-loop"
-    dtype: str = "float32"
-    device: str = "cpu"
-    attn_implementation: str = "sdpa"
-
-
-@dataclasses.dataclass(frozen=True)
-class Point:
-    model: str
-    input_len: int
-    output_len: int
-    batch: int
+from perfkit.workload import Point, System
 
 
 @dataclasses.dataclass
@@ -166,15 +147,28 @@ def measure_point(model, system: System, point: Point, warmup: int = 1, repeats:
                             mode, energy_j, power_w, kernels.kernels("prefill"), kernels.kernels("decode"))
 
 
+# Out-of-memory that does not arrive as torch.OutOfMemoryError: cuBLAS/cuDNN workspace allocations and
+# some kernels report it as a plain RuntimeError with one of these messages.
+_OOM_MESSAGES = ("out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED",
+                 "cudaErrorMemoryAllocation")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and any(m in str(exc) for m in _OOM_MESSAGES))
+
+
 @contextlib.contextmanager
 def _out_of_memory_names(where):
-    """Re-raise an out-of-memory error saying where it happened (the sweep records the message).
-    `where`: a phrase, or a function giving one at the time of the error."""
+    """Re-raise an out-of-memory error (either form) as torch.OutOfMemoryError saying where it happened;
+    the sweep records the message. `where`: a phrase, or a function giving one at the time of the error."""
     try:
         yield
-    except torch.OutOfMemoryError as exc:
+    except Exception as exc:
+        if not is_out_of_memory(exc):
+            raise
         phrase = where() if callable(where) else where
-        raise torch.OutOfMemoryError(f"out of memory {phrase}: {' '.join(str(exc).split())[:500]}") from None
+        raise torch.OutOfMemoryError(f"out of memory {phrase}: {' '.join(str(exc).split())[:1500]}") from None
 
 
 def _run_naming_phase(backend, model, prompt, output_len, clock):
@@ -182,62 +176,3 @@ def _run_naming_phase(backend, model, prompt, output_len, clock):
     # the clock is marked at the prompt's start and at the first token: two marks mean the prompt was done
     with _out_of_memory_names(lambda: "in the prompt pass" if clock.marks_made() < 2 else "in decode"):
         return backend.run(model, prompt, output_len, clock)
-
-
-def _identity(system: System, point: Point, status: str, error: str | None) -> dict:
-    """The columns that say which point a row is, and how it ended."""
-    return {"system": system.label, "model": point.model, "dtype": dtype_name(parse_dtype(system.dtype)),
-            "backend": system.backend, "attn_implementation": system.attn_implementation,
-            "input_len": point.input_len, "output_len": point.output_len, "batch": point.batch,
-            "status": status, "error": error}
-
-
-def to_row(m: PointMeasurement) -> dict:
-    """One results row (without provenance): identity, metrics, raw samples."""
-    p = m.point
-    row = _identity(m.system, p, "ok", None)
-    row.update(point_metrics(p.batch, p.input_len, p.output_len, m.ttft_s, m.e2e_s))
-    row.update(
-        {
-            "peak_mem_bytes": m.peak_mem_bytes,
-            "peak_mem_scope": m.peak_mem_scope,
-            "warmup_ms": m.warmup_s * 1e3,
-            "setup_ms": m.setup_s * 1e3,
-            "backend_mode": m.backend_mode,
-            "sdpa_prefill_backend": m.sdpa_prefill_backend,
-            "sdpa_decode_backend": m.sdpa_decode_backend,
-            "generated_tokens": int(m.tokens.numel()),
-            "ttft_ms_samples": [t * 1e3 for t in m.ttft_s],
-            "e2e_ms_samples": [t * 1e3 for t in m.e2e_s],
-            "decode_step_ms_samples": [[t * 1e3 for t in steps] for steps in m.step_s],
-        }
-    )
-    row.update(energy_columns(m.energy_j or [], m.power_w or [], int(m.tokens.numel())))
-    return row
-
-
-def failed_row(system: System, point: Point, status: str, error: str) -> dict:
-    """The row of a point that produced no timings: status "oom" or "error", with the message."""
-    row = _identity(system, point, status, error)
-    row.update(point_metrics(point.batch, point.input_len, point.output_len, [], []))
-    row.update({"repeats": 0, "peak_mem_bytes": None, "noisy": False})
-    return row
-
-
-def with_provenance(row: dict, run_id: str, env: dict, key_fields: dict) -> dict:
-    """Complete a row with its run, its machine and software, and the key of what defines it."""
-    from perfkit.provenance import utc_now
-    from perfkit.results import point_key
-
-    out = dict(row)
-    out["run_id"] = run_id
-    out["point_key"] = point_key(key_fields)
-    # What defines the point and is not already in the row (how it was measured) travels with it too.
-    for field in ("warmup", "seed", "derived_from_output_len"):
-        if field in key_fields:
-            out[field] = key_fields[field]
-    for field in ("device", "device_name", "driver_version", "cuda_version", "cudnn_version", "torch_version",
-                  "transformers_version", "git_commit"):
-        out[field] = env.get(field)
-    out["created_utc"] = utc_now()
-    return out

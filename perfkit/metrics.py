@@ -102,3 +102,27 @@ def truncate_e2e_s(ttft_s: Sequence[float], step_s: Sequence[Sequence[float]], o
             raise ValueError(f"a run of {len(steps) + 1} tokens cannot give output_len {output_len}")
         out.append(float(ttft) + float(sum(steps[: output_len - 1])))
     return out
+
+
+def energy_columns(energy_j: list, power_w: list, generated_tokens: int) -> dict:
+    """Row columns: medians over repeats of joules and watts, and joules per generated token.
+
+    None (null) when the counter was unavailable for any repeat; the raw samples are then an empty list
+    (not null, so that a results directory mixing CPU and GPU rows keeps one list column type).
+    """
+    if not energy_j or any(e is None for e in energy_j):
+        return {"energy_j": None, "avg_power_w": None, "j_per_token": None, "energy_j_samples": []}
+    joules = float(np.median(energy_j))
+    watts = [w for w in power_w if w is not None]
+    return {
+        "energy_j": joules,
+        "avg_power_w": float(np.median(watts)) if watts else None,
+        "j_per_token": joules / generated_tokens if generated_tokens > 0 else None,
+        "energy_j_samples": [float(e) for e in energy_j],
+    }
+
+
+def geometric_mean(ratios) -> float:
+    """The mean of ratios on a log scale (a ratio of 2 and one of 1/2 average to 1); NaN for none."""
+    values = np.asarray(list(ratios), dtype=float)
+    return float(np.exp(np.log(values).mean())) if len(values) else float("nan")

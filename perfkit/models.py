@@ -1,4 +1,4 @@
-"""The model registry: the study's three architectures at full size and as tiny CPU stand-ins.
+"""Building models: the registry's architectures with random weights on a device, or a local checkpoint.
 
 Timing does not need real weights: a model built from the published configuration with random weights
 does the same arithmetic on the same shapes. Random weights are created directly on the target device
@@ -8,115 +8,24 @@ A local checkpoint directory (config.json + *.safetensors) loads the real weight
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from typing import Any
 
 import torch
 
 from perfkit.errors import UsageError
+from perfkit.registry import REGISTRY, ModelSpec, check_model_name, is_checkpoint_dir  # noqa: F401 (re-exported)
+from perfkit.workload import ATTN_IMPLEMENTATIONS, DTYPE_NAMES, canonical_dtype
 
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-}
-DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
-
-ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelSpec:
-    """One registry entry: a transformers config class and the fields that define the architecture."""
-
-    name: str
-    family: str  # "llama" or "mistral": the transformers config class
-    layers: int
-    hidden: int
-    heads: int
-    kv_heads: int
-    intermediate: int
-    vocab: int
-    context: int  # max_position_embeddings: the longest input_len + output_len allowed
-    rope_theta: float
-    sliding_window: int | None = None
-    stand_in_for: str | None = None  # tiny variants name the full model they scale down
-
-    def config(self):
-        """A fresh transformers config for this architecture."""
-        from transformers import LlamaConfig, MistralConfig
-
-        common: dict[str, Any] = dict(
-            vocab_size=self.vocab,
-            hidden_size=self.hidden,
-            intermediate_size=self.intermediate,
-            num_hidden_layers=self.layers,
-            num_attention_heads=self.heads,
-            num_key_value_heads=self.kv_heads,
-            max_position_embeddings=self.context,
-            rope_theta=self.rope_theta,
-            rms_norm_eps=1e-5,
-            tie_word_embeddings=False,
-            bos_token_id=1,
-            eos_token_id=2,
-        )
-        if self.family == "mistral":
-            return MistralConfig(sliding_window=self.sliding_window, **common)
-        return LlamaConfig(**common)
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden // self.heads
-
-
-_FULL = [
-    ModelSpec("llama3-8b", "llama", 32, 4096, 32, 8, 14336, 128256, 8192, 500000.0),
-    ModelSpec("llama2-13b", "llama", 40, 5120, 40, 40, 13824, 32000, 4096, 10000.0),
-    ModelSpec("mistral-7b", "mistral", 32, 4096, 32, 8, 14336, 32000, 32768, 10000.0, sliding_window=4096),
-]
-
-
-def _tiny(full: ModelSpec) -> ModelSpec:
-    # Same family, vocabulary, context and attention layout (the query/kv head ratio: GQA 4:1 for
-    # llama3 and mistral, full multi-head for llama2), same MLP/hidden ratio; 4 layers, hidden 128.
-    heads = 8
-    kv_heads = heads * full.kv_heads // full.heads
-    hidden = 128
-    intermediate = int(round(hidden * full.intermediate / full.hidden / 8)) * 8
-    return dataclasses.replace(
-        full,
-        name=f"tiny-{full.name}",
-        layers=4,
-        hidden=hidden,
-        heads=heads,
-        kv_heads=kv_heads,
-        intermediate=intermediate,
-        stand_in_for=full.name,
-    )
-
-
-REGISTRY: dict[str, ModelSpec] = {s.name: s for s in _FULL}
-REGISTRY.update({t.name: t for t in (_tiny(s) for s in _FULL)})
+DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
 
 def parse_dtype(name: str) -> torch.dtype:
-    key = DTYPE_ALIASES.get(name, name)
-    if key not in DTYPES:
-        raise UsageError(f"unknown dtype {name!r}: expected one of {', '.join(DTYPES)}")
-    return DTYPES[key]
+    return DTYPES[canonical_dtype(name)]
 
 
 def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
-
-
-def is_checkpoint_dir(path: str) -> bool:
-    return (
-        os.path.isdir(path)
-        and os.path.isfile(os.path.join(path, "config.json"))
-        and any(f.endswith(".safetensors") for f in os.listdir(path))
-    )
 
 
 def resolve_model(model: str):
@@ -148,9 +57,7 @@ def resolve_model(model: str):
                 raise UsageError(f"checkpoint file {os.path.join(model, name)!r} is not valid safetensors "
                                  f"({exc}): expected an intact checkpoint") from None
         return config
-    if os.sep in model or model.startswith("."):
-        raise UsageError(f"model path {model!r} does not exist: expected a checkpoint directory")
-    raise UsageError(f"unknown model {model!r}: expected one of {', '.join(REGISTRY)} or a checkpoint directory")
+    check_model_name(model)  # raises: neither a registry name nor a directory
 
 
 def model_config(model: str):

@@ -30,10 +30,9 @@ import os
 import yaml
 
 from perfkit.errors import UsageError
-from perfkit.measure import System
-from perfkit.models import ATTN_IMPLEMENTATIONS, DTYPES, DTYPE_ALIASES, context_length, dtype_name, parse_dtype, \
-    resolve_model
-from perfkit.backends import BACKENDS
+from perfkit.registry import REGISTRY, check_model_name
+from perfkit.workload import ATTN_IMPLEMENTATIONS, BACKEND_NAMES, DTYPE_ALIASES, DTYPE_NAMES, System, \
+    SEED_MAX, canonical_dtype
 
 TOP_KEYS = ("name", "models", "systems", "grid", "warmup", "repeats", "seed", "search", "derive_output_lens",
             "beyond_context", "max_minutes")
@@ -70,7 +69,7 @@ class SweepParams:
 
     def output_lens_for(self, model: str, input_len: int) -> tuple[int, ...]:
         """The output lengths that fit `model`'s context after `input_len` (all of them unless skipping)."""
-        ctx = context_length(model)
+        ctx = _context_length(model)
         return tuple(o for o in self.output_lens if input_len + o <= ctx)
 
     def as_dict(self) -> dict:
@@ -127,6 +126,24 @@ class _Checker:
         return value
 
 
+def _check_model(model: str) -> None:
+    """A registry name is checked here without torch; a checkpoint directory is checked in full (config
+    and safetensors headers), which needs transformers."""
+    check_model_name(model)
+    if model not in REGISTRY:
+        from perfkit.models import resolve_model
+
+        resolve_model(model)
+
+
+def _context_length(model: str) -> int:
+    if model in REGISTRY:
+        return REGISTRY[model].context
+    from perfkit.models import context_length
+
+    return context_length(model)
+
+
 def _read_yaml(path: str):
     if not os.path.exists(path):
         raise UsageError(f"{path}: no such file, expected a params YAML file")
@@ -147,14 +164,14 @@ def _read_yaml(path: str):
 def _system(c: _Checker, value, key: str) -> System:
     d = c.mapping(value, key, SYSTEM_KEYS, required=("label",))
     label = c.str_(d["label"], f"{key}.label")
-    backend = c.choice(d.get("backend", "hf-loop"), f"{key}.backend", tuple(BACKENDS))
-    dtype = c.choice(d.get("dtype", "float32"), f"{key}.dtype", tuple(DTYPES) + tuple(DTYPE_ALIASES))
+    backend = c.choice(d.get("backend", "hf-loop"), f"{key}.backend", BACKEND_NAMES)
+    dtype = c.choice(d.get("dtype", "float32"), f"{key}.dtype", DTYPE_NAMES + tuple(DTYPE_ALIASES))
     device = c.str_(d.get("device", "cpu"), f"{key}.device")
     kind, _, index = device.partition(":")
     if kind not in ("cpu", "cuda") or (index and not index.isdigit()) or (kind == "cpu" and index):
         c.fail(f"{key}.device", f"unknown device {device!r}", "cpu or cuda[:N]")
     attn = c.choice(d.get("attn_implementation", "sdpa"), f"{key}.attn_implementation", ATTN_IMPLEMENTATIONS)
-    return System(label, backend, dtype_name(parse_dtype(dtype)), device, attn)
+    return System(label, backend, canonical_dtype(dtype), device, attn)
 
 
 def parse_params(data, source: str = "params") -> SweepParams:
@@ -177,7 +194,7 @@ def parse_params(data, source: str = "params") -> SweepParams:
     for i, m in enumerate(models_value):
         c.str_(m, f"models[{i}]")
         try:
-            resolve_model(m)
+            _check_model(m)
         except UsageError as exc:
             what, sep, expected = str(exc).rpartition(": expected ")
             c.fail(f"models[{i}]", what if sep else str(exc),
@@ -204,8 +221,8 @@ def parse_params(data, source: str = "params") -> SweepParams:
     warmup = c.int_(d.get("warmup", 1), "warmup", 0)
     repeats = c.int_(d.get("repeats", 3), "repeats", 1)
     seed = c.int_(d.get("seed", 0), "seed", 0)
-    if seed >= 2**63:
-        c.fail("seed", f"{seed} is too large", "an integer from 0 to 2**63 - 1")
+    if seed > SEED_MAX:
+        c.fail("seed", "is too large", "an integer from 0 to 2**63 - 1")
 
     search = c.mapping(d.get("search", {}) or {}, "search", SEARCH_KEYS)
     min_gain = search.get("min_gain", 0.03)
@@ -233,7 +250,7 @@ def parse_params(data, source: str = "params") -> SweepParams:
         c.fail("max_minutes", f"{max_minutes!r} is not a positive number", "minutes > 0, or null for no budget")
 
     for m in models:
-        ctx = context_length(m)
+        ctx = _context_length(m)
         for i_len in input_lens:
             for o_len in output_lens:
                 if i_len + o_len > ctx and beyond == "error":

@@ -13,7 +13,6 @@ DataFrame; DuckDB reads the same files directly: SELECT * FROM 'DIR/points/*.par
 from __future__ import annotations
 
 import glob
-import hashlib
 import json
 import os
 import tempfile
@@ -22,48 +21,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from perfkit.rows import COLUMNS, schema_for
+
 POINTS = "points"
 RUNS = "runs"
-
-# The columns every row has, in order; the issue's contract plus what makes a row self-describing.
-COLUMNS = [
-    "run_id", "point_key", "system", "model", "device_name", "dtype", "backend", "attn_implementation",
-    "input_len", "output_len", "batch", "status", "error",
-    "ttft_ms", "tpot_ms", "e2e_ms", "prefill_tok_s", "output_tok_s", "decode_tok_s", "total_tok_s",
-    "peak_mem_bytes", "repeats",
-]
-
-_F, _I, _S, _B = pa.float64(), pa.int64(), pa.string(), pa.bool_()
-_LIST = pa.list_(pa.float64())
-
-# Every column a row may have, with one fixed type. Every point file is written with all of them (null
-# where a row has no value: an oom row has no timings, a CPU row no energy), so all files of a directory
-# share one schema and DuckDB's `*.parquet` glob or pyarrow read them together whichever file comes first.
-SCHEMA = pa.schema(
-    [(c, {"input_len": _I, "output_len": _I, "batch": _I, "peak_mem_bytes": _I, "repeats": _I}.get(
-        c, _F if c.endswith(("_ms", "_tok_s")) else _S)) for c in COLUMNS]
-    + [
-        ("ttft_iqr_ms", _F), ("ttft_p10_ms", _F), ("ttft_p90_ms", _F),
-        ("e2e_iqr_ms", _F), ("e2e_p10_ms", _F), ("e2e_p90_ms", _F),
-        ("tpot_iqr_ms", _F), ("tpot_p10_ms", _F), ("tpot_p90_ms", _F), ("noisy", _B),
-        ("peak_mem_scope", _S), ("warmup_ms", _F), ("setup_ms", _F), ("backend_mode", _S),
-        ("sdpa_prefill_backend", _S), ("sdpa_decode_backend", _S), ("generated_tokens", _I),
-        ("ttft_ms_samples", _LIST), ("e2e_ms_samples", _LIST), ("decode_step_ms_samples", pa.list_(_LIST)),
-        ("energy_j", _F), ("avg_power_w", _F), ("j_per_token", _F), ("energy_j_samples", _LIST),
-        ("search_gain", _F), ("search_stop", _S), ("sweep_name", _S), ("derived_from_output_len", _I),
-        ("warmup", _I), ("seed", _I),
-        ("device", _S), ("driver_version", _S), ("cuda_version", _S), ("cudnn_version", _S),
-        ("torch_version", _S),
-        ("transformers_version", _S), ("git_commit", _S), ("created_utc", _S),
-    ]
-)
-
-
-def point_key(fields: dict) -> str:
-    """A stable key for everything that defines a point (sorted JSON, hashed)."""
-    blob = json.dumps(fields, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:20]
-
 
 def atomic_write(path: str, write) -> None:
     """Write `path` through a temporary file, fsync and rename: a crash leaves the old file or the new one."""
@@ -87,25 +48,6 @@ def atomic_write(path: str, write) -> None:
         os.close(dir_fd)
 
 
-def _schema_for(row: dict) -> pa.Schema:
-    """SCHEMA, plus any column a row adds beyond it (typed from its value)."""
-    fields = list(SCHEMA)
-    for name, value in row.items():
-        if name in SCHEMA.names:
-            continue
-        if isinstance(value, bool):
-            fields.append(pa.field(name, _B))
-        elif isinstance(value, int):
-            fields.append(pa.field(name, _I))
-        elif isinstance(value, float) or value is None:
-            fields.append(pa.field(name, _F))
-        elif isinstance(value, str):
-            fields.append(pa.field(name, _S))
-        else:
-            fields.append(pa.field(name, pa.infer_type([value])))
-    return pa.schema(fields)
-
-
 def check_out_dir(out_dir: str, flag: str = "--out", what: str = "a results directory") -> None:
     """Refuse, before anything is built or measured, a results directory that could not be written.
 
@@ -126,13 +68,43 @@ def check_out_dir(out_dir: str, flag: str = "--out", what: str = "a results dire
         raise UsageError(f"{flag} {out_dir!r}: {parent!r} is not writable, expected {what} that can be written")
 
 
+def open_results(path: str | os.PathLike, what: str = "results directory") -> pd.DataFrame:
+    """Every point of a results directory that is to be read (summary, compare, reports).
+
+    UsageError, naming `what`, when the path does not exist, is a file, or holds no point."""
+    from perfkit.errors import UsageError
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise UsageError(f"{what} {path!r} does not exist: expected the --out of a sweep or run")
+    if not os.path.isdir(path):
+        raise UsageError(f"{what} {path!r} is a file, expected a results directory (points/*.parquet)")
+    df = load_results(path)
+    if df.empty:
+        raise UsageError(f"no results in {what} {path!r} (expected points/*.parquet written by perfkit run or sweep)")
+    return df
+
+
+def select_system(df: pd.DataFrame, system: str | None, where: str, side: str = "") -> pd.DataFrame:
+    """The rows of one system label; with no label, the only system there is (several: UsageError)."""
+    from perfkit.errors import UsageError
+
+    labels = sorted(df["system"].dropna().unique())
+    who = f"{side} " if side else ""
+    if system:
+        if system not in labels:
+            raise UsageError(f"{who}system {system!r} is not in {where}: found {', '.join(labels) or 'no system'}")
+        return df[df["system"] == system].reset_index(drop=True)
+    return df
+
+
 def point_path(out_dir: str, key: str) -> str:
     return os.path.join(out_dir, POINTS, f"{key}.parquet")
 
 
 def write_point(out_dir: str, row: dict) -> str:
     """Persist one finished row atomically under its point_key; returns the file's path."""
-    schema = _schema_for(row)
+    schema = schema_for(row)
     ordered = {c: row.get(c) for c in schema.names}
     for field in schema:
         # A row that went through pandas carries NaN for a missing integer (or string): store it as null.

@@ -19,9 +19,9 @@ AttentionInterface and selected for the step only, both of which read each group
 (transformers' own sdpa would copy the KV cache once per query head whenever a mask is passed, and the
 static step always passes one):
 - `gqa_decode_sdpa`: SDPA's own grouped-query mode (`enable_gqa=True`) on the (B, H, 1, d) query. Chosen on
-  a GPU when PyTorch's selector sends that call to a fused kernel (cuDNN on Hopper in bf16): with a mask,
-  FlashAttention declines and the memory-efficient kernel refuses unequal head counts, and the unfused math
-  fallback would expand K/V itself.
+  a GPU when PyTorch's selector sends that call to a fused kernel (cuDNN on Hopper in bf16, or the
+  memory-efficient kernel where the torch build accepts grouped heads there): FlashAttention declines a
+  mask, and the unfused math fallback would expand K/V itself.
 - `grouped_decode_sdpa`: a K/V head's query heads stand as rows of one query, (B, kv_heads, n_rep, d),
   which every kernel accepts with a mask. Chosen otherwise, and always on a CPU.
 The choice is made once per point in `prepare` and the kernel SDPA picked is recorded in the row
@@ -46,7 +46,7 @@ import time
 
 import torch
 
-from perfkit.attention import decode_phase
+from perfkit.attention import decode_phase, forget_kernels
 from perfkit.timing import synchronize
 
 
@@ -105,8 +105,11 @@ def _register_decode_attention() -> None:
             AttentionInterface.register(name, function)
 
 
-def choose_decode_attention(config, batch: int, max_len: int, dtype, device) -> str:
-    """Which decode attention function the step uses at this point (see the module docstring)."""
+def choose_decode_attention(config, batch: int, max_len: int, dtype, device, cached_keys=None) -> str:
+    """Which decode attention function the step uses at this point (see the module docstring).
+
+    `cached_keys`: one layer's key cache, (B, kv_heads, max_len, d), to ask the selector about without
+    allocating a copy of it; a stand-in of that shape is made when it is not given (tests)."""
     from perfkit.attention import sdpa_kernel_choice
 
     device = torch.device(device)
@@ -114,9 +117,10 @@ def choose_decode_attention(config, batch: int, max_len: int, dtype, device) -> 
     if device.type != "cuda" or heads == kv_heads:
         return GROUPED_DECODE_SDPA
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    # Tensors of the step's exact shapes, mask included; the selector only reads their metadata.
+    # The step's exact shapes, mask included; the selector only reads their metadata.
     query = torch.empty((batch, heads, 1, head_dim), dtype=dtype, device=device)
-    kv = torch.empty((batch, kv_heads, max_len, head_dim), dtype=dtype, device=device)
+    kv = cached_keys if cached_keys is not None else torch.empty((batch, kv_heads, max_len, head_dim), dtype=dtype,
+                                                                 device=device)
     mask = torch.ones((batch, 1, 1, max_len), dtype=torch.bool, device=device)
     fused = sdpa_kernel_choice(query, kv, kv, mask, enable_gqa=True) in ("cudnn", "flash", "efficient")
     return GQA_DECODE_SDPA if fused else GROUPED_DECODE_SDPA
@@ -137,8 +141,30 @@ class _Buffers:
         self.attn_implementation = model.config._attn_implementation
         self.bool_mask = self.attn_implementation == "sdpa"
         self.dtype = model.dtype
-        self.decode_attention = (choose_decode_attention(model.config, batch, max_len, model.dtype, device)
-                                 if self.bool_mask else self.attn_implementation)
+        layer_keys = getattr(cache.layers[0], "keys", None) if cache.layers else None
+        self.decode_attention = (choose_decode_attention(model.config, batch, max_len, model.dtype, device,
+                                                         layer_keys) if self.bool_mask else self.attn_implementation)
+
+
+def _recover_from_capture(device, pool, stream) -> bool:
+    """After a capture that raised: put back the stream the capture replaced, end the allocator's capture
+    into `pool` (torch may not have, when the capture's end failed) and release the pool's memory. Returns
+    whether the allocator works again (empty_cache asserts while it still believes a capture is running)."""
+    torch.cuda.set_stream(stream)
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    for name in ("_cuda_endAllocateToPool", "_cuda_releasePool"):
+        function = getattr(torch._C, name, None)
+        if function is not None:
+            try:
+                function(index, pool)
+            except Exception:  # noqa: BLE001 - already ended, or already released: nothing to undo
+                pass
+    try:
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+        return True
+    except Exception:  # noqa: BLE001 - the allocator is left in capture mode: say so, do not retry
+        return False
 
 
 class StaticBackend:
@@ -185,35 +211,43 @@ class StaticBackend:
 
     def _capture(self, model) -> None:
         """Capture the decode step; if that fails, once more with the memory-efficient kernel and the
-        row-grouped layout (which it always accepts), before decode falls back to eager."""
+        row-grouped layout (which every kernel accepts), before decode falls back to eager."""
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
-        first_failure = self._try_capture(model)
+        first_failure, healthy = self._try_capture(model)
         if first_failure is None:
             return
         b = self.buffers
-        chosen = b.decode_attention
         if b.bool_mask:
+            # The row-grouped layout from here on, for the retry and for eager decode: the first failure may
+            # have been the chosen layout's kernel itself (say cuDNN refusing it), even outside a capture.
             b.decode_attention = GROUPED_DECODE_SDPA
-        with sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION]):
-            second_failure = self._try_capture(model)
+        second_failure = "not tried: the failed capture left the CUDA allocator unusable"
+        if healthy:
+            with sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION]):
+                second_failure, _ = self._try_capture(model)
         if second_failure is None:
             self._warn(f"CUDA graph capture failed with the default attention kernel ({first_failure}); "
                        "captured with the memory-efficient kernel instead (recorded in sdpa_decode_backend)")
             return
-        b.decode_attention = chosen
         self.graph = None
         self.mode = "eager"
         self._warn(f"CUDA graph capture failed ({first_failure}; with the memory-efficient kernel: "
                    f"{second_failure}); decode runs eagerly with a static cache: these figures are NOT "
                    "graph-replay figures")
 
-    def _try_capture(self, model) -> str | None:
-        """Warm up and capture the step; None on success, else what went wrong (out of memory raises)."""
+    def _try_capture(self, model) -> tuple[str | None, bool]:
+        """Warm up and capture the step. Returns (None, True) on success, else (what went wrong, whether the
+        process can go on using CUDA memory). Out of memory is raised, after the same clean-up."""
         b = self.buffers
+        device = model.device
+        stream_before = torch.cuda.current_stream(device)
+        pool = torch.cuda.graph_pool_handle()  # our own pool, so a failed capture's memory can be released
+        capturing = False
+        forget_kernels("decode")  # the decode kernel recorded is the one of the attempt that succeeds
         try:
-            side = torch.cuda.Stream(device=model.device)
-            side.wait_stream(torch.cuda.current_stream(model.device))
+            side = torch.cuda.Stream(device=device)
+            side.wait_stream(stream_before)
             # Warm-up on a side stream (as torch.cuda.graphs documents): lets cuBLAS/sdpa pick and
             # initialise their kernels and workspaces before capture. Each warm-up step starts from an
             # empty cache so it writes position 0 and never runs past max_len.
@@ -222,21 +256,26 @@ class StaticBackend:
                     b.cache.reset()
                     b.position.zero_()
                     self._step(model)
-            torch.cuda.current_stream(model.device).wait_stream(side)
+            stream_before.wait_stream(side)
             b.cache.reset()
             b.position.zero_()
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
+            capturing = True
+            with torch.cuda.graph(graph, pool=pool):
                 self._step(model)
             b.cache.reset()
             self.graph = graph
             self.mode = "cuda-graph"
-            return None
-        except torch.OutOfMemoryError:
-            raise  # out of memory is a recorded outcome of the point, not a reason to change backends
-        except Exception as exc:  # noqa: BLE001 - any capture failure: the caller retries or falls back
+            return None, True
+        except BaseException as exc:
             self.graph = None
-            return f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+            healthy = _recover_from_capture(device, pool, stream_before) if capturing else True
+            if isinstance(exc, (torch.OutOfMemoryError, KeyboardInterrupt)):
+                raise  # out of memory is a recorded outcome of the point, not a reason to change backends
+            # A capture invalidated midway fails at its end with a generic message; the cause is the context.
+            cause = exc.__context__ if exc.__context__ is not None and capturing else None
+            text = f"{type(exc).__name__}: {exc}" + (f" (caused by {type(cause).__name__}: {cause})" if cause else "")
+            return " ".join(text.split())[:400], healthy
 
     def _warn(self, message: str) -> None:
         self.note = message

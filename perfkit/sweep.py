@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import math
 import os
 import sys
 import time
@@ -57,13 +56,15 @@ import torch
 
 from perfkit import hardware
 from perfkit import results as store
-from perfkit.budget import DurationEstimator
+from perfkit.budget import DurationEstimator, estimate_build_s
 from perfkit.errors import UsageError
-from perfkit.measure import Point, PointMeasurement, System, check_device, failed_row, measure_point, to_row, \
-    with_provenance
-from perfkit.metrics import NOISY_IQR_FRACTION, truncate_e2e_s
+from perfkit.measure import PointMeasurement, check_device, is_out_of_memory, measure_point
+from perfkit.metrics import truncate_e2e_s
 from perfkit.models import build_model, parse_dtype
 from perfkit.params import SweepParams, load_params
+from perfkit.rows import failed_row, point_key, to_row, with_provenance
+from perfkit.search import BatchRun, BatchSearch, SearchSpec, search_specs
+from perfkit.workload import Point, System
 
 FAULT_ENV = "PERFKIT_SWEEP_FAULT"
 
@@ -72,133 +73,25 @@ _now = time.perf_counter  # the budget's clock (a test replaces it to inject tim
 
 # ---- what a sweep is made of ----------------------------------------------------------------------
 
-@dataclasses.dataclass(frozen=True)
-class Unit:
-    """One batch search: (system, model, I) run at `run_output_len`, yielding rows for `output_lens`."""
+# ---- what defines a point ----------------------------------------------------------------------
 
-    system: System
-    model: str
-    input_len: int
-    run_output_len: int
-    output_lens: tuple[int, ...]
-
-
-@dataclasses.dataclass(frozen=True)
-class Job:
-    """One measured run: a unit at one batch size, yielding the rows of the output lengths still searched."""
-
-    unit: Unit
-    batch: int
-    output_lens: tuple[int, ...]
-
-
-def key_fields(params: SweepParams, unit: Unit, output_len: int, batch: int) -> dict:
+def key_fields(params: SweepParams, spec: SearchSpec, output_len: int, batch: int) -> dict:
     """Everything that defines a point; its hash is the point's key (and file name)."""
-    s = unit.system
+    s = spec.system
     return {
         "system": s.label, "backend": s.backend, "dtype": s.dtype, "device": s.device,
-        "attn_implementation": s.attn_implementation, "model": unit.model, "input_len": unit.input_len,
+        "attn_implementation": s.attn_implementation, "model": spec.model, "input_len": spec.input_len,
         "output_len": output_len, "batch": batch, "warmup": params.warmup, "repeats": params.repeats,
-        "seed": params.seed, "derived_from_output_len": None if output_len == unit.run_output_len else unit.run_output_len,
+        "seed": params.seed, "derived_from_output_len": None if output_len == spec.run_output_len else spec.run_output_len,
     }
-
-
-def units(params: SweepParams, systems: list[System]) -> list[Unit]:
-    out = []
-    for system in systems:
-        for model in params.models:
-            for input_len in params.input_lens:
-                outs = params.output_lens_for(model, input_len)  # beyond-context points are skipped here
-                if not outs:
-                    continue
-                if params.derive_output_lens:
-                    out.append(Unit(system, model, input_len, max(outs), outs))
-                else:
-                    out.extend(Unit(system, model, input_len, o, (o,)) for o in outs)
-    return out
-
-
-def _quiet(row: dict) -> bool:
-    """Whether a row's e2e samples spread (IQR) within metrics.NOISY_IQR_FRACTION of their median."""
-    iqr, median = row.get("e2e_iqr_ms"), row.get("e2e_ms")
-    if iqr is None or not median or iqr != iqr:  # a single repeat, or spread unknown: nothing to doubt it by
-        return True
-    return iqr / median <= NOISY_IQR_FRACTION
-
-
-class Search:
-    """The state of one unit's batch search; `judge` annotates a job's rows and advances it."""
-
-    def __init__(self, unit: Unit, batches: tuple[int, ...], min_gain: float | None, patience: int = 1):
-        self.unit, self.batches, self.min_gain, self.patience = unit, batches, min_gain, patience
-        self.flat: dict[int, int] = {o: 0 for o in unit.output_lens}  # believed non-gains in a row
-        self.k = 0  # index of the next batch to run
-        # per output length: the last measured throughput (tok/s) and whether its e2e was quiet
-        self.prev_tok_s: dict[int, tuple[float, bool] | None] = {o: None for o in unit.output_lens}
-        self.stop: dict[int, str] = {}
-        self.doubted: set[int] = set()  # output lengths where a plateau was not believed for noise
-        self.history: list[tuple[int, int]] = []  # (batch, output_len) judged so far
-
-    def live(self) -> tuple[int, ...]:
-        return tuple(o for o in self.unit.output_lens if o not in self.stop)
-
-    def finished(self) -> bool:
-        return self.k >= len(self.batches) or not self.live()
-
-    def next_job(self) -> Job:
-        return Job(self.unit, self.batches[self.k], self.live())
-
-    def remaining(self) -> int:
-        return 0 if self.finished() else len(self.batches) - self.k
-
-    def judge(self, rows: dict[int, dict]) -> None:
-        last = self.k == len(self.batches) - 1
-        for o, row in rows.items():
-            gain, stop = float("nan"), ""
-            if row["status"] == "oom":
-                stop = "oom"
-            elif row["status"] == "ok":
-                tok_s, (prev, prev_quiet) = row["output_tok_s"], self.prev_tok_s[o] or (None, True)
-                if prev:
-                    gain = tok_s / prev - 1
-                    # A plateau is only believed when both throughputs were measured quietly: with an e2e
-                    # spread of 10 % a real gain of several % can read as a loss, and stopping on it would
-                    # report too small a max. A noisy step takes the next batch instead (its row's `noisy`
-                    # and `search_gain` show why); on a GPU the spread is ~1 % and this never triggers.
-                    if self.min_gain is not None and gain < self.min_gain:
-                        if prev_quiet and _quiet(row):
-                            self.flat[o] += 1
-                            if self.flat[o] >= self.patience:
-                                stop = "plateau"
-                        else:  # doubted: neither a plateau nor part of a row of them
-                            self.doubted.add(o)
-                            self.flat[o] = 0
-                    else:
-                        # a gain: throughput still rises with the batch, and a clear one settles any doubt
-                        # about an earlier noisy step (the search did not stop too soon there)
-                        self.flat[o] = 0
-                        if _quiet(row):
-                            self.doubted.discard(o)
-                self.prev_tok_s[o] = (tok_s, _quiet(row))
-            # an `error` row neither stops the search nor moves its reference: the next batch is compared
-            # with the last batch that measured
-            if not stop and last:
-                # the grid ran out; if a plateau was passed over for noise on the way, say so: the search
-                # may have been done before the grid was
-                stop = "grid_end_noisy" if o in self.doubted else "grid_end"
-            row["search_gain"], row["search_stop"] = gain, stop
-            if stop:
-                self.stop[o] = stop
-            self.history.append((self.batches[self.k], o))
-        self.k += 1
 
 
 # ---- reading what is already done ----------------------------------------------------------------
 
-def _done_rows(out_dir: str, params: SweepParams, all_units: list[Unit]) -> tuple[dict[str, dict], int]:
+def _done_rows(out_dir: str, params: SweepParams, all_specs: list[SearchSpec]) -> tuple[dict[str, dict], int]:
     """Stored rows of this plan's candidate points, by key; and how many other points `out_dir` holds."""
     present = store.done_keys(out_dir) if os.path.isdir(out_dir) else set()
-    wanted = {store.point_key(key_fields(params, u, o, b)) for u in all_units for o in u.output_lens
+    wanted = {point_key(key_fields(params, u, o, b)) for u in all_specs for o in u.output_lens
               for b in params.batch_sizes}
     rows = {}
     for key in present & wanted:
@@ -206,14 +99,14 @@ def _done_rows(out_dir: str, params: SweepParams, all_units: list[Unit]) -> tupl
     return rows, len(present - wanted)
 
 
-def _replay(params: SweepParams, all_units: list[Unit], done: dict[str, dict]) -> list[Search]:
+def _replay(params: SweepParams, all_specs: list[SearchSpec], done: dict[str, dict]) -> list[BatchSearch]:
     """Rebuild every search's state from the stored rows: it resumes at the first job not fully stored."""
     searches = []
-    for unit in all_units:
-        s = Search(unit, params.batch_sizes, params.min_gain, params.patience)
+    for spec in all_specs:
+        s = BatchSearch(spec, params.batch_sizes, params.min_gain, params.patience)
         while not s.finished():
             job = s.next_job()
-            rows = {o: done.get(store.point_key(key_fields(params, unit, o, job.batch))) for o in job.output_lens}
+            rows = {o: done.get(point_key(key_fields(params, spec, o, job.batch))) for o in job.output_lens}
             if any(r is None or r["status"] == "error" for r in rows.values()):
                 break
             s.judge({o: dict(r) for o, r in rows.items()})
@@ -229,17 +122,6 @@ def _select(params: SweepParams, labels: list[str] | None) -> list[System]:
     if not labels:
         return list(params.systems)
     return [params.system(label) for label in dict.fromkeys(labels)]
-
-
-# Out-of-memory that does not arrive as torch.OutOfMemoryError: cuBLAS/cuDNN workspace allocations and
-# some kernels report it as a plain RuntimeError with one of these messages.
-_OOM_MESSAGES = ("out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED",
-                 "cudaErrorMemoryAllocation")
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    return isinstance(exc, torch.OutOfMemoryError) or (
-        isinstance(exc, RuntimeError) and any(m in str(exc) for m in _OOM_MESSAGES))
 
 
 # ---- dry run -------------------------------------------------------------------------------------
@@ -262,11 +144,11 @@ def plan(params_or_path, systems: list[str] | None = None, out_dir: str | None =
     chosen = _select(params, systems)
     out_dir = out_dir or os.path.join("results", params.name)
     store.check_out_dir(out_dir)
-    all_units = units(params, chosen)
-    done, other = _done_rows(out_dir, params, all_units)
+    all_specs = search_specs(params, chosen)
+    done, other = _done_rows(out_dir, params, all_specs)
     points = []
-    for s in _replay(params, all_units, done):
-        u = s.unit
+    for s in _replay(params, all_specs, done):
+        u = s.spec
 
         def entry(batch, o, status):
             points.append({"system": u.system.label, "model": u.model, "input_len": u.input_len, "output_len": o,
@@ -277,7 +159,7 @@ def plan(params_or_path, systems: list[str] | None = None, out_dir: str | None =
             entry(batch, o, "done")
         if not s.finished():
             live = s.live()
-            for i, batch in enumerate(s.batches[s.k:]):
+            for i, batch in enumerate(s.batches[s.next_index:]):
                 for o in live:
                     entry(batch, o, "todo" if i == 0 or batch == s.batches[0] else "search")
     points.sort(key=lambda p: p["pass"])  # stable: within a pass, execution order
@@ -312,9 +194,9 @@ class _Faults:
                                  "with KIND oom or error")
             self.rules.append((fields[0], int(fields[1]), fields[2] if len(fields) == 3 else None))
 
-    def check(self, job: Job) -> None:
+    def check(self, job: BatchRun) -> None:
         for kind, min_batch, model in self.rules:
-            if job.batch >= min_batch and model in (None, job.unit.model):
+            if job.batch >= min_batch and model in (None, job.spec.model):
                 if kind == "oom":
                     raise torch.OutOfMemoryError(f"injected out of memory at batch {job.batch} ({FAULT_ENV})")
                 raise RuntimeError(f"injected failure at batch {job.batch} ({FAULT_ENV})")
@@ -323,7 +205,11 @@ class _Faults:
 def _free_memory(device: str) -> None:
     gc.collect()
     if device.startswith("cuda") and torch.cuda.is_available():
-        torch.cuda.empty_cache()
+        try:
+            torch.cuda.empty_cache()
+        except RuntimeError as exc:  # an allocator left unusable (a failed graph capture): the points go on
+            print(f"perfkit: warning: could not release cached CUDA memory ({_one_line(exc)[:200]})",
+                  file=sys.stderr, flush=True)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -346,7 +232,7 @@ def _truncated(m: PointMeasurement, output_len: int) -> PointMeasurement:
     )
 
 
-class _Runner:
+class _SweepRunner:
     def __init__(self, params, out_dir, envs, faults, max_minutes, bar, t0):
         from perfkit.provenance import new_run_id
 
@@ -376,8 +262,8 @@ class _Runner:
     def _fits(self, seconds: float) -> bool:
         return self.deadline is None or _now() + seconds <= self.deadline
 
-    def _estimate_job(self, job: Job) -> float:
-        u = job.unit
+    def _estimate_job(self, job: BatchRun) -> float:
+        u = job.spec
         estimator = self._estimator(u.system.label)
         if estimator is None:
             return 0.0
@@ -385,8 +271,7 @@ class _Runner:
                                   self.params.warmup + self.params.repeats)
 
     def _estimate_build(self, system: System, model: str) -> float:
-        same = [b["seconds"] for b in self.builds if b["model"] == model and b["system"] == system.label]
-        return same[-1] if same else 0.0
+        return estimate_build_s(self.builds, model, system.dtype)
 
     def _write_run(self) -> None:
         if self.run_written:
@@ -397,12 +282,12 @@ class _Runner:
         store.write_run(self.out_dir, self.run_id, prov)
         self.run_written = True
 
-    def _skip(self, search: Search) -> None:
+    def _skip(self, search: BatchSearch) -> None:
         """Leave a search for a later invocation: its next job would not fit the budget."""
         self.stopped = True
 
-    def run_model(self, system: System, model: str, searches: list[Search], first_only: bool) -> None:
-        pending = [s for s in searches if not s.finished() and (s.k == 0 or not first_only)]
+    def run_model(self, system: System, model: str, searches: list[BatchSearch], first_only: bool) -> None:
+        pending = [s for s in searches if not s.finished() and (s.next_index == 0 or not first_only)]
         if not pending:
             return
         # Build only if the build and at least one of its jobs fit; otherwise every pending job waits.
@@ -412,14 +297,15 @@ class _Runner:
                 self._skip(s)
             return
         self.bar.set_postfix_str(f"building {model}", refresh=True)
-        t = time.perf_counter()
+        t = _now()
         built, build_failure = None, None
         try:
             built = build_model(model, parse_dtype(system.dtype), system.device, system.attn_implementation,
                                 seed=self.params.seed)
         except Exception as exc:  # out of memory, or a broken checkpoint: failed points, not a failed sweep
             build_failure = ("oom" if is_out_of_memory(exc) else "error", f"building the model: {_one_line(exc)}")
-        self.builds.append({"system": system.label, "model": model, "seconds": time.perf_counter() - t})
+        self.builds.append({"system": system.label, "model": model, "dtype": system.dtype,
+                            "seconds": _now() - t})
         if build_failure:
             _free_memory(system.device)
         try:
@@ -437,11 +323,11 @@ class _Runner:
             built = None  # the only reference: the model's memory goes back before the next build
             _free_memory(system.device)
 
-    def _run_job(self, model, build_failure, search: Search, job: Job) -> None:
-        u, p = job.unit, self.params
+    def _run_job(self, model, build_failure, search: BatchSearch, job: BatchRun) -> None:
+        u, p = job.spec, self.params
         self.bar.set_postfix_str(f"{u.system.label} {u.model} I={u.input_len} O={u.run_output_len} B={job.batch}",
                                  refresh=False)
-        stored = {o: self.done.get(store.point_key(key_fields(p, u, o, job.batch))) for o in job.output_lens}
+        stored = {o: self.done.get(point_key(key_fields(p, u, o, job.batch))) for o in job.output_lens}
         if all(r is not None and r["status"] in ("ok", "oom") for r in stored.values()):
             # Stored by an earlier session past an error that stopped the replay (errors are retried, the
             # points after them are not): judge the stored rows, spend no device time on them again.
@@ -480,40 +366,39 @@ class _Runner:
                 self.failures.append(full)
             elif status == "oom":
                 self.ooms.append(full)
-        if status == "ok":
-            self._estimator(u.system.label).learn(
-                {**rows[u.run_output_len], "warmup": p.warmup, "derived_from_output_len": None})
+        if status == "ok":  # the run as measured (at run_output_len, which the search may have stopped)
+            self._estimator(u.system.label).learn({**to_row(m), "warmup": p.warmup})
         self._advance_bar(search)
 
-    def _advance_bar(self, search: Search) -> None:
+    def _advance_bar(self, search: BatchSearch) -> None:
         self.bar.update(1)
-        if search.finished() and search.k < len(search.batches):  # stopped early: fewer runs left
-            self.bar.total -= len(search.batches) - search.k
+        if search.finished() and search.next_index < len(search.batches):  # stopped early: fewer runs left
+            self.bar.total -= len(search.batches) - search.next_index
             self.bar.refresh()
 
 
-def _by_model(searches: list[Search]) -> list[tuple[System, str, list[Search]]]:
+def _by_model(searches: list[BatchSearch]) -> list[tuple[System, str, list[BatchSearch]]]:
     """Group searches by what building the model depends on (model, dtype, device, attention).
 
     Systems that differ only in backend (hf-loop vs static) run on one build: the weights are the same,
     and a full-size build costs seconds of device time that a budgeted session cannot spare. The first
     system of a group stands for the build; each search still measures with its own system.
     """
-    groups: dict[tuple, list[Search]] = {}
+    groups: dict[tuple, list[BatchSearch]] = {}
     for s in searches:
-        u = s.unit
+        u = s.spec
         groups.setdefault((u.model, u.system.dtype, u.system.device, u.system.attn_implementation), []).append(s)
-    return [(group[0].unit.system, group[0].unit.model, group) for group in groups.values()]
+    return [(group[0].spec.system, group[0].spec.model, group) for group in groups.values()]
 
 
-def _environments(params: SweepParams, systems: list[System], searches: list[Search],
+def _environments(params: SweepParams, systems: list[System], searches: list[BatchSearch],
                   out_dir: str) -> dict[str, dict]:
     """Check each device that has work and record its provenance; refuse to mix devices in one directory."""
     from perfkit.provenance import environment
 
     envs, stored = {}, None
     for system in systems:
-        if not any(s.unit.system == system and not s.finished() for s in searches):
+        if not any(s.spec.system == system and not s.finished() for s in searches):
             continue
         if system.device not in envs:
             try:
@@ -540,6 +425,11 @@ def run_sweep(params_or_path, systems: list[str] | None = None, out_dir: str | N
     from tqdm import tqdm
 
     t0 = _now()
+    # Freeing memory between models and after out-of-memory runs gc.collect(), which scans every object
+    # alive: with torch, transformers and pandas loaded that is ~0.3 s a call. What exists now (modules,
+    # their tables) lives as long as the process anyway: collect once and exempt it from later scans.
+    gc.collect()
+    gc.freeze()
     params = _as_params(params_or_path)
     chosen = _select(params, systems)
     out_dir = out_dir or os.path.join("results", params.name)
@@ -548,16 +438,16 @@ def run_sweep(params_or_path, systems: list[str] | None = None, out_dir: str | N
         raise UsageError(f"max_minutes {max_minutes!r} is not a positive number of minutes")
     budget = max_minutes if max_minutes is not None else params.max_minutes
     faults = _Faults(os.environ.get(FAULT_ENV))
-    all_units = units(params, chosen)
-    done, _ = _done_rows(out_dir, params, all_units)
-    searches = _replay(params, all_units, done)
+    all_specs = search_specs(params, chosen)
+    done, _ = _done_rows(out_dir, params, all_specs)
+    searches = _replay(params, all_specs, done)
     skipped = sum(len(s.history) for s in searches)
     envs = _environments(params, chosen, searches, out_dir)
 
     total = sum(s.remaining() for s in searches)
     with tqdm(total=total, desc=params.name, unit="pt", file=sys.stderr, disable=not progress or total == 0,
               dynamic_ncols=True) as bar:
-        runner = _Runner(params, out_dir, envs, faults, budget, bar, t0)
+        runner = _SweepRunner(params, out_dir, envs, faults, budget, bar, t0)
         runner.learn(done)
         groups = _by_model(searches)
         for first_only in (True, False):  # pass 1: the first batch everywhere; pass 2: the searches
@@ -565,78 +455,6 @@ def run_sweep(params_or_path, systems: list[str] | None = None, out_dir: str | N
                 runner.run_model(system, model, group, first_only)
     return SweepOutcome(out_dir=out_dir, run_id=runner.run_id if runner.run_written else None,
                         measured=runner.measured, skipped=skipped, failures=runner.failures, ooms=runner.ooms,
-                        stopped_early=runner.stopped, left=sum(s.remaining() for s in searches),
+                        stopped_early=runner.stopped and any(not s.finished() for s in searches),
+                        left=sum(s.remaining() for s in searches),
                         wall_s=_now() - t0, build_s=runner.builds)
-
-
-# ---- command line --------------------------------------------------------------------------------
-
-def _positive_minutes(text: str) -> float:
-    import argparse
-
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of minutes, got {text!r}") from None
-    if not value > 0 or math.isinf(value):
-        raise argparse.ArgumentTypeError(f"expected a positive number of minutes, got {text!r}")
-    return value
-
-
-def add_subcommand(sub) -> None:
-    p = sub.add_parser("sweep", help="measure a params/*.yaml grid: resumable, with the max-throughput search")
-    p.add_argument("params", help="params YAML file (see params/smoke.yaml)")
-    p.add_argument("--system", action="append", dest="systems", metavar="LABEL",
-                   help="measure only this system of the params file (repeatable)")
-    p.add_argument("--out", default=None, help="results directory (default: results/<params name>)")
-    p.add_argument("--dry-run", action="store_true", help="list the points it would measure and how many are done")
-    p.add_argument("--max-minutes", type=_positive_minutes, default=None,
-                   help="time budget: stop cleanly before it; the same command continues later")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd_sweep)
-
-
-def _print_plan(pl: Plan) -> None:
-    print(f"sweep {pl.params.name} ({pl.params.source}) -> {pl.out_dir}")
-    print(f"{'pass':>4}  {'system':<12}{'model':<18}{'I':>6}{'O':>6}{'B':>5}  status")
-    for p in pl.points:
-        derived = f" (derived from O={p['derived_from_output_len']})" if p["derived_from_output_len"] else ""
-        print(f"{p['pass']:>4}  {p['system']:<12}{p['model']:<18}{p['input_len']:>6}{p['output_len']:>6}"
-              f"{p['batch']:>5}  {p['status']}{derived}")
-    print(f"already done: {pl.count('done')}; to measure: {pl.count('todo')}; "
-          f"up to {pl.count('search')} more if the batch searches keep gaining")
-    if pl.other_points:
-        print(f"note: {pl.out_dir} also holds {pl.other_points} points that are not part of this plan "
-              "(another version of the params?)")
-
-
-def _print_outcome(out: SweepOutcome) -> None:
-    print(f"sweep -> {out.out_dir}: measured {out.measured} points, {out.skipped} already done, "
-          f"{len(out.ooms)} out of memory (recorded), {len(out.failures)} failed, {out.wall_s:.1f} s")
-    if out.stopped_early:
-        print(f"runs that would not have fit the time budget were left out: up to {out.left} runs left; "
-              "run the same command to continue")
-    if out.measured or out.skipped:
-        from perfkit.study_tables import summarize
-
-        table = summarize(store.load_results(out.out_dir))["multi_user_max"]
-        if len(table):
-            print("multi-user max throughput:")
-            for r in table.itertuples():
-                found = (f"{r.max_output_tok_s:.1f} tok/s at B={r.batch}" if r.max_output_tok_s == r.max_output_tok_s
-                         else "no batch > 1 measured")
-                print(f"  {r.system} {r.model} I={r.input_len} O={r.output_len}: {found} (search stopped: {r.stop_reason})")
-    if out.failures:
-        print(f"{len(out.failures)} failed points:", file=sys.stderr)
-        for r in out.failures:
-            print(f"  {r['system']} {r['model']} I={r['input_len']} O={r['output_len']} B={r['batch']}: {r['error']}",
-                  file=sys.stderr)
-
-
-def _cmd_sweep(args) -> int:
-    if args.dry_run:
-        _print_plan(plan(args.params, args.systems, args.out))
-        return 0
-    out = run_sweep(args.params, args.systems, args.out, args.max_minutes, progress=not args.no_progress)
-    _print_outcome(out)
-    return 1 if out.failures else 0

@@ -10,20 +10,21 @@
 # gpu-check.tgz (the scratch folder: results/, each step's output, CSV tables), re-packed atomically after
 # every step, so a run killed at its time limit still brings back every finished step.
 #
-# Steps, in the order that answers the most first (each bounded by `timeout`; each leaves its output even
-# if a later one fails; the caps add up to 535 s, inside the 600 s a device command may run):
-#   1. provenance of the machine (cuDNN version included)            -> env.json                    15 s
+# Steps, in the order that answers the most first (each bounded by `timeout`, killed 5 s after its cap if
+# SIGINT did not stop it; each leaves its output even if a later one fails; the caps add up to 535 s, at
+# most 585 s with every kill delay, inside the 600 s a device command may run):
+#   1. provenance of the machine (cuDNN version included)            -> env.json                    25 s
 #   2. perfkit probe: achievable bandwidth and matrix FLOP/s           -> results/gpu-check/probes/   30 s
 #   3. scripts/graph_check.py: llama3-8b in bf16, static captures a CUDA graph and its tokens equal the
 #      eager static step's and its first token hf-loop's (a failure is announced at the top of the
 #      log; the rest still runs)                                       -> graph-check.json            50 s
 #   4. benchmarks/goals.py: the speed goals for llama3-8b            -> results/goals/, goals.txt   80 s
 #   5. params/gpu-check.yaml under a 3.4-minute budget: the three full-size models in bf16, hf-loop vs
-#      static, I 128 and 2048, O 128, batch 1 everywhere first, then 16 and 64 -> results/gpu-check/ 225 s
+#      static, I 128 and 2048, O 128, batch 1 everywhere first, then 16 and 64 -> results/gpu-check/ 220 s
 #   6. params/gpu-check-oom.yaml: llama2-13b out of memory at B=96, I=2048, recorded as data for both
 #      backends (the message says set-up or prompt pass), then B=96 at I=128 -> results/gpu-check-oom/ 50 s
 #   7. benchmarks/overhead.py: harness overhead against a bare loop   -> overhead.txt                30 s
-#   8. the test suite's CUDA tests (pytest -m gpu; the device has pytest) -> gpu-tests.txt            35 s
+#   8. the test suite's CUDA tests (pytest -m gpu; the device has pytest) -> gpu-tests.txt            30 s
 #   9. perfkit summary (tables, speed of light) and perfkit compare static vs hf-loop
 #                                                                      -> summary/, compare/ (CSV)  10+10 s
 # On this side: tar -xzf gpu-check.tgz -C /tmp/gc && cp -r /tmp/gc/results/* results/ && make reports.
@@ -63,7 +64,7 @@ step() {  # step NAME TIMEOUT_S CMD...: run, keep its output in NAME.txt, keep g
   echo "=== $(date -u +%H:%M:%S) $name: $*"
   local t0=$SECONDS
   # --foreground keeps the step in the script's process group, so whoever kills the group kills it too
-  timeout --foreground --signal=INT --kill-after=20 "$limit" "$@" 2>&1 | tee "$WORK/$name.txt"
+  timeout --foreground --signal=INT --kill-after=5 "$limit" "$@" 2>&1 | tee "$WORK/$name.txt"
   local rc=${PIPESTATUS[0]}
   echo "=== $name: exit $rc after $((SECONDS - t0)) s"
   echo "$name exit $rc after $((SECONDS - t0)) s" >> "$WORK/steps.txt"
@@ -74,17 +75,16 @@ step() {  # step NAME TIMEOUT_S CMD...: run, keep its output in NAME.txt, keep g
 {
   echo "perfkit gpu-check, commit $PERFKIT_GIT_COMMIT, params $PARAMS, $(date -u +%FT%TZ), scratch $WORK"
   command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-  timeout 15 "$PY" -m perfkit env --json > "$WORK/env.json" || status=1
-  cat "$WORK/env.json"; echo
+  step env 25 sh -c "\"$PY\" -m perfkit env --json > \"$WORK/env.json\" && cat \"$WORK/env.json\""
   step probe 30 "$PY" -m perfkit probe --dtypes bfloat16,float32 --out "$RESULTS"
   step graph-check 50 "$PY" scripts/graph_check.py $TRIAL --out "$WORK/graph-check.json"
   step goals 80 "$PY" benchmarks/goals.py --out "$WORK/results/goals" --max-minutes "$GOALS_MIN" --quick
-  step sweep 225 "$PY" -m perfkit sweep "$PARAMS" --out "$RESULTS" --max-minutes "$SWEEP_MIN" --no-progress
+  step sweep 220 "$PY" -m perfkit sweep "$PARAMS" --out "$RESULTS" --max-minutes "$SWEEP_MIN" --no-progress
   step oom 50 env ${OOM_FAULT:+PERFKIT_SWEEP_FAULT=$OOM_FAULT} "$PY" -m perfkit sweep "$OOM_PARAMS" \
     --out "$WORK/results/$(basename "$OOM_PARAMS" .yaml)" --no-progress
   step overhead 30 "$PY" benchmarks/overhead.py --model "$OVERHEAD_MODEL" --output-len 32 --repeats 7
   # the tests that need CUDA (tiny models): CUDA-event timing, graph capture and replay tokens, NVML energy
-  step gpu-tests 35 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py tests/test_static.py \
+  step gpu-tests 30 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py tests/test_static.py \
     tests/test_energy.py tests/test_probe.py
   step summary 10 "$PY" -m perfkit summary "$RESULTS" --points --csv "$WORK/summary"
   step compare 10 "$PY" -m perfkit compare "$RESULTS:$SIDE-static" "$RESULTS:$SIDE-hf-loop" --csv "$WORK/compare"

@@ -18,9 +18,9 @@ import tempfile
 
 import pytest
 
-from conftest import ROOT
-from test_compare import make_row, study_rows, write_rows
-from test_notebooks import publish
+from helpers import ROOT, make_row, publish, study_rows, write_rows
+
+pytestmark = pytest.mark.slow  # papermill to publish the pages, then a headless browser
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -89,7 +89,7 @@ def published(tmp_path_factory):
     b = write_rows(base / "b", study_rows("gpu-old", 1.0))
     out = base / "reports"
     for args in (["report", t], ["compare", t, b]):
-        r = publish(*args, "--out", str(out))
+        r = publish(*args, "--reports", str(out))
         assert r.returncode == 0, r.stderr
     return out
 

@@ -5,12 +5,12 @@ import sys
 
 import pytest
 
-from conftest import ROOT, run_cli
+from helpers import ROOT, call_cli, run_cli
 from perfkit.results import COLUMNS
 
 
 def test_models_json_lists_the_registry():
-    r = run_cli("models", "--json")
+    r = call_cli("models", "--json")
     assert r.returncode == 0, r.stderr
     rows = {m["name"]: m for m in json.loads(r.stdout)}
     assert set(rows) == {"llama3-8b", "llama2-13b", "mistral-7b", "tiny-llama3-8b", "tiny-llama2-13b",
@@ -20,13 +20,14 @@ def test_models_json_lists_the_registry():
 
 
 def test_env_json_has_provenance():
-    r = run_cli("env", "--json")
+    r = call_cli("env", "--json")
     env = json.loads(r.stdout)
     for field in ("device_name", "cpu_model", "torch_version", "transformers_version", "created_utc", "git_commit"):
         assert field in env
     assert env["torch_version"].startswith("2.")
 
 
+@pytest.mark.slow
 def test_run_json_has_every_column_and_appends(tmp_path):
     args = ["run", "--model", "tiny-llama2-13b", "--input-len", "16", "--output-len", "4", "--batch", "2",
             "--repeats", "2", "--warmup", "0", "--system", "cli", "--out", str(tmp_path), "--json"]
@@ -63,7 +64,20 @@ def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, extra, message):
     for flag, value in base.items():
         if flag not in extra:
             args += [flag, value]
-    r = run_cli(*args, "--out", str(tmp_path / "out"))
+    r = call_cli(*args, "--out", str(tmp_path / "out"))  # in this process: it stops before building a model
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("extra,message", BAD[:1])
+def test_bad_input_through_python_dash_m_is_one_line_exit_2(tmp_path, extra, message):
+    # The same check through a fresh `python -m perfkit`: nothing printed at import time (a warning from a
+    # dependency) adds a line to stderr, and the process's exit code is 2.
+    r = run_cli("run", *extra, "--input-len", "8", "--output-len", "4", "--out", str(tmp_path / "out"))
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], r.stderr
@@ -72,7 +86,7 @@ def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, extra, message):
 
 
 def test_checkpoint_that_is_not_one(tmp_path):
-    r = run_cli("run", "--model", str(tmp_path), "--input-len", "8", "--output-len", "4")
+    r = call_cli("run", "--model", str(tmp_path), "--input-len", "8", "--output-len", "4")
     assert r.returncode == 2 and "not a checkpoint" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
@@ -82,7 +96,7 @@ def test_cuda_asked_for_where_there_is_none():
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    r = run_cli("run", "--model", "tiny-llama3-8b", "--input-len", "8", "--output-len", "4", "--device", "cuda")
+    r = call_cli("run", "--model", "tiny-llama3-8b", "--input-len", "8", "--output-len", "4", "--device", "cuda")
     assert r.returncode == 2 and "CUDA is not available" in r.stderr
 
 
@@ -90,8 +104,8 @@ def test_measuring_core_imports_no_notebook_or_plotting_machinery():
     code = (
         "import sys, perfkit, perfkit.cli, perfkit.measure, perfkit.results, perfkit.backends, perfkit.provenance\n"
         "import importlib.util\n"
-        "for extra in ('perfkit.sweep', 'perfkit.params', 'perfkit.study_tables', 'perfkit.compare', "
-        "'perfkit.roofline', 'perfkit.static_backend', 'perfkit.energy', 'perfkit.hardware'):\n"
+        "for extra in ('perfkit.sweep', 'perfkit.params', 'perfkit.summary', 'perfkit.compare', "
+        "'perfkit.console', 'perfkit.search', 'perfkit.rows', 'perfkit.budget', 'perfkit.attention', 'perfkit.roofline', 'perfkit.static_backend', 'perfkit.energy', 'perfkit.hardware'):\n"
         "    if importlib.util.find_spec(extra): importlib.import_module(extra)\n"
         "import importlib\n"
         "bad = [m for m in sys.modules if m.split('.')[0] in "
@@ -112,7 +126,7 @@ def test_an_unwritable_out_is_refused_before_any_work(tmp_path, command):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
     for out, words in ((blocker, "is a file"), (blocker / "below", "lies under the file")):
-        r = run_cli(*command, "--out", str(out))
+        r = call_cli(*command, "--out", str(out))
         assert r.returncode == 2 and words in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert blocker.read_text() == "not a directory"
 

@@ -1,55 +1,13 @@
 """perfkit.compare against hand-made results whose ratios are known exactly."""
 
-import os
-
 import numpy as np
 import pandas as pd
 import pytest
 
 from perfkit.compare import BETTER, NOISE, WORSE, compare, load_side, ratio, verdict
 from perfkit.errors import UsageError
-from perfkit.measure import with_provenance
-from perfkit.metrics import point_metrics
-from perfkit.results import write_point, write_run
 
-ENV = {"device": "cpu", "device_name": "Test CPU", "torch_version": "2.13.0", "transformers_version": "5.17.0",
-       "git_commit": "abc123"}
-
-
-def make_row(system, model, i, o, b, ttft_ms, e2e_ms, dtype="float32", status="ok", **extra):
-    """One results row built the way perfkit builds them, from raw samples in ms."""
-    row = {"system": system, "model": model, "dtype": dtype, "backend": "hf-loop", "attn_implementation": "sdpa",
-           "input_len": i, "output_len": o, "batch": b, "status": status, "error": None if status == "ok" else status}
-    row.update(point_metrics(b, i, o, [t / 1e3 for t in ttft_ms], [t / 1e3 for t in e2e_ms]))
-    row.update({"peak_mem_bytes": (10 + b) * 2**20 if status == "ok" else None, "peak_mem_scope": "process-rss",
-                "ttft_ms_samples": [float(t) for t in ttft_ms], "e2e_ms_samples": [float(t) for t in e2e_ms],
-                "decode_step_ms_samples": [[] for _ in ttft_ms]})
-    row.update(extra)
-    key = {"system": system, "model": model, "input_len": i, "output_len": o, "batch": b, "dtype": dtype}
-    return with_provenance(row, "run-" + system, ENV, key)
-
-
-def write_rows(out_dir, rows):
-    os.makedirs(out_dir, exist_ok=True)
-    for sysname in {r["system"] for r in rows}:
-        write_run(str(out_dir), "run-" + sysname, {**ENV, "run_id": "run-" + sysname})
-    for r in rows:
-        write_point(str(out_dir), r)
-    return str(out_dir)
-
-
-def study_rows(system, scale, models=("tiny-llama2-13b", "tiny-mistral-7b"), batches=(1, 2, 4), i=32, o=8,
-               extra_points=()):
-    """Rows whose every latency is `scale` times the reference: ttft = 10·B ms, e2e = ttft + 7·(5 + B) ms."""
-    rows = []
-    for m in models:
-        for b in batches:
-            ttft = 10.0 * b * scale
-            e2e = ttft + 7 * (5.0 + b) * scale
-            rows.append(make_row(system, m, i, o, b, [ttft] * 3, [e2e] * 3))
-    for (m, ii, oo, b) in extra_points:
-        rows.append(make_row(system, m, ii, oo, b, [10.0 * scale] * 3, [50.0 * scale] * 3))
-    return rows
+from helpers import make_row, modules_loaded_by, study_rows, write_rows
 
 
 @pytest.fixture
@@ -198,15 +156,8 @@ def test_prompt_phase_pools_output_lengths_like_summarize(tmp_path):
 
 
 def test_compare_and_report_modules_import_no_plotting_or_notebook_machinery():
-    import subprocess
-    import sys
-
-    code = ("import sys, perfkit.compare, perfkit.report\n"
-            "print([m for m in sys.modules if m.split('.')[0] in ('matplotlib', 'papermill', 'nbformat', "
-            "'nbconvert', 'IPython', 'jupyter_client')])")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == "[]"
+    assert modules_loaded_by("perfkit.compare, perfkit.report.tables", (
+        "matplotlib", "papermill", "nbformat", "nbconvert", "IPython", "jupyter_client")) == []
 
 
 def test_cli_compare_prints_study_ratios_and_writes_csv(two_sides, tmp_path, capsys):

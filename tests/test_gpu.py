@@ -1,12 +1,15 @@
 """GPU-only checks: skipped without CUDA (the CPU machines), run where a GPU is present."""
 
+import time
+
 import pytest
 import torch
 
-from perfkit.measure import Point, System, measure_point
+from perfkit.measure import measure_point
+from perfkit.workload import Point, System
 from perfkit.timing import CudaClock
 
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+pytestmark = pytest.mark.gpu  # skipped without CUDA by tests/conftest.py
 
 
 def test_cuda_clock_times_device_work_not_host_dispatch():
@@ -14,11 +17,16 @@ def test_cuda_clock_times_device_work_not_host_dispatch():
     # must report the device's time, and report it the same with or without a host stall after it.
     clock = CudaClock(2)
     torch.cuda.synchronize()
+    host_start = time.perf_counter()
     clock.mark()
     torch.cuda._sleep(50_000_000)
     clock.mark()
-    gpu_s = clock.seconds()[1]
+    gpu_s = clock.seconds()[1]  # synchronizes: the device has passed both marks
+    host_s = time.perf_counter() - host_start
     assert gpu_s > 0.005
+    # Whatever the load on the host, the device cannot take longer between the marks than the host saw
+    # from before the first was recorded to after the second was passed: a clock reading 2x fails here.
+    assert gpu_s <= host_s, (gpu_s, host_s)
 
 
 def test_tiny_model_on_cuda_reports_device_memory():

@@ -7,23 +7,31 @@ from transformers import DynamicCache, GenerationConfig
 
 from perfkit.backends import BACKENDS, get_backend
 from perfkit.errors import UsageError
-from perfkit.measure import Point, System, measure_point, synthetic_prompt, to_row, validate
+from perfkit.measure import measure_point, synthetic_prompt, validate
+from perfkit.rows import to_row
+from perfkit.workload import Point, System
 from perfkit.timing import CpuClock
 
 FAMILIES = ["tiny-llama3-8b", "tiny-llama2-13b", "tiny-mistral-7b"]
 
 
 def test_cpu_clock_against_a_known_sleep():
+    # Bounds that hold however loaded the machine is: an interval is at least the sleeps inside it (a sleep
+    # can be stretched, never shortened), and at most what a stopwatch read outside its two marks saw. A
+    # clock reading zero fails the first, one reading 2x (or any scale > 1) fails the second.
     clock = CpuClock(3)
+    outside = [time.perf_counter()]
     clock.mark()
     time.sleep(0.05)
     clock.mark()
+    outside.append(time.perf_counter())
     time.sleep(0.02)
     clock.mark()
+    outside.append(time.perf_counter())
     t = clock.seconds()
     assert t[0] == 0.0
-    assert 0.05 <= t[1] < 0.08
-    assert 0.07 <= t[2] < 0.11
+    assert 0.05 <= t[1] <= outside[1] - outside[0], (t, outside)
+    assert 0.07 <= t[2] <= outside[2] - outside[0], (t, outside)
 
 
 def reference_generate(model, prompt, output_len):
@@ -94,13 +102,24 @@ def test_ttft_agrees_with_an_independent_timing(tiny_models):
             logits[:, -1].argmax(-1)
             return time.perf_counter() - start
 
-    bare_prefill_s()
-    ours, bare = [], []
-    for _ in range(7):  # interleaved, so that drift in the machine's load hits both alike
-        ours.extend(measure_point(model, system, point, warmup=0, repeats=1).ttft_s)
-        bare.append(bare_prefill_s())
-    # The minimum is the sample least disturbed by other processes on a shared 2-core machine.
-    ratio = min(ours) / min(bare)
+    threads = torch.get_num_threads()
+    # One thread: on a shared 2-core machine a second OpenMP thread waiting for a descheduled peer turns
+    # a prefill into several; one thread's figures are stable.
+    torch.set_num_threads(1)
+    try:
+        bare_prefill_s()
+        ours, bare = [], []
+        for _ in range(3):  # up to 3 rounds of 7: a round on a busy machine can leave every sample disturbed
+            for _ in range(7):  # interleaved, so that drift in the machine's load hits both alike
+                ours.extend(measure_point(model, system, point, warmup=0, repeats=1).ttft_s)
+                bare.append(bare_prefill_s())
+            # The minimum is the sample least disturbed by other processes: more samples only bring each
+            # minimum closer to the true time, so a ttft that is systematically off (0.5x, 2x, zero) still fails.
+            ratio = min(ours) / min(bare)
+            if 0.75 < ratio < 1.33:
+                break
+    finally:
+        torch.set_num_threads(threads)
     assert 0.75 < ratio < 1.33, (ours, bare)
 
 

@@ -3,22 +3,13 @@
 import json
 import os
 import re
-import subprocess
-import sys
 
 import nbformat
 import pytest
 
-from conftest import ROOT
-from test_compare import make_row, study_rows, write_rows
+from helpers import ROOT, make_row, publish, study_rows, write_rows
 
 NOTEBOOKS = ["sweep", "report", "compare", "explore"]
-
-
-def publish(*args, cwd=None):
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "perfkit.publish", *args], capture_output=True, text=True,
-                          cwd=cwd or ROOT, env=env, timeout=300)
 
 
 def html_text(path):
@@ -52,9 +43,10 @@ def sides(tmp_path_factory):
     return t, b
 
 
+@pytest.mark.slow  # papermill
 def test_report_notebook_writes_tables_plots_and_index(sides, tmp_path):
     out = tmp_path / "reports"
-    r = publish("report", sides[1], "--out", str(out), "--name", "base")
+    r = publish("report", sides[1], "--reports", str(out), "--name", "base")
     assert r.returncode == 0, r.stderr
     page = html_text(out / "base.html")
     # the study's tables, per model, with the hand-made values
@@ -76,9 +68,10 @@ def test_report_notebook_writes_tables_plots_and_index(sides, tmp_path):
     assert "base.html" in index and "Test CPU" in index and "slow" in index
 
 
+@pytest.mark.slow  # papermill
 def test_compare_notebook_ratios_and_one_sided_points(sides, tmp_path):
     out = tmp_path / "reports"
-    r = publish("compare", sides[0], sides[1], "--out", str(out), "--name", "cmp")
+    r = publish("compare", sides[0], sides[1], "--reports", str(out), "--name", "cmp")
     assert r.returncode == 0, r.stderr
     nb = nbformat.read(out / "cmp.ipynb", as_version=4)
     page = html_text(out / "cmp.html")
@@ -100,11 +93,12 @@ def test_compare_notebook_ratios_and_one_sided_points(sides, tmp_path):
     assert meta and meta[0]["kind"] == "comparison" and meta[0]["systems"] == ["fast", "slow"]
 
 
+@pytest.mark.slow  # papermill
 def test_compare_mismatch_is_one_clear_error_and_writes_nothing(tmp_path):
     t = write_rows(tmp_path / "t", study_rows("t", 1.0, models=("tiny-llama2-13b",)))
     b = write_rows(tmp_path / "b", study_rows("b", 1.0, models=("tiny-mistral-7b",)))
     out = tmp_path / "reports"
-    r = publish("compare", t, b, "--out", str(out))
+    r = publish("compare", t, b, "--reports", str(out))
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "share no models" in lines[0] and "tiny-mistral-7b" in lines[0], r.stderr
@@ -124,16 +118,17 @@ def test_compare_mismatch_is_one_clear_error_and_writes_nothing(tmp_path):
     (["sweep", "/nonexistent.yaml"], "nonexistent.yaml"),
 ])
 def test_bad_input_is_one_line_exit_2(args, expected, tmp_path):
-    r = publish(*args, "--out", str(tmp_path / "out"))
+    r = publish(*args, "--reports", str(tmp_path / "out"))
     assert r.returncode == 2 and expected in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "Traceback" not in r.stderr and not (tmp_path / "out").exists()
 
 
 def test_report_of_unknown_system_is_usage_error(sides, tmp_path):
-    r = publish("report", sides[0], "--system", "nope", "--out", str(tmp_path / "out"))
+    r = publish("report", sides[0], "--system", "nope", "--reports", str(tmp_path / "out"))
     assert r.returncode == 2 and "'nope'" in r.stderr and "fast" in r.stderr
 
 
+@pytest.mark.slow  # papermill
 def test_sweep_notebook_measures_and_shows_the_points(tmp_path):
     import yaml
 
@@ -145,7 +140,7 @@ def test_sweep_notebook_measures_and_shows_the_points(tmp_path):
         "grid": {"input_lens": [8], "output_lens": [2], "batch_sizes": [1, 2]},
         "warmup": 0, "repeats": 2, "seed": 0, "search": {"min_gain": None}}))
     results, out = tmp_path / "results", tmp_path / "reports"
-    r = publish("sweep", str(params), "--results", str(results), "--out", str(out), "--name", "sw")
+    r = publish("sweep", str(params), "--out", str(results), "--reports", str(out), "--name", "sw")
     assert r.returncode == 0, r.stderr
     from perfkit.results import load_results
 
@@ -155,6 +150,7 @@ def test_sweep_notebook_measures_and_shows_the_points(tmp_path):
     assert "measured 2 points" in page and "tiny-llama2-13b" in page and "<table" in page
 
 
+@pytest.mark.slow  # papermill
 def test_explore_notebook_runs(sides, tmp_path):
     import papermill
 

@@ -3,10 +3,10 @@ import os
 import pytest
 import yaml
 
-from conftest import ROOT, run_cli
 from perfkit.errors import UsageError
 from perfkit.params import load_params
-from sweep_helpers import params_dict, write_params
+
+from helpers import ROOT, call_cli, params_dict, write_params
 
 
 def test_shipped_params_files_are_valid():
@@ -108,9 +108,9 @@ def test_cli_bad_params_is_one_line_exit_2_and_writes_nothing(tmp_path):
     with open(path, "w") as f:
         yaml.safe_dump(d, f)
     out = tmp_path / "out"
-    r = run_cli("sweep", path, "--out", str(out))
+    r = call_cli("sweep", path, "--out", str(out))
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "grid.input_len" in r.stderr and "Traceback" not in r.stderr
     assert not out.exists()
-    r = run_cli("sweep", str(tmp_path / "missing.yaml"), "--out", str(out))
+    r = call_cli("sweep", str(tmp_path / "missing.yaml"), "--out", str(out))
     assert r.returncode == 2 and "missing.yaml: no such file" in r.stderr and not out.exists()

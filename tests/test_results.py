@@ -3,7 +3,9 @@ import os
 import pyarrow.parquet as pq
 import pytest
 
-from perfkit.measure import Point, System, failed_row, measure_point, to_row, with_provenance
+from perfkit.measure import measure_point
+from perfkit.rows import failed_row, to_row, with_provenance
+from perfkit.workload import Point, System
 from perfkit.provenance import environment
 from perfkit.results import COLUMNS, done_keys, load_results, write_point
 

@@ -7,10 +7,12 @@ import pytest
 import torch
 
 from perfkit.backends import BACKENDS, get_backend
-from perfkit.measure import Point, System, measure_point, synthetic_prompt, to_row
+from perfkit.measure import measure_point, synthetic_prompt
+from perfkit.rows import to_row
+from perfkit.workload import Point, System
 from perfkit.timing import CpuClock
 
-from conftest import run_cli
+from helpers import run_cli
 
 B, I, O = 2, 24, 10
 
@@ -215,6 +217,7 @@ def test_measure_point_static_reports_setup(tiny_models):
     assert torch.equal(m.tokens, reference.tokens)
 
 
+@pytest.mark.slow
 def test_cli_run_static(tmp_path):
     r = run_cli("run", "--model", "tiny-llama2-13b", "--input-len", "16", "--output-len", "4", "--batch", "2",
                 "--backend", "static", "--device", "cpu", "--repeats", "2", "--json", "--out", str(tmp_path))
@@ -225,7 +228,6 @@ def test_cli_run_static(tmp_path):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_static_cuda_graph_matches_hf_loop_first_tokens():
     from perfkit.models import build_model
 
@@ -299,8 +301,9 @@ def test_decode_attention_choice_needs_a_fused_kernel(tiny_models):
 
 def test_failed_capture_is_retried_with_the_efficient_kernel_before_eager(tiny_models, monkeypatch, capsys):
     """The capture path's control flow, on a CPU: the first capture fails, the retry runs under
-    sdpa_kernel(EFFICIENT_ATTENTION) with the row-grouped layout; if that fails too, decode is eager and
-    says so; the layout chosen for the point is restored for the eager steps."""
+    sdpa_kernel(EFFICIENT_ATTENTION) with the row-grouped layout; if that fails too, decode is eager (in the
+    row-grouped layout, which every kernel takes) and says so; a capture that left the allocator unusable
+    is not retried."""
     from perfkit.static_backend import GQA_DECODE_SDPA, GROUPED_DECODE_SDPA, StaticBackend
 
     model = tiny_models["tiny-llama3-8b"]
@@ -313,29 +316,34 @@ def test_failed_capture_is_retried_with_the_efficient_kernel_before_eager(tiny_m
             attempts.append((backend.buffers.decode_attention,
                              torch._C._get_mem_efficient_sdp_enabled(), torch._C._get_flash_sdp_enabled()))
             outcome = results.pop(0)
-            if outcome is None:
+            if outcome[0] is None:
                 backend.graph, backend.mode = "a graph", "cuda-graph"
             return outcome
         return attempt
 
-    backend.buffers.decode_attention = GQA_DECODE_SDPA
-    monkeypatch.setattr(backend, "_try_capture", fake_try(["RuntimeError: cudnn says no", None]))
-    backend._capture(model)
+    def run(results):
+        attempts.clear()
+        backend.mode, backend.graph = "eager", None
+        backend.buffers.decode_attention = GQA_DECODE_SDPA
+        monkeypatch.setattr(backend, "_try_capture", fake_try(results))
+        backend._capture(model)
+        return capsys.readouterr().err
+
+    err = run([("RuntimeError: cudnn says no", True), (None, True)])
     assert backend.mode == "cuda-graph"
     assert attempts[0] == (GQA_DECODE_SDPA, True, True)
     assert attempts[1] == (GROUPED_DECODE_SDPA, True, False)  # only the efficient kernel allowed
     assert backend.buffers.decode_attention == GROUPED_DECODE_SDPA  # what the graph holds
-    assert "memory-efficient" in capsys.readouterr().err
+    assert "memory-efficient" in err
 
-    attempts.clear()
-    backend.mode, backend.graph = "eager", None
-    backend.buffers.decode_attention = GQA_DECODE_SDPA
-    monkeypatch.setattr(backend, "_try_capture", fake_try(["RuntimeError: one", "RuntimeError: two"]))
-    backend._capture(model)
+    err = run([("RuntimeError: one", True), ("RuntimeError: two", True)])
     assert (backend.mode, backend.graph) == ("eager", None)
-    assert backend.buffers.decode_attention == GQA_DECODE_SDPA
-    err = capsys.readouterr().err
+    assert backend.buffers.decode_attention == GROUPED_DECODE_SDPA
     assert "NOT graph-replay figures" in err and "one" in err and "two" in err
+
+    err = run([("RuntimeError: capture invalidated", False)])
+    assert len(attempts) == 1 and backend.mode == "eager"  # no retry on a broken allocator
+    assert "not tried" in err and "NOT graph-replay figures" in err
 
 
 @pytest.mark.parametrize("backend_name", ["hf-loop", "static", "hf-generate"])

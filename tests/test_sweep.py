@@ -11,13 +11,14 @@ import pytest
 import torch
 
 import perfkit.sweep as sweep_mod
-from conftest import ROOT
 from perfkit.cli import main as cli_main
 from perfkit.errors import UsageError
 from perfkit.measure import Point, System, measure_point
 from perfkit.results import load_results
-from perfkit.sweep import FAULT_ENV, Search, Unit, plan, run_sweep
-from sweep_helpers import write_params
+from perfkit.search import BatchSearch, SearchSpec
+from perfkit.sweep import FAULT_ENV, plan, run_sweep
+
+from helpers import ROOT, write_params
 
 CPU = System("cpu", "hf-loop", "float32", "cpu", "sdpa")
 
@@ -79,8 +80,8 @@ def _row(status="ok", tok_s=float("nan"), e2e_spread=0.01):
 
 
 def test_search_stops_on_plateau_oom_or_grid_end():
-    unit = Unit(CPU, "m", 16, 4, (4,))
-    s = Search(unit, (1, 2, 4, 8, 16), min_gain=0.03)
+    spec = SearchSpec(CPU, "m", 16, 4, (4,))
+    s = BatchSearch(spec, (1, 2, 4, 8, 16), min_gain=0.03)
     for tok_s in (100.0, 180.0, 185.0):
         assert not s.finished()
         rows = {4: _row(tok_s=tok_s)}
@@ -88,36 +89,36 @@ def test_search_stops_on_plateau_oom_or_grid_end():
     assert rows[4]["search_stop"] == "plateau" and rows[4]["search_gain"] == pytest.approx(185 / 180 - 1)
     assert s.finished() and s.stop == {4: "plateau"}
 
-    s = Search(unit, (1, 2, 4, 8), min_gain=0.03)
+    s = BatchSearch(spec, (1, 2, 4, 8), min_gain=0.03)
     s.judge({4: _row(tok_s=100.0)})
     s.judge({4: _row("error")})  # an error neither stops the search nor becomes the reference
     rows = {4: _row(tok_s=102.0)}
     s.judge(rows)
     assert rows[4]["search_stop"] == "plateau" and rows[4]["search_gain"] == pytest.approx(0.02)
 
-    s = Search(unit, (1, 2, 4), min_gain=None)
+    s = BatchSearch(spec, (1, 2, 4), min_gain=None)
     s.judge({4: _row(tok_s=100.0)})
     rows = {4: _row("oom")}
     s.judge(rows)
     assert rows[4]["search_stop"] == "oom" and s.finished() and s.remaining() == 0
 
-    s = Search(unit, (1, 2), min_gain=0.03)
+    s = BatchSearch(spec, (1, 2), min_gain=0.03)
     s.judge({4: _row(tok_s=100.0)})
     rows = {4: _row(tok_s=150.0)}
     s.judge(rows)
     assert rows[4]["search_stop"] == "grid_end" and s.finished()
 
     # derived output lengths share a run: each keeps its own search, the run goes on while one is live
-    s = Search(Unit(CPU, "m", 16, 8, (4, 8)), (1, 2, 4), min_gain=0.03)
+    s = BatchSearch(SearchSpec(CPU, "m", 16, 8, (4, 8)), (1, 2, 4), min_gain=0.03)
     s.judge({4: _row(tok_s=100.0), 8: _row(tok_s=100.0)})
     s.judge({4: _row(tok_s=101.0), 8: _row(tok_s=150.0)})
     assert s.live() == (8,) and s.next_job().output_lens == (8,)
 
 
 def test_a_plateau_read_through_noise_takes_the_next_batch():
-    unit = Unit(CPU, "m", 16, 4, (4,))
+    spec = SearchSpec(CPU, "m", 16, 4, (4,))
     # B=2 reads as a 5 % loss, but its e2e spread is 20 %: not believed, the search goes on to B=4
-    s = Search(unit, (1, 2, 4, 8, 16), min_gain=0.03)
+    s = BatchSearch(spec, (1, 2, 4, 8, 16), min_gain=0.03)
     s.judge({4: _row(tok_s=100.0)})
     noisy = {4: _row(tok_s=95.0, e2e_spread=0.2)}
     s.judge(noisy)
@@ -132,32 +133,32 @@ def test_a_plateau_read_through_noise_takes_the_next_batch():
     s.judge(quiet)
     assert quiet[4]["search_stop"] == "plateau" and s.finished()
     # exactly at the threshold (IQR/median = 10 %) counts as quiet, as metrics.is_noisy does
-    s = Search(unit, (1, 2, 4), min_gain=0.03)
+    s = BatchSearch(spec, (1, 2, 4), min_gain=0.03)
     s.judge({4: _row(tok_s=100.0, e2e_spread=0.1)})
     edge = {4: _row(tok_s=100.0, e2e_spread=0.1)}
     s.judge(edge)
     assert edge[4]["search_stop"] == "plateau"
     # a noisy row that gains enough simply continues, and one at the grid's end ends it
-    s = Search(unit, (1, 2), min_gain=0.03)
+    s = BatchSearch(spec, (1, 2), min_gain=0.03)
     s.judge({4: _row(tok_s=100.0)})
     end = {4: _row(tok_s=90.0, e2e_spread=0.3)}
     s.judge(end)
     assert end[4]["search_stop"] == "grid_end_noisy" and s.finished()  # the doubt is kept at the end
     # the doubt stays through a noisy gain, to the grid's end
-    s = Search(unit, (1, 2, 4), min_gain=0.03)
+    s = BatchSearch(spec, (1, 2, 4), min_gain=0.03)
     s.judge({4: _row(tok_s=100.0)})
     s.judge({4: _row(tok_s=90.0, e2e_spread=0.3)})
     end = {4: _row(tok_s=150.0, e2e_spread=0.3)}
     s.judge(end)
     assert end[4]["search_stop"] == "grid_end_noisy"
     # a clear, quiet gain after it shows the search was not done there: a plain grid_end
-    s = Search(unit, (1, 2, 4, 8), min_gain=0.03)
+    s = BatchSearch(spec, (1, 2, 4, 8), min_gain=0.03)
     for tok_s, spread in ((100.0, 0.01), (98.0, 0.3), (150.0, 0.01)):
         s.judge({4: _row(tok_s=tok_s, e2e_spread=spread)})
     end = {4: _row(tok_s=220.0)}
     s.judge(end)
     assert end[4]["search_stop"] == "grid_end"
-    s = Search(unit, (1, 2), min_gain=0.03)
+    s = BatchSearch(spec, (1, 2), min_gain=0.03)
     s.judge({4: _row(tok_s=100.0, e2e_spread=0.3)})  # noisy, but gaining: no doubt raised
     end = {4: _row(tok_s=150.0, e2e_spread=0.3)}
     s.judge(end)
@@ -165,9 +166,9 @@ def test_a_plateau_read_through_noise_takes_the_next_batch():
 
 
 def test_patience_lets_the_search_past_a_stall():
-    unit = Unit(CPU, "m", 16, 4, (4,))
+    spec = SearchSpec(CPU, "m", 16, 4, (4,))
     # B=2 stalls (as a CPU's kernel choice made tiny-llama3-8b do), B=4 jumps: patience 2 finds the jump
-    s = Search(unit, (1, 2, 4, 8, 16, 32), min_gain=0.03, patience=2)
+    s = BatchSearch(spec, (1, 2, 4, 8, 16, 32), min_gain=0.03, patience=2)
     verdicts = []
     for tok_s in (100.0, 101.0, 250.0, 252.0, 251.0):
         rows = {4: _row(tok_s=tok_s)}
@@ -175,13 +176,13 @@ def test_patience_lets_the_search_past_a_stall():
         verdicts.append(rows[4]["search_stop"])
     assert verdicts == ["", "", "", "", "plateau"] and s.finished()  # two stalls in a row end it at B=16
     # a noisy stall breaks the row: stall, noisy stall, stall is not two in a row
-    s = Search(unit, (1, 2, 4, 8, 16), min_gain=0.03, patience=2)
+    s = BatchSearch(spec, (1, 2, 4, 8, 16), min_gain=0.03, patience=2)
     for tok_s, spread in ((100.0, 0.01), (101.0, 0.01), (100.0, 0.3), (101.0, 0.01)):
         rows = {4: _row(tok_s=tok_s, e2e_spread=spread)}
         s.judge(rows)
     assert rows[4]["search_stop"] == "" and not s.finished()
     # with patience 1 the first stall ends it
-    s = Search(unit, (1, 2, 4), min_gain=0.03)
+    s = BatchSearch(spec, (1, 2, 4), min_gain=0.03)
     s.judge({4: _row(tok_s=100.0)})
     rows = {4: _row(tok_s=101.0)}
     s.judge(rows)
@@ -209,6 +210,7 @@ def test_oom_is_recorded_memory_freed_and_the_search_stops(tmp_path, monkeypatch
     assert run_sweep(params, out_dir=out, progress=False).measured == 0
 
 
+@pytest.mark.slow
 def test_cli_error_points_are_recorded_summarised_exit_1_and_retried(tmp_path, monkeypatch, capsys):
     params = write_params(tmp_path / "p.yaml", models=["tiny-llama2-13b", "tiny-mistral-7b"],
                           grid={"input_lens": [8], "output_lens": [2], "batch_sizes": [1, 2, 4]}, repeats=1)
@@ -228,6 +230,7 @@ def test_cli_error_points_are_recorded_summarised_exit_1_and_retried(tmp_path, m
     assert len(df) == 6 and set(df["status"]) == {"ok"}  # the failed points were redone, once each
 
 
+@pytest.mark.slow
 def test_derived_output_lens_match_a_direct_run(tmp_path, tiny_models):
     model = tiny_models["tiny-llama2-13b"]
     threads = torch.get_num_threads()
@@ -342,6 +345,7 @@ def _point_files(out):
     return [f for f in glob.glob(os.path.join(out, "points", "*.parquet"))]
 
 
+@pytest.mark.slow
 def test_sigkill_midway_then_the_same_command_finishes_every_point_exactly_once(tmp_path):
     params = write_params(tmp_path / "p.yaml", grid={"input_lens": [16, 32], "output_lens": [6],
                                                      "batch_sizes": [1, 2, 4]}, repeats=3)
@@ -377,19 +381,20 @@ def test_budget_estimates_scale_each_phase_from_stored_points(tmp_path):
     from tqdm import tqdm
 
     from perfkit.params import load_params
-    from perfkit.sweep import Job, _Faults, _Runner
+    from perfkit.search import BatchRun
+    from perfkit.sweep import _Faults, _SweepRunner
 
     params = load_params(write_params(tmp_path / "p.yaml", repeats=2))  # warmup 1 + 2 repeats = 3 runs
     stored = {"k": {"status": "ok", "derived_from_output_len": None, "system": "cpu", "model": "tiny-llama2-13b",
                     "dtype": "float32", "batch": 1, "input_len": 128, "output_len": 128, "ttft_ms": 10.0,
                     "tpot_ms": 50.0, "setup_ms": 0.0, "warmup": 1, "repeats": 2}}
     with tqdm(disable=True) as bar:
-        runner = _Runner(params, str(tmp_path / "out"), {"cpu": {"device_name": "a CPU"}}, _Faults(None), 1.0,
+        runner = _SweepRunner(params, str(tmp_path / "out"), {"cpu": {"device_name": "a CPU"}}, _Faults(None), 1.0,
                          bar, time.perf_counter())
         runner.learn(stored)
-        same = runner._estimate_job(Job(Unit(CPU, "tiny-llama2-13b", 128, 128, (128,)), 1, (128,)))
+        same = runner._estimate_job(BatchRun(SearchSpec(CPU, "tiny-llama2-13b", 128, 128, (128,)), 1, (128,)))
         assert same == pytest.approx(3 * (0.010 + 127 * 0.050))
-        long_prompt = runner._estimate_job(Job(Unit(CPU, "tiny-llama2-13b", 2048, 128, (128,)), 1, (128,)))
+        long_prompt = runner._estimate_job(BatchRun(SearchSpec(CPU, "tiny-llama2-13b", 2048, 128, (128,)), 1, (128,)))
         # the prompt pass scales with its FLOPs (~16x), a decode step with the bytes it reads (~1x here)
         assert 1.0 < long_prompt / same < 2.0  # the old B·(I + O) scaling said 13x
         assert runner._fits(30.0) and not runner._fits(61.0)  # a 1-minute budget
@@ -461,7 +466,7 @@ def test_a_long_prompt_no_longer_ends_the_sweep(tmp_path, monkeypatch):
 def test_out_of_memory_reported_as_a_runtime_error_counts_as_oom():
     import torch
 
-    from perfkit.sweep import is_out_of_memory
+    from perfkit.measure import is_out_of_memory
 
     assert is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
     assert is_out_of_memory(RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling cublasCreate"))
@@ -480,6 +485,7 @@ def test_systems_differing_only_in_backend_share_one_build(tmp_path, spy):
     assert set(load_results(out.out_dir)["backend"]) == {"hf-loop", "static"}
 
 
+@pytest.mark.slow
 def test_resume_retries_an_error_but_not_the_stored_points_after_it(tmp_path, spy):
     from perfkit.results import write_point
 
@@ -495,3 +501,17 @@ def test_resume_retries_an_error_but_not_the_stored_points_after_it(tmp_path, sp
     assert [c[3] for c in spy.calls] == [2] and again.measured == 1  # batch 4 was stored ok: judged, not measured again
     df = load_results(out)
     assert len(df) == 3 and set(df["status"]) == {"ok"}
+
+
+def test_the_budget_learns_from_a_run_whose_own_output_length_already_plateaued(tmp_path, monkeypatch):
+    """Derived output lengths: the longest O (the one run) can plateau while a shorter O still gains; the
+    next runs then yield rows for the shorter O only, and the budget must still learn from the run."""
+    _fake_timings(monkeypatch, ttft_s=lambda p: 0.05, step_s=lambda p: 0.01 * p.batch)
+    params = write_params(tmp_path / "p.yaml", derive_output_lens=True, search={"min_gain": 0.03},
+                          grid={"input_lens": [16], "output_lens": [2, 64], "batch_sizes": [1, 2, 4, 8]})
+    out = str(tmp_path / "out")
+    outcome = run_sweep(params, out_dir=out, progress=False, max_minutes=60)
+    df = load_results(out)
+    assert df.loc[df["output_len"] == 64, "batch"].max() == 4  # O = 64 stopped on a plateau at B = 4
+    assert df.loc[df["output_len"] == 2, "batch"].max() == 8  # O = 2 went on, measured by the O = 64 run
+    assert not outcome.failures and not outcome.stopped_early

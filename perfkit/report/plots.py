@@ -15,7 +15,7 @@ import pandas as pd
 
 from perfkit.compare import BETTER, NOISE, STUDY_TITLES, WORSE
 
-VERDICT_COLOURS = {BETTER: "#2e7d32", WORSE: "#c62828", NOISE: "#9e9e9e"}
+VERDICT_BAR_COLOURS = {BETTER: "#2e7d32", WORSE: "#c62828", NOISE: "#9e9e9e"}
 
 
 def _grid(n: int, width: float = 4.2, height: float = 3.2):
@@ -86,14 +86,15 @@ def _config_label(r) -> str:
     return f"I={r['input_len']}" + ("" if pd.isna(o) else f" O={int(o)}")
 
 
-def ratio_bars(study: pd.DataFrame, target: str, baseline: str):
-    """One panel per study metric: a bar per (model, config), the interval drawn, the line at 1."""
+def ratio_bars(study: pd.DataFrame, target: str, baseline: str, confidence: float = 0.95):
+    """One panel per study metric: a bar per (model, config), the interval drawn, the line at 1.
+    `confidence`: the level the intervals were computed at (the comparison's), named in the title."""
     metrics = [m for m in STUDY_TITLES if m in set(study["metric"])]
     fig, axes = _grid(len(metrics), width=5.2, height=3.6)
     for ax, metric in zip(axes, metrics):
         s = study[study["metric"] == metric].reset_index(drop=True)
         x = np.arange(len(s))
-        colours = [VERDICT_COLOURS[v] for v in s["verdict"]]
+        colours = [VERDICT_BAR_COLOURS[v] for v in s["verdict"]]
         ax.bar(x, s["ratio"] - 1, bottom=1, color=colours, alpha=0.85, width=0.7)
         yerr = np.vstack([s["ratio"] - s["ratio_lo"], s["ratio_hi"] - s["ratio"]]).clip(min=0)
         ax.errorbar(x, s["ratio"], yerr=yerr, fmt="none", ecolor="black", capsize=3, lw=1)
@@ -110,9 +111,10 @@ def ratio_bars(study: pd.DataFrame, target: str, baseline: str):
         ax.set_title(STUDY_TITLES[metric], fontsize=9)
         ax.set_ylabel("ratio (< 1: target better)", fontsize=8)
         ax.grid(axis="y", alpha=0.3, which="both")
-    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in VERDICT_COLOURS.values()]
-    fig.legend(handles, list(VERDICT_COLOURS), loc="upper right", fontsize=8, ncols=3)
-    fig.suptitle(f"{target} (target) vs {baseline} (baseline): ratios with 95% bootstrap intervals", x=0.02,
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in VERDICT_BAR_COLOURS.values()]
+    fig.legend(handles, list(VERDICT_BAR_COLOURS), loc="upper right", fontsize=8, ncols=3)
+    fig.suptitle(f"{target} (target) vs {baseline} (baseline): ratios with {confidence:.0%} bootstrap intervals",
+                 x=0.02,
                  ha="left")
     fig.tight_layout(rect=(0, 0, 1, 0.95))
     return fig

@@ -1,5 +1,7 @@
 """The study's headline tables from a results DataFrame: `perfkit.summarize(df)` (defined here).
 
+The command line prints them with `perfkit summary DIR`; the reports render them.
+
 Returns a dict of pandas DataFrames, one row per model and configuration, ready for a report:
 
     ttft            system, model, input_len, ttft_ms, ttft_iqr_ms             (batch 1)
@@ -31,10 +33,12 @@ IDENTITY = ["system", "model", "input_len", "output_len", "batch"]
 CONFIG = ["system", "model", "input_len"]
 
 
-def _latest(df: pd.DataFrame) -> pd.DataFrame:
+def latest_per_point(df: pd.DataFrame, keys: list[str] = IDENTITY) -> pd.DataFrame:
+    """One row per point: where a point was measured more than once (a `perfkit run` appends, a changed
+    params file measures under a new key), the newest row."""
     if "created_utc" in df:
         df = df.sort_values("created_utc", kind="stable")
-    return df.drop_duplicates(IDENTITY, keep="last")
+    return df.drop_duplicates(keys, keep="last")
 
 
 def _pooled_ms(group: pd.DataFrame, samples: str, median: str) -> np.ndarray:
@@ -102,7 +106,7 @@ def _single_user(ok: pd.DataFrame) -> pd.DataFrame:
     return su.sort_values(IDENTITY)[columns].reset_index(drop=True)
 
 
-# How a finished search ends (perfkit.sweep.Search); any other last row means it did not finish.
+# How a finished search ends (perfkit.search.BatchSearch); any other last row means it did not finish.
 SEARCH_ENDS = ("plateau", "grid_end", "grid_end_noisy")
 
 
@@ -154,7 +158,7 @@ def summarize(df) -> dict[str, pd.DataFrame]:
 
         df = load_results(df)
     if len(df):
-        df = _latest(df)
+        df = latest_per_point(df)
     ok = df[df["status"] == "ok"] if len(df) else df
     return {
         "ttft": _ttft(ok),
@@ -165,9 +169,9 @@ def summarize(df) -> dict[str, pd.DataFrame]:
     }
 
 
-# ---- perfkit summary: the same tables in a terminal --------------------------------------------------
+# ---- for `perfkit summary` and the reports --------------------------------------------------------
 
-TITLES = {
+TABLE_TITLES = {
     "ttft": "Time to first token at batch 1",
     "prefill_max": "Max prefill throughput over batch > 1",
     "single_user": "Single-user throughput at batch 1 (prompt phase included)",
@@ -177,7 +181,7 @@ TITLES = {
 }
 POINT_COLUMNS = ["system", "model", "input_len", "output_len", "batch", "status", "backend_mode", "ttft_ms",
                  "tpot_ms", "output_tok_s", "peak_mem_bytes", "noisy"]
-SOL_COLUMNS = ["system", "model", "input_len", "output_len", "batch", "ttft_ms", "prefill_tflop_s", "mfu_spec",
+SPEED_OF_LIGHT_TABLE_COLUMNS = ["system", "model", "input_len", "output_len", "batch", "ttft_ms", "prefill_tflop_s", "mfu_spec",
                "mfu_probed", "tpot_ms", "decode_gb_s", "mbu_spec", "mbu_probed"]
 
 
@@ -185,73 +189,8 @@ def speed_of_light_table(df: pd.DataFrame, probe=None) -> pd.DataFrame:
     """Every measured point's achieved fractions (perfkit.roofline); NaN where a peak is unknown."""
     from perfkit.roofline import add_speed_of_light
 
-    ok = _latest(df[df["status"] == "ok"]) if len(df) else df
+    ok = latest_per_point(df[df["status"] == "ok"]) if len(df) else df
     if ok.empty:
-        return pd.DataFrame(columns=SOL_COLUMNS)
+        return pd.DataFrame(columns=SPEED_OF_LIGHT_TABLE_COLUMNS)
     sol = add_speed_of_light(ok, probe=probe)
-    return sol[SOL_COLUMNS].sort_values(IDENTITY).reset_index(drop=True)
-
-
-def format_number(value: float) -> str:
-    """A figure for a terminal table: thousands separated from 1,000 up, 4 significant digits below, "-" if NaN."""
-    if pd.isna(value) or not np.isfinite(value):
-        return "-"
-    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
-
-
-def _as_text(table: pd.DataFrame) -> str:
-    if table.empty:
-        return "(none)"
-    shown = table.copy()
-    for col in shown.columns:
-        if col.startswith(("mfu", "mbu")):
-            shown[col] = shown[col].map(lambda v: "unknown" if pd.isna(v) else f"{v:.1%}")
-        elif col == "peak_mem_bytes":
-            shown[col] = shown[col].map(lambda v: "-" if pd.isna(v) else f"{v / 2**30:.2f} GiB")
-        elif shown[col].dtype.kind == "f":
-            shown[col] = shown[col].map(format_number)
-    return shown.rename(columns={"peak_mem_bytes": "peak_mem"}).to_string(index=False)
-
-
-def _cmd_summary(args) -> int:
-    from perfkit.errors import UsageError
-    from perfkit.results import atomic_write, check_out_dir, load_results
-
-    if not os.path.isdir(args.results):
-        raise UsageError(f"results directory {args.results!r} does not exist" if not os.path.exists(args.results)
-                         else f"{args.results!r} is a file, expected a results directory")
-    if args.csv:
-        check_out_dir(args.csv, "--csv", "a directory for the tables' CSV files")
-    df = load_results(args.results)
-    if args.system:
-        labels = sorted(df["system"].dropna().unique()) if len(df) else []
-        if args.system not in labels:
-            raise UsageError(f"system {args.system!r} is not in {args.results}: found {', '.join(labels) or 'no results'}")
-        df = df[df["system"] == args.system]
-    if df.empty:
-        raise UsageError(f"no results in {args.results} (expected points/*.parquet written by perfkit run or sweep)")
-    tables = summarize(df)
-    tables["speed_of_light"] = speed_of_light_table(df, probe=args.results)
-    counts = df["status"].value_counts()
-    devices = ", ".join(sorted({str(d) for d in df["device_name"].dropna()})) if "device_name" in df else "unknown"
-    print(f"{args.results}: {len(df)} points on {devices or 'unknown'} ({counts.get('ok', 0)} ok, "
-          f"{counts.get('oom', 0)} out of memory, {counts.get('error', 0)} failed)")
-    if args.points:
-        cols = [c for c in POINT_COLUMNS if c in df]
-        print(f"\n--- every point\n{_as_text(_latest(df)[cols].sort_values(IDENTITY))}")
-    for name, table in tables.items():
-        print(f"\n--- {name}: {TITLES[name]}\n{_as_text(table)}")
-    if args.csv:
-        for name, table in tables.items():
-            atomic_write(os.path.join(args.csv, f"{name}.csv"), lambda f, t=table: f.write(t.to_csv(index=False).encode()))
-        print(f"\nwrote {len(tables)} tables as CSV to {args.csv}")
-    return 0
-
-
-def add_subcommand(sub) -> None:
-    p = sub.add_parser("summary", help="the study's tables and speed of light of a results directory, as text")
-    p.add_argument("results", help="results directory (points/*.parquet; probes/*.json give the probed fractions)")
-    p.add_argument("--system", default=None, help="only this system label")
-    p.add_argument("--points", action="store_true", help="also list every point with its status")
-    p.add_argument("--csv", default=None, metavar="DIR", help="also write each table to DIR/<table>.csv")
-    p.set_defaults(func=_cmd_summary)
+    return sol[SPEED_OF_LIGHT_TABLE_COLUMNS].sort_values(IDENTITY).reset_index(drop=True)

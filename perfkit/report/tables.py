@@ -1,6 +1,6 @@
 """The tables of a report and of a comparison, as pandas DataFrames and Stylers (pandas only: no plotting).
 
-The notebooks display what these functions return; the numbers come from perfkit.summarize (one system's
+The notebooks display what these functions return; the numbers come from perfkit.summary (one system's
 study tables) and perfkit.compare (target vs baseline ratios), never recomputed here.
 """
 
@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pandas as pd
 
 from perfkit.compare import BETTER, NOISE, POINT_METRICS, STUDY_TITLES, WORSE, Comparison
+from perfkit.metrics import geometric_mean
 
 MIB = 2**20
 
@@ -49,7 +49,7 @@ def metric_card() -> pd.DataFrame:
     return pd.DataFrame(METRIC_CARD, columns=["metric", "definition"])
 
 
-def left(df: pd.DataFrame):
+def text_table(df: pd.DataFrame):
     """A Styler of a text table: left-aligned, no index."""
     return df.style.hide(axis="index").set_properties(**{"text-align": "left"}) \
         .set_table_styles([{"selector": "th", "props": [("text-align", "left")]}])
@@ -123,11 +123,11 @@ EMPTY = {OOM_TITLE: "_none: every batch measured fit in memory_",
          "Multi-user total max throughput (batch > 1)": "_none: no batch above 1 was measured_"}
 
 
-def study_tables(df: pd.DataFrame) -> dict[str, dict[str, pd.DataFrame]]:
+def model_tables(df: pd.DataFrame) -> dict[str, dict[str, pd.DataFrame]]:
     """Per model, the study's tables (plain DataFrames), titled. `df` may hold several systems."""
-    import perfkit
+    from perfkit.summary import summarize
 
-    s = perfkit.summarize(df)
+    s = summarize(df)
     ok = df[df["status"] == "ok"].copy()
     ok["peak_mem_mib"] = ok["peak_mem_bytes"].astype(float) / MIB
     out = {}
@@ -153,24 +153,19 @@ def study_tables(df: pd.DataFrame) -> dict[str, dict[str, pd.DataFrame]]:
     return out
 
 
-def styled(df: pd.DataFrame):
+def number_table(df: pd.DataFrame):
+    """A Styler of a study table: readable headers, whole batch and lengths, figures to 1–2 decimals."""
     return _fmt(df, {"B": "{:.0f}", "I": "{:.0f}", "O": "{:.0f}"})
 
 
 # ---- comparison tables --------------------------------------------------------------------------
 
-VERDICT_COLOURS = {BETTER: "#c8e6c9", WORSE: "#ffcdd2", NOISE: "#eeeeee"}
+# light cell backgrounds for tables (perfkit.report.plots has the strong colours of bars)
+VERDICT_CELL_COLOURS = {BETTER: "#c8e6c9", WORSE: "#ffcdd2", NOISE: "#eeeeee"}
 
 
 def _interval(lo: float, hi: float) -> str:
     return "—" if not (math.isfinite(lo) and math.isfinite(hi)) else f"{lo:.3f} – {hi:.3f}"
-
-
-def _colour_by_verdict(frame: pd.DataFrame, verdicts: pd.DataFrame):
-    def css(v):
-        return f"background-color: {VERDICT_COLOURS.get(v, '')}" if v in VERDICT_COLOURS else ""
-
-    return verdicts.map(css).set_axis(frame.columns, axis=1) if isinstance(verdicts, pd.DataFrame) else None
 
 
 def study_comparison(c: Comparison, metric: str):
@@ -193,7 +188,7 @@ def study_comparison(c: Comparison, metric: str):
     verdicts = table["verdict"]
     fmt = {f"{c.target} ({unit})": "{:,.2f}", f"{c.baseline} ({unit})": "{:,.2f}", "ratio": "{:.3f}"}
     return (table.style.format(fmt, na_rep="—").hide(axis="index")
-            .apply(lambda _: [f"background-color: {VERDICT_COLOURS.get(v, '')}" for v in verdicts],
+            .apply(lambda _: [f"background-color: {VERDICT_CELL_COLOURS.get(v, '')}" for v in verdicts],
                    subset=["ratio", "verdict"], axis=0))
 
 
@@ -213,7 +208,7 @@ def point_comparison(c: Comparison, model: str):
     cells = cells.reset_index().rename(columns=_NICE)
     verdicts = verdicts.reset_index(drop=True)
     return (cells.style.hide(axis="index")
-            .apply(lambda _: verdicts.map(lambda v: f"background-color: {VERDICT_COLOURS.get(v, '')}").to_numpy(),
+            .apply(lambda _: verdicts.map(lambda v: f"background-color: {VERDICT_CELL_COLOURS.get(v, '')}").to_numpy(),
                    subset=list(verdicts.columns), axis=None))
 
 
@@ -223,7 +218,7 @@ def verdict_counts(c: Comparison) -> pd.DataFrame:
         return pd.DataFrame(columns=["metric", BETTER, NOISE, WORSE, "geometric-mean ratio"])
     g = c.study.groupby("metric", sort=False)
     t = g["verdict"].value_counts().unstack(fill_value=0).reindex(columns=[BETTER, NOISE, WORSE], fill_value=0)
-    t["geometric-mean ratio"] = g["ratio"].apply(lambda r: float(np.exp(np.log(r).mean())))
+    t["geometric-mean ratio"] = g["ratio"].apply(geometric_mean)
     t.index = [STUDY_TITLES.get(m, m) for m in t.index]
     return t.reset_index(names="metric")
 
@@ -268,7 +263,7 @@ def side_rows(results_dir: str, label: str) -> pd.DataFrame:
 def systems_table(c: Comparison):
     t = c.systems.set_index("side").T
     t.index.name = "property"
-    return left(t.reset_index())
+    return text_table(t.reset_index())
 
 
 def how_to_read(c: Comparison) -> str:
@@ -313,7 +308,7 @@ def bottom_line(c: Comparison) -> str:
             continue
         n = len(st)
         counts = st["verdict"].value_counts()
-        geo = float(np.exp(np.log(st["ratio"]).mean()))
+        geo = geometric_mean(st["ratio"])
         if counts.get(BETTER, 0) > n / 2:
             call = f"**target better** in {counts[BETTER]} of {n}"
         elif counts.get(WORSE, 0) > n / 2:

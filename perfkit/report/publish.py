@@ -1,23 +1,19 @@
-"""Run the notebooks with papermill and publish them as self-contained HTML, plus reports/index.html.
+"""Run the notebooks with papermill and publish them as self-contained HTML, plus an index.html.
 
-    python -m perfkit.publish sweep PARAMS.yaml [--system LABEL ...] [--results DIR]
-    python -m perfkit.publish report RESULTS_DIR [--system LABEL] [--name NAME]
-    python -m perfkit.publish compare TARGET BASELINE [--target-system L] [--baseline-system L] [--name NAME]
-    python -m perfkit.publish all RESULTS_ROOT           # one report per (results directory, system)
-    python -m perfkit.publish index
+The command line is `perfkit publish sweep|report|compare|all|index` (perfkit.cli); these functions are
+what it calls. Executed notebooks and their HTML land in the reports folder (default reports/); the index
+at reports/index.html (or in the reports folder given, when that is outside reports/) links every report
+found below it with its date, device and systems, read from the metadata each notebook publishes. HTML is
+rendered without code cells, with images embedded as data URIs and no external script (no MathJax, no
+require.js), so a report opens offline.
 
-Executed notebooks and their HTML land in --out (default reports/); the index at reports/index.html (or
-in --out when that is outside reports/) links every report found below it with its date, device and
-systems, read from the metadata each notebook publishes. HTML is rendered without code cells, with images
-embedded as data URIs and no external script (no MathJax, no require.js), so a report opens offline.
-
-Inputs are checked before any notebook runs: bad input is one line on stderr, exit code 2, nothing written.
-This module is notebook machinery (papermill, nbconvert, IPython): the measuring core never imports it.
+Inputs are checked before any notebook runs: bad input is a UsageError (one line, exit 2), nothing
+written. A notebook works from the project's root (perfkit.report.notebook), wherever the command was
+run, so the paths handed to it are made relative to that root (or absolute, outside the project).
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import html
 import os
@@ -26,14 +22,16 @@ import sys
 import warnings
 
 from perfkit.errors import UsageError
+from perfkit.results import atomic_write
 
 # Inside a kernel tqdm.auto asks for ipywidgets; a published page wants neither widgets nor the warning.
 warnings.filterwarnings("ignore", message="IProgress not found")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NOTEBOOKS = os.path.join(ROOT, "notebooks")
+from perfkit.report.notebook import PROJECT_ROOT
+
+NOTEBOOKS = os.path.join(PROJECT_ROOT, "notebooks")
 META_MIME = "application/vnd.perfkit.meta+json"
-DEFAULT_OUT = "reports"
+DEFAULT_REPORTS = "reports"
 
 # The lab template without its external scripts (MathJax, require.js, mermaid: all CDN links), and a
 # narrower, report-like page.
@@ -84,18 +82,9 @@ def banner(text: str, css: str = "perfkit-banner") -> str:
 
 def load_for_report(results_dir: str, system: str | None = None):
     """The rows (and runs) a report shows; UsageError when there is nothing to show."""
-    from perfkit.results import load_results, load_runs
+    from perfkit.results import load_runs, open_results, select_system
 
-    if not results_dir or not os.path.isdir(results_dir):
-        raise UsageError(f"results directory {results_dir!r} does not exist: expected the --out of a sweep")
-    df = load_results(results_dir)
-    if df.empty:
-        raise UsageError(f"results directory {results_dir!r} holds no measured points (no points/*.parquet)")
-    if system:
-        labels = sorted(df["system"].dropna().unique())
-        if system not in labels:
-            raise UsageError(f"system {system!r} is not in {results_dir}: found {', '.join(labels)}")
-        df = df[df["system"] == system].reset_index(drop=True)
+    df = select_system(open_results(results_dir), system, results_dir)
     return df, load_runs(results_dir)
 
 
@@ -105,13 +94,32 @@ def _slug(text: str) -> str:
 
 # ---- running and converting ------------------------------------------------------------------------
 
+def _ipc_kernel_manager(socket_dir: str):
+    """A kernel manager whose kernel talks to papermill over Unix sockets in `socket_dir`, not over TCP:
+    nothing listens on the network, and the kernel has no unencrypted-TCP warning to print."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class IpcKernelManager(AsyncKernelManager):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.transport = "ipc"
+            self.ip = os.path.join(socket_dir, "kernel")  # socket files: kernel-1, kernel-2, ...
+
+    return IpcKernelManager
+
+
 def run_notebook(name: str, out_ipynb: str, parameters: dict, log_output: bool = False) -> str:
-    """Execute notebooks/<name>.ipynb with papermill into `out_ipynb` (in the current directory's context)."""
+    """Execute notebooks/<name>.ipynb with papermill into `out_ipynb` (the notebook works from the project's
+    root, so `parameters` hold paths as _for_notebook gives them)."""
+    import tempfile
+
     import papermill
 
     os.makedirs(os.path.dirname(os.path.abspath(out_ipynb)), exist_ok=True)
-    papermill.execute_notebook(os.path.join(NOTEBOOKS, f"{name}.ipynb"), out_ipynb, parameters=parameters,
-                               kernel_name="python3", progress_bar=False, log_output=log_output, cwd=os.getcwd())
+    with tempfile.TemporaryDirectory(prefix="perfkit-kernel-") as socket_dir:
+        papermill.execute_notebook(os.path.join(NOTEBOOKS, f"{name}.ipynb"), out_ipynb, parameters=parameters,
+                                   kernel_name="python3", progress_bar=False, log_output=log_output,
+                                   cwd=os.getcwd(), kernel_manager_class=_ipc_kernel_manager(socket_dir))
     return out_ipynb
 
 
@@ -132,10 +140,7 @@ def to_html(ipynb: str, out_html: str) -> str:
                             template_file="perfkit.html.j2", exclude_input=True, exclude_input_prompt=True,
                             exclude_output_prompt=True, embed_images=True)
     body, _ = exporter.from_notebook_node(nb)
-    tmp = out_html + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(body)
-    os.replace(tmp, out_html)
+    atomic_write(out_html, lambda f: f.write(body.encode("utf-8")))
     return out_html
 
 
@@ -167,13 +172,13 @@ def read_meta(nb_or_path) -> dict:
     return {}
 
 
-def _index_root(out_dir: str) -> str:
-    out = os.path.abspath(out_dir)
-    root = os.path.abspath(DEFAULT_OUT)
+def _index_root(reports_dir: str) -> str:
+    out = os.path.abspath(reports_dir)
+    root = os.path.abspath(DEFAULT_REPORTS)
     return root if (out == root or out.startswith(root + os.sep)) else out
 
 
-def build_index(root: str = DEFAULT_OUT) -> str:
+def build_index(root: str = DEFAULT_REPORTS) -> str:
     """reports/index.html: every report below `root`, newest first, with its date, device and systems."""
     import glob
 
@@ -219,62 +224,76 @@ not the study's hardware.</p>
 {body}
 </tbody></table></body></html>
 """
-    os.makedirs(root, exist_ok=True)
     path = os.path.join(root, "index.html")
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        f.write(page)
-    os.replace(path + ".tmp", path)
+    atomic_write(path, lambda f: f.write(page.encode("utf-8")))
     return path
 
 
-def _publish(notebook: str, name: str, out_dir: str, parameters: dict, log_output: bool = False) -> str:
-    out_ipynb = os.path.join(out_dir, f"{name}.ipynb")
+def _for_notebook(path: str) -> str:
+    """A path as a notebook (working from the project's root) must see it: relative to the root when it lies
+    inside the project (reports show `results/demo`, not a machine's absolute path), else absolute."""
+    full = os.path.abspath(path)
+    inside = full == PROJECT_ROOT or full.startswith(PROJECT_ROOT + os.sep)
+    return os.path.relpath(full, PROJECT_ROOT) if inside else full
+
+
+def _publish(notebook: str, name: str, reports_dir: str, parameters: dict, log_output: bool = False) -> str:
+    out_ipynb = os.path.join(reports_dir, f"{name}.ipynb")
     run_notebook(notebook, out_ipynb, parameters, log_output=log_output)
-    out_html = to_html(out_ipynb, os.path.join(out_dir, f"{name}.html"))
-    build_index(_index_root(out_dir))
+    out_html = to_html(out_ipynb, os.path.join(reports_dir, f"{name}.html"))
+    build_index(_index_root(reports_dir))
     return out_html
 
 
-# ---- the three products ------------------------------------------------------------------------------
+# ---- the products ---------------------------------------------------------------------------------
 
-def report(results_dir: str, system: str | None = None, out_dir: str = DEFAULT_OUT, name: str | None = None) -> str:
+def publish_report(results_dir: str, system: str | None = None, reports_dir: str = DEFAULT_REPORTS,
+                   name: str | None = None) -> str:
     load_for_report(results_dir, system)
     name = name or _slug("report-" + os.path.basename(os.path.normpath(results_dir)) + (f"-{system}" if system else ""))
-    return _publish("report", name, out_dir, {"results_dir": results_dir, "system": system or ""})
+    return _publish("report", name, reports_dir, {"results_dir": _for_notebook(results_dir),
+                                                  "system": system or ""})
 
 
-def compare(target: str, baseline: str, target_system: str | None = None, baseline_system: str | None = None,
-            out_dir: str = DEFAULT_OUT, name: str | None = None) -> str:
-    from perfkit.compare import compare as _compare, console_summary
+def publish_comparison(target: str, baseline: str, target_system: str | None = None,
+                       baseline_system: str | None = None, reports_dir: str = DEFAULT_REPORTS,
+                       name: str | None = None) -> str:
+    from perfkit.compare import compare, summary_line
 
-    c = _compare(target, baseline, target_system, baseline_system, n_boot=200)  # the checks, quickly
-    print(console_summary(c), flush=True)
+    c = compare(target, baseline, target_system, baseline_system, n_boot=200)  # the checks, quickly
+    print(summary_line(c), flush=True)
     name = name or _slug(f"compare-{c.target}-vs-{c.baseline}")
-    return _publish("compare", name, out_dir, {"target_dir": target, "baseline_dir": baseline,
-                                               "target_system": target_system or "",
-                                               "baseline_system": baseline_system or ""})
+    return _publish("compare", name, reports_dir, {"target_dir": _for_notebook(target),
+                                                   "baseline_dir": _for_notebook(baseline),
+                                                   "target_system": target_system or "",
+                                                   "baseline_system": baseline_system or ""})
 
 
-def sweep(params: str, systems: list[str] | None = None, results: str | None = None, out_dir: str = DEFAULT_OUT,
-          name: str | None = None) -> str:
+def publish_sweep(params: str, systems: list[str] | None = None, out: str | None = None,
+                  reports_dir: str = DEFAULT_REPORTS, name: str | None = None) -> str:
+    """Run a sweep inside notebooks/sweep.ipynb (its progress is the notebook's log) and publish it."""
     from perfkit.params import load_params
+    from perfkit.results import check_out_dir
 
     p = load_params(params)
     for label in systems or []:
         p.system(label)
-    results = results or os.path.join("results", p.name)
+    out = out or os.path.join("results", p.name)
+    check_out_dir(out)
     name = name or _slug(f"sweep-{p.name}" + ("-" + "-".join(systems) if systems else ""))
-    return _publish("sweep", name, out_dir, {"params_path": params, "systems": list(systems or []),
-                                             "out_dir": results}, log_output=True)
+    return _publish("sweep", name, reports_dir, {"params_path": _for_notebook(params),
+                                                 "systems": list(systems or []),
+                                                 "out_dir": _for_notebook(out)}, log_output=True)
 
 
-def rebuild_all(results_root: str, out_dir: str = DEFAULT_OUT, exclude: list[str] | None = None) -> list[str]:
+def publish_all(results_root: str, reports_dir: str = DEFAULT_REPORTS, exclude: list[str] | None = None) -> list[str]:
     """One report per (results directory, system) found below `results_root`, and their comparisons
     listed in RESULTS_ROOT/comparisons.yaml ([{target: DIR[:LABEL], baseline: DIR[:LABEL]}, ...])."""
     import glob
 
     import yaml
 
+    from perfkit.compare import parse_side
     from perfkit.results import load_results
 
     if not os.path.isdir(results_root):
@@ -286,86 +305,18 @@ def rebuild_all(results_root: str, out_dir: str = DEFAULT_OUT, exclude: list[str
                                        for e in skip)]
     if not dirs:
         print(f"no results below {results_root} (DIR/points/*.parquet): nothing to render", file=sys.stderr)
-        return [build_index(_index_root(out_dir))]
+        return [build_index(_index_root(reports_dir))]
     made = []
     for d in dirs:
         for system in sorted(load_results(d)["system"].dropna().unique()):
-            made.append(report(d, system, out_dir))
+            made.append(publish_report(d, system, reports_dir))
     spec = os.path.join(results_root, "comparisons.yaml")
     if os.path.exists(spec):
         with open(spec) as f:
             pairs = yaml.safe_load(f) or []
-        from perfkit.compare import parse_side
-
         for pair in pairs:
             # DIR[:LABEL] relative to the results root, split as `perfkit compare` splits it
             (t_dir, t_sys), (b_dir, b_sys) = (parse_side(os.path.join(results_root, str(pair[side])))
                                               for side in ("target", "baseline"))
-            made.append(compare(t_dir, b_dir, t_sys, b_sys, out_dir))
+            made.append(publish_comparison(t_dir, b_dir, t_sys, b_sys, reports_dir))
     return made
-
-
-# ---- command line ----------------------------------------------------------------------------------
-
-def _parser() -> argparse.ArgumentParser:
-    from perfkit.cli import _Parser
-
-    p = _Parser(prog="perfkit.publish", description="Run perfkit's notebooks and publish them as HTML.")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    s = sub.add_parser("sweep", help="run notebooks/sweep.ipynb")
-    s.add_argument("params")
-    s.add_argument("--system", action="append", dest="systems", metavar="LABEL")
-    s.add_argument("--results", default=None, help="results directory (default results/<params name>)")
-    r = sub.add_parser("report", help="run notebooks/report.ipynb on a results directory")
-    r.add_argument("results")
-    r.add_argument("--system", default=None)
-    c = sub.add_parser("compare", help="run notebooks/compare.ipynb: target vs baseline")
-    c.add_argument("target", help="results directory of the target, or DIR:SYSTEM")
-    c.add_argument("baseline", help="results directory of the baseline, or DIR:SYSTEM")
-    c.add_argument("--target-system", default=None)
-    c.add_argument("--baseline-system", default=None)
-    a = sub.add_parser("all", help="rebuild every report from a results root (make reports)")
-    a.add_argument("results_root")
-    a.add_argument("--exclude", action="append", default=[], metavar="DIR", help="results directory to leave out")
-    sub.add_parser("index", help="rebuild reports/index.html")
-    for q in (s, r, c, a):
-        q.add_argument("--out", default=DEFAULT_OUT, help="where executed notebooks and HTML go (default reports/)")
-    for q in (s, r, c):
-        q.add_argument("--name", default=None, help="file name of the report, without extension")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    try:
-        args = _parser().parse_args(argv)
-        if args.command == "sweep":
-            made = [sweep(args.params, args.systems, args.results, args.out, args.name)]
-        elif args.command == "report":
-            made = [report(args.results, args.system, args.out, args.name)]
-        elif args.command == "compare":
-            from perfkit.compare import resolve_side
-
-            t_dir, t_sys = resolve_side(args.target, args.target_system, "target")
-            b_dir, b_sys = resolve_side(args.baseline, args.baseline_system, "baseline")
-            made = [compare(t_dir, b_dir, t_sys, b_sys, args.out, args.name)]
-        elif args.command == "all":
-            made = rebuild_all(args.results_root, args.out, args.exclude)
-        else:
-            made = [build_index(DEFAULT_OUT)]
-    except UsageError as exc:
-        msg = str(exc)
-        print(msg if msg.startswith("perfkit") else f"perfkit.publish: error: {msg}", file=sys.stderr)
-        return 2
-    except Exception as exc:
-        if type(exc).__name__ != "PapermillExecutionError":
-            raise
-        # The executed notebook keeps the traceback; the terminal gets the cause in one line.
-        print(f"perfkit.publish: notebook failed: {exc.ename}: {exc.evalue}", file=sys.stderr)
-        return 1
-    for path in made:
-        print(path)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

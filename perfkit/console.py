@@ -1,0 +1,181 @@
+"""What the command line prints: plain-text renderings of rows, tables, plans and comparisons.
+
+Everything here returns a string (or prints JSON); the commands in perfkit.cli decide where it goes.
+No argparse here, and no measuring: a renderer takes what the core computed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+
+from perfkit.metrics import geometric_mean
+
+
+# ---- JSON ------------------------------------------------------------------------------------------
+
+def _clean(value):
+    """NaN and infinities are not JSON: emit null."""
+    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    return value
+
+
+def print_json(obj) -> None:
+    print(json.dumps(_clean(obj), default=str))
+
+
+# ---- numbers and tables ----------------------------------------------------------------------------
+
+def format_number(value: float) -> str:
+    """A figure for a terminal table: thousands separated from 1,000 up, 4 significant digits below, "-" if NaN."""
+    if pd.isna(value) or not np.isfinite(value):
+        return "-"
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
+
+
+
+
+def table_text(table: pd.DataFrame) -> str:
+    """A table for a terminal: fractions as %, memory in GiB, other floats via format_number."""
+    if table.empty:
+        return "(none)"
+    shown = table.copy()
+    for col in shown.columns:
+        if col.startswith(("mfu", "mbu")):
+            shown[col] = shown[col].map(lambda v: "unknown" if pd.isna(v) else f"{v:.1%}")
+        elif col == "peak_mem_bytes":
+            shown[col] = shown[col].map(lambda v: "-" if pd.isna(v) else f"{v / 2**30:.2f} GiB")
+        elif shown[col].dtype.kind == "f":
+            shown[col] = shown[col].map(format_number)
+    return shown.rename(columns={"peak_mem_bytes": "peak_mem"}).to_string(index=False)
+
+
+# ---- one measured point (perfkit run) --------------------------------------------------------------
+
+def format_row(row: dict) -> str:
+    """A short human summary of one results row."""
+    head = (f"{row['system']} {row['model']} {row['dtype']} {row['backend']} "
+            f"I={row['input_len']} O={row['output_len']} B={row['batch']}")
+    if row["status"] != "ok":
+        return f"{head}: {row['status']}: {row.get('error')}"
+    mem = row.get("peak_mem_bytes")
+    lines = [
+        head,
+        f"  ttft {row['ttft_ms']:.2f} ms (IQR {row['ttft_iqr_ms']:.2f})   prefill {row['prefill_tok_s']:.1f} tok/s",
+        f"  tpot {row['tpot_ms']:.2f} ms   decode {row['decode_tok_s']:.1f} tok/s",
+        f"  e2e  {row['e2e_ms']:.2f} ms   output {row['output_tok_s']:.1f} tok/s   total {row['total_tok_s']:.1f} tok/s",
+        f"  peak memory {mem / 2**20:.1f} MiB ({row.get('peak_mem_scope', '')})   repeats {row['repeats']}"
+        if mem is not None else f"  repeats {row['repeats']}",
+    ]
+    if row.get("noisy"):
+        lines.append("  warning: IQR/median above 10%: this machine was noisy; consider more repeats")
+    return "\n".join(lines)
+
+
+# ---- a sweep's plan and outcome --------------------------------------------------------------------
+
+def plan_text(pl) -> str:
+    """`perfkit sweep --dry-run`: every point of the plan, pass by pass, and what is done."""
+    lines = [f"sweep {pl.params.name} ({pl.params.source}) -> {pl.out_dir}",
+             f"{'pass':>4}  {'system':<12}{'model':<18}{'I':>6}{'O':>6}{'B':>5}  status"]
+    for p in pl.points:
+        derived = f" (derived from O={p['derived_from_output_len']})" if p["derived_from_output_len"] else ""
+        lines.append(f"{p['pass']:>4}  {p['system']:<12}{p['model']:<18}{p['input_len']:>6}{p['output_len']:>6}"
+                     f"{p['batch']:>5}  {p['status']}{derived}")
+    lines.append(f"already done: {pl.count('done')}; to measure: {pl.count('todo')}; "
+                 f"up to {pl.count('search')} more if the batch searches keep gaining")
+    if pl.other_points:
+        lines.append(f"note: {pl.out_dir} also holds {pl.other_points} points that are not part of this plan "
+                     "(another version of the params?)")
+    return "\n".join(lines)
+
+
+def outcome_text(out, multi_user_max: pd.DataFrame | None = None) -> tuple[str, str]:
+    """What a finished sweep says: (for stdout, for stderr: its failed points, or "")."""
+    lines = [f"sweep -> {out.out_dir}: measured {out.measured} points, {out.skipped} already done, "
+             f"{len(out.ooms)} out of memory (recorded), {len(out.failures)} failed, {out.wall_s:.1f} s"]
+    if out.stopped_early:
+        lines.append(f"runs that would not have fit the time budget were left out: up to {out.left} runs left; "
+                     "run the same command to continue")
+    if multi_user_max is not None and len(multi_user_max):
+        lines.append("multi-user max throughput:")
+        for r in multi_user_max.itertuples():
+            found = (f"{r.max_output_tok_s:.1f} tok/s at B={r.batch}" if r.max_output_tok_s == r.max_output_tok_s
+                     else "no batch > 1 measured")
+            lines.append(f"  {r.system} {r.model} I={r.input_len} O={r.output_len}: {found} "
+                         f"(search stopped: {r.stop_reason})")
+    errors = []
+    if out.failures:
+        errors.append(f"{len(out.failures)} failed points:")
+        errors += [f"  {r['system']} {r['model']} I={r['input_len']} O={r['output_len']} B={r['batch']}: {r['error']}"
+                   for r in out.failures]
+    return "\n".join(lines), "\n".join(errors)
+
+
+# ---- the study tables (perfkit summary) -------------------------------------------------------------
+
+def results_header(results_dir: str, df: pd.DataFrame) -> str:
+    counts = df["status"].value_counts()
+    devices = ", ".join(sorted({str(d) for d in df["device_name"].dropna()})) if "device_name" in df else ""
+    return (f"{results_dir}: {len(df)} points on {devices or 'unknown'} ({counts.get('ok', 0)} ok, "
+            f"{counts.get('oom', 0)} out of memory, {counts.get('error', 0)} failed)")
+
+
+# ---- a comparison (perfkit compare) ------------------------------------------------------------------
+
+def verdicts_text(c) -> str:
+    """The comparison's bottom line for a terminal: per metric, the geometric-mean ratio and the verdicts."""
+    from perfkit.compare import BETTER, NOISE, WORSE, summary_line
+
+    lines = [summary_line(c)]
+    if not c.study.empty:
+        lines.append(f"  {'metric':<22}{'geo-mean ratio':>15}   verdicts (better / worse / within noise)")
+        for metric, g in c.study.groupby("metric", sort=False):
+            v = g["verdict"].value_counts()
+            lines.append(f"  {metric:<22}{geometric_mean(g['ratio']):>15.3g}   "
+                         f"{v.get(BETTER, 0)} / {v.get(WORSE, 0)} / {v.get(NOISE, 0)}")
+    return "\n".join(lines)
+
+
+def ratio_table_text(table: pd.DataFrame, confidence: float) -> str:
+    """A study or point ratio table as aligned text: each side's figure (and batch, for a max), the ratio,
+    its interval and verdict."""
+    if table.empty:
+        return "(none)"
+    out = pd.DataFrame({k: table[k] for k in ("model", "input_len", "output_len", "batch") if k in table})
+    out["output_len"] = out["output_len"].map(lambda v: "-" if pd.isna(v) else int(v))
+    out["metric"] = table["metric"]
+    for side in ("target", "baseline"):
+        at = table.get(f"{side}_batch")
+        out[side] = [format_number(v) + (f" @B={int(b)}" if at is not None and "max" in m and pd.notna(b) else "")
+                     for v, m, b in zip(table[side], table["metric"], at if at is not None else [None] * len(table))]
+    out["ratio"] = table["ratio"].map(lambda r: f"{r:.3f}")
+    out[f"{confidence:.0%} interval"] = [f"[{lo:.3f}, {hi:.3f}]" for lo, hi in zip(table["ratio_lo"], table["ratio_hi"])]
+    out["verdict"] = table["verdict"]
+    return out.to_string(index=False)
+
+
+def side_text(c, side: str) -> str:
+    info = c.systems.set_index("side").loc[side]
+    return (f"{info['device_name']}, {info['dtype']}, backend {info['backend']}, "
+            f"torch {info['torch_version']}, transformers {info['transformers_version']}")
+
+
+# ---- a device probe (perfkit probe) ------------------------------------------------------------------
+
+def format_probe(record: dict) -> str:
+    lines = [f"{record['device_name']} ({record['device']}), {record['wall_s']:.1f} s",
+             f"  copy bandwidth  {record['copy_bandwidth_bytes_s'] / 1e9:9.1f} GB/s   (median "
+             f"{record['copy_bandwidth_median_bytes_s'] / 1e9:.1f}, {record['copy_bytes'] / 2**20:.0f} MiB copied)"]
+    for k, v in record["matmul_flops"].items():
+        lines.append(f"  matmul {k:<9}{v / 1e12:9.2f} TFLOP/s (median {record['matmul_median_flops'][k] / 1e12:.2f},"
+                     f" n = {record['matmul_n'][k]})")
+    return "\n".join(lines)

@@ -1,0 +1,19 @@
+"""What every notebook does first: work from the project's root.
+
+A notebook's kernel starts where the notebook is (notebooks/) under JupyterLab, and where papermill was
+told under `perfkit publish`. Changing to the project's root in the first cell makes a relative path such
+as "results/demo" mean the same folder everywhere; `perfkit publish` hands notebooks absolute paths.
+"""
+
+from __future__ import annotations
+
+import os
+
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def work_from_project_root() -> str:
+    """chdir to the folder that holds params/ and notebooks/ (perfkit's checkout); returns it."""
+    if os.path.isdir(os.path.join(PROJECT_ROOT, "notebooks")):
+        os.chdir(PROJECT_ROOT)
+    return os.getcwd()
