@@ -1,0 +1,486 @@
+"""Throughput at a service level: the interactivity/throughput frontier and the best throughput within an SLO.
+
+The domain layer only (numpy, pandas and perfkit's core modules): no command line, no plots.
+
+Definitions
+-----------
+Per point (a results row with status "ok"):
+
+    interactivity_tok_s = 1000 / tpot_ms     tokens per second that each user sees after the first token
+    output_tok_s                             total throughput, B·O / median e2e (prompt phase included)
+    decode_tok_s                             token phase alone, B / tpot = batch × interactivity_tok_s
+
+Pareto frontier, per (system, model, input_len, output_len): the measured points (status ok, finite
+tpot_ms > 0 and finite output_tok_s) that no other measured point of the group beats on both
+interactivity_tok_s and output_tok_s, where "beats" means >= on both and > on at least one. Ties: two
+points with identical interactivity_tok_s and output_tok_s (at different batches) are both on the
+frontier, since neither strictly beats the other. Only measured points, no interpolation between them.
+Rows that ran out of memory or failed are never on the frontier; `oom_batches` lists them so a plot can
+mark them.
+
+SLOs: named pairs (name, ttft_ms_max, tpot_ms_max). The defaults are MLPerf Inference's Llama-3.1-8B
+scenarios: `server` (ttft <= 2000 ms, tpot <= 100 ms) and `interactive` (ttft <= 500 ms, tpot <= 30 ms).
+On the command line an SLO is written NAME:TTFT_MS:TPOT_MS; in a params file, a list of
+{name, ttft_ms, tpot_ms} mappings.
+
+Bounded max, per (system, model, input_len, output_len, slo): the largest output_tok_s among the ok
+points whose MEDIAN ttft_ms and MEDIAN tpot_ms both meet the bound (<=), with its batch; where no point
+meets it, batch is missing (<NA>) and output_tok_s is NaN ("none meets it"). Two points with the same
+output_tok_s: the smaller batch is reported.
+
+Comparison at a service level, per SLO and workload (model, input_len, output_len) measured on both
+sides: Ratio_Throughput = baseline's bounded max / target's bounded max (< 1: the target is better, the
+perfkit.compare convention), with a percentile bootstrap interval and a perfkit.compare verdict.
+
+Measurement choices
+-------------------
+* Rows. As the study tables (perfkit.summary) do: the newest row of each
+  point wins (`latest_per_point`), and rows derived from a longer output length
+  (`derived_from_output_len`) are legitimate points here, as they are for the multi-user throughput table. The study tables leave derived rows out only where
+  ttft samples are pooled over output lengths (`not_derived`, `prompt_phase_rows`), so that no sample
+  counts twice; nothing here pools, each point is judged on its own medians (a derived row's ttft is
+  its longer run's, which is the same prompt phase).
+* Medians, not percentiles. The bound applies to the point's median over its repeats (one repeat = one
+  batch of B sequences decoded in lockstep, ttft = until every sequence has its first token). MLPerf
+  applies the same numbers to the 99th percentile over requests under a load generator: a point that
+  meets an SLO here is not an MLPerf result, and the table says "at the median" by construction.
+* O = 1 has no decode step, so no tpot: such a point has no interactivity (never on the frontier) and
+  never meets an SLO (a tpot bound cannot be checked without one).
+* The bootstrap resamples each side's raw repeats per batch (ttft_ms_samples and e2e_ms_samples; tpot of
+  a repeat = (e2e − ttft)/(O − 1), perfkit.compare.samples_ms). The repeats are resampled as pairs, the
+  same indices for ttft, tpot and e2e, because a repeat's ttft and tpot come from the same run; each
+  draw recomputes the medians, which batches meet the bound, and the max. The generator is seeded per
+  (seed, side, workload, batch) (perfkit.compare._rng), so the result is deterministic for a seed
+  whatever else is computed, and every SLO judges the same draws.
+* A draw in which either side has no batch meeting the bound has no ratio (NaN). The interval is taken
+  over the draws that have one, and `met_fraction` reports their share. Because the missing draws could
+  fall either way, the verdict leaves "within noise" only when at least `confidence` of the draws have a
+  ratio: a bound that one side meets only sometimes cannot be judged at that confidence.
+* Where a side meets the bound at no batch on its full medians, there is no ratio: ratio, ratio_lo and
+  ratio_hi are NaN and the verdict is "none meets it (target)", "(baseline)" or "(both)".
+* The point estimate is read off the results columns (ttft_ms, tpot_ms, output_tok_s: the full medians),
+  exactly as `bounded_max` shows it; a row without usable samples (none, unpaired, or non-finite) has no
+  say in a comparison, neither in its point estimate nor in its draws (as in perfkit.compare).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from perfkit import metrics
+from perfkit.compare import NOISE, _rng, load_side, ratio, samples_ms, verdict
+from perfkit.errors import UsageError
+
+from perfkit.summary import latest_per_point
+
+GROUP = ["system", "model", "input_len", "output_len"]
+WORKLOAD = ["model", "input_len", "output_len"]
+
+POINT_COLUMNS = GROUP + ["batch", "ttft_ms", "tpot_ms", "interactivity_tok_s", "output_tok_s", "decode_tok_s"]
+FRONTIER_COLUMNS = GROUP + ["batch", "interactivity_tok_s", "output_tok_s"]
+OOM_COLUMNS = GROUP + ["batch"]
+BOUNDED_COLUMNS = GROUP + ["slo", "ttft_ms_max", "tpot_ms_max", "batch", "output_tok_s"]
+COMPARE_COLUMNS = WORKLOAD + ["slo", "ttft_ms_max", "tpot_ms_max", "target_output_tok_s", "target_batch",
+                              "baseline_output_tok_s", "baseline_batch", "ratio", "ratio_lo", "ratio_hi",
+                              "met_fraction", "verdict"]
+FRONTIER_RATIO_COLUMNS = WORKLOAD + ["baseline_batch", "interactivity_tok_s", "baseline_output_tok_s",
+                                     "target_output_tok_s", "target_batch", "ratio"]
+
+NONE_MEETS = "none meets it"
+
+
+# ---- SLOs ---------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class SLO:
+    """A service level: a point meets it when its median ttft and median tpot are both within the bounds."""
+
+    name: str
+    ttft_ms_max: float
+    tpot_ms_max: float
+
+
+# MLPerf Inference, Llama-3.1-8B: the Server and Interactive scenarios' ttft / tpot limits (there, p99).
+DEFAULT_SLOS = (SLO("server", 2000.0, 100.0), SLO("interactive", 500.0, 30.0))
+
+SLO_FORM = "NAME:TTFT_MS:TPOT_MS"
+SLO_PARAMS_KEYS = ("name", "ttft_ms", "tpot_ms")
+
+
+def _slo_problem(text: str, what: str) -> UsageError:
+    return UsageError(f"SLO {text!r}: {what}, expected {SLO_FORM} with milliseconds > 0 (e.g. server:2000:100)")
+
+
+def _plain_name(name: str) -> bool:
+    # A name labels table rows, plot legends and CSV cells: one word, no ':' (the command-line separator).
+    return bool(name) and ":" not in name and not any(ch.isspace() for ch in name)
+
+
+def parse_slo(text: str) -> SLO:
+    """An SLO from its command-line form NAME:TTFT_MS:TPOT_MS (e.g. `interactive:500:30`).
+
+    Raises UsageError, one line naming what is wrong and the expected form.
+    """
+    parts = [p.strip() for p in str(text).split(":")]
+    if len(parts) != 3:
+        fields = SLO_FORM.split(":")
+        what = (f"missing {', '.join(fields[len(parts):])}" if len(parts) < 3
+                else f"has {len(parts)} parts separated by ':', not 3")
+        raise _slo_problem(text, what)
+    name, *numbers = parts
+    if not name:
+        raise _slo_problem(text, "NAME is empty")
+    if not _plain_name(name):
+        raise _slo_problem(text, f"NAME {name!r} holds white space")
+    values = []
+    for field, part in zip(("TTFT_MS", "TPOT_MS"), numbers):
+        if not part:
+            raise _slo_problem(text, f"{field} is empty")
+        try:
+            value = float(part)
+        except ValueError:
+            raise _slo_problem(text, f"{field} {part!r} is not a number") from None
+        if not math.isfinite(value):
+            raise _slo_problem(text, f"{field} {part!r} is not finite")
+        if value <= 0:
+            raise _slo_problem(text, f"{field} {part!r} is not positive")
+        values.append(value)
+    return SLO(name, *values)
+
+
+def _check_unique(slos: Sequence[SLO], where) -> tuple[SLO, ...]:
+    seen = {}
+    for i, slo in enumerate(slos):
+        if slo.name in seen:
+            raise UsageError(where(i, slo, seen[slo.name]))
+        seen[slo.name] = i
+    return tuple(slos)
+
+
+def parse_slos(texts: Iterable[str]) -> tuple[SLO, ...]:
+    """Several command-line SLOs (e.g. the values of a repeated flag), each name once, at least one."""
+    texts = list(texts or [])
+    if not texts:
+        raise UsageError(f"no SLO given, expected at least one {SLO_FORM} (e.g. server:2000:100)")
+    slos = [parse_slo(t) for t in texts]
+    return _check_unique(slos, lambda i, slo, first: (
+        f"SLO {texts[i]!r}: the name {slo.name!r} is already used by {texts[first]!r}, expected each name once"))
+
+
+def _params_number(value, source: str, key: str) -> float:
+    expected = "a finite number of milliseconds > 0"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UsageError(f"{source}: {key}: {value!r} is not a number, expected {expected}")
+    if not math.isfinite(value):
+        raise UsageError(f"{source}: {key}: {value!r} is not finite, expected {expected}")
+    if value <= 0:
+        raise UsageError(f"{source}: {key}: {value!r} is not positive, expected {expected}")
+    return float(value)
+
+
+def parse_slo_params(value, source: str = "params", key: str = "slos") -> tuple[SLO, ...]:
+    """SLOs from a params file's list of {name, ttft_ms, tpot_ms} mappings (as read from YAML).
+
+    Raises UsageError("<source>: <key>[i].<field>: <what is wrong>, expected <what>"), as perfkit.params does.
+    """
+    form = "a non-empty list of {name, ttft_ms, tpot_ms} mappings"
+    if not isinstance(value, list) or not value:
+        what = "is empty" if value in ([], None) else f"{value!r} is not a list"
+        raise UsageError(f"{source}: {key}: {what}, expected {form}")
+    slos = []
+    for i, item in enumerate(value):
+        at = f"{key}[{i}]"
+        if not isinstance(item, dict):
+            raise UsageError(f"{source}: {at}: {item!r} is not a mapping, expected {{name, ttft_ms, tpot_ms}}")
+        for k in item:
+            if k not in SLO_PARAMS_KEYS:
+                close = difflib.get_close_matches(str(k), SLO_PARAMS_KEYS, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise UsageError(f"{source}: {at}.{k}: unknown key{hint}, expected one of {', '.join(SLO_PARAMS_KEYS)}")
+        for k in SLO_PARAMS_KEYS:
+            if k not in item:
+                raise UsageError(f"{source}: {at}.{k}: missing, expected a value")
+        name = item["name"]
+        if not isinstance(name, str) or not _plain_name(name):
+            raise UsageError(f"{source}: {at}.name: {name!r} is not a plain name, expected a non-empty string "
+                             "without white space or ':'")
+        slos.append(SLO(name, _params_number(item["ttft_ms"], source, f"{at}.ttft_ms"),
+                        _params_number(item["tpot_ms"], source, f"{at}.tpot_ms")))
+    return _check_unique(slos, lambda i, slo, first: (
+        f"{source}: {key}[{i}].name: {slo.name!r} is already used by {key}[{first}], expected each name once"))
+
+
+# ---- one side: points, frontier, bounded max ------------------------------------------------------------
+
+def _frame(df) -> pd.DataFrame:
+    """A results DataFrame, or a results directory read into one (as perfkit.summarize accepts)."""
+    if isinstance(df, (str, os.PathLike)):
+        from perfkit.results import load_results
+
+        return load_results(df)
+    return df
+
+
+def _ok_points(df: pd.DataFrame) -> pd.DataFrame:
+    """The ok rows (newest row per point wins), with interactivity_tok_s; derived rows included."""
+    if df.empty:
+        return pd.DataFrame({c: pd.Series(dtype=float if c.endswith(("_ms", "_tok_s")) else object)
+                             for c in POINT_COLUMNS})
+    ok = latest_per_point(df)
+    ok = ok[ok["status"] == "ok"].copy()
+    for col in ("ttft_ms", "tpot_ms", "output_tok_s", "decode_tok_s"):
+        ok[col] = ok[col].astype(float) if col in ok else np.nan
+    tpot_ms = ok["tpot_ms"].to_numpy(dtype=float)
+    # 1000 / tpot: NaN where there is no decode step (O = 1) or no positive tpot
+    ok["interactivity_tok_s"] = metrics.rate(1.0, tpot_ms) if len(ok) else np.array([])
+    return ok.sort_values(GROUP + ["batch"], kind="stable")
+
+
+def interactivity_points(df) -> pd.DataFrame:
+    """Every ok point with its ttft_ms, tpot_ms, interactivity_tok_s, output_tok_s and decode_tok_s."""
+    return _ok_points(_frame(df))[POINT_COLUMNS].reset_index(drop=True)
+
+
+def _non_dominated(interactivity_tok_s: np.ndarray, output_tok_s: np.ndarray) -> np.ndarray:
+    """Mask of the points that no other point beats: >= on both coordinates and > on at least one."""
+    x, y = interactivity_tok_s[:, None], output_tok_s[:, None]  # row i: the point; column j: a challenger
+    at_least = (x.T >= x) & (y.T >= y)
+    strictly = (x.T > x) | (y.T > y)
+    return ~(at_least & strictly).any(axis=1)  # identical points never beat each other: ties stay
+
+
+def frontier(df) -> pd.DataFrame:
+    """The Pareto frontier of interactivity_tok_s vs output_tok_s per (system, model, input_len, output_len).
+
+    Columns: system, model, input_len, output_len, batch, interactivity_tok_s, output_tok_s; sorted by
+    group, then interactivity_tok_s ascending (then batch). Only measured ok points; see the module docstring.
+    """
+    ok = _ok_points(_frame(df))
+    ok = ok[np.isfinite(ok["interactivity_tok_s"].astype(float)) & np.isfinite(ok["output_tok_s"].astype(float))]
+    parts = []
+    for _, g in ok.groupby(GROUP, sort=True):
+        keep = _non_dominated(g["interactivity_tok_s"].to_numpy(float), g["output_tok_s"].to_numpy(float))
+        parts.append(g[keep])
+    if not parts:
+        return pd.DataFrame(columns=FRONTIER_COLUMNS)
+    out = pd.concat(parts).sort_values(GROUP + ["interactivity_tok_s", "batch"], kind="stable")
+    return out[FRONTIER_COLUMNS].reset_index(drop=True)
+
+
+def oom_batches(df) -> pd.DataFrame:
+    """Every batch whose newest row ran out of memory: system, model, input_len, output_len, batch (sorted).
+
+    Unlike the summary's `oom` table (the first batch out of memory), every such batch is listed, so a
+    frontier plot can mark each one.
+    """
+    df = _frame(df)
+    if df.empty:
+        return pd.DataFrame(columns=OOM_COLUMNS)
+    latest = latest_per_point(df)
+    oom = latest[latest["status"] == "oom"]
+    return oom.sort_values(OOM_COLUMNS)[OOM_COLUMNS].reset_index(drop=True)
+
+
+def _bounded_best(ttft_ms: np.ndarray, tpot_ms: np.ndarray, output_tok_s: np.ndarray,
+                  slo: SLO) -> tuple[np.ndarray, np.ndarray]:
+    """Per column, the largest output_tok_s over the rows (batches) that meet `slo`, and that row (-1: none).
+
+    Arrays are (batches, draws); rows in ascending batch order, so a tie goes to the smaller batch.
+    NaN latencies compare False: a point without a ttft or tpot never meets a bound.
+    """
+    meets = (ttft_ms <= slo.ttft_ms_max) & (tpot_ms <= slo.tpot_ms_max) & np.isfinite(output_tok_s)
+    if meets.shape[0] == 0:
+        return np.full(meets.shape[1], np.nan), np.full(meets.shape[1], -1)
+    masked = np.where(meets, output_tok_s, -np.inf)
+    best_row = np.argmax(masked, axis=0)
+    any_meets = meets.any(axis=0)
+    best = np.where(any_meets, masked[best_row, np.arange(masked.shape[1])], np.nan)
+    return best, np.where(any_meets, best_row, -1)
+
+
+def _point_best(rows: pd.DataFrame, slo: SLO) -> tuple[float, object]:
+    """(output_tok_s, batch) of the bounded max on the rows' medians; (NaN, <NA>) when none meets it."""
+    rows = rows.sort_values("batch", kind="stable")
+    col = lambda c: rows[c].to_numpy(dtype=float)[:, None]  # noqa: E731
+    best, row = _bounded_best(col("ttft_ms"), col("tpot_ms"), col("output_tok_s"), slo)
+    if row[0] < 0:
+        return np.nan, pd.NA
+    return float(best[0]), int(rows["batch"].iloc[row[0]])
+
+
+def bounded_max(df, slos: Sequence[SLO] = DEFAULT_SLOS) -> pd.DataFrame:
+    """The largest output_tok_s within each SLO per (system, model, input_len, output_len).
+
+    Columns: system, model, input_len, output_len, slo, ttft_ms_max, tpot_ms_max, batch (Int64, <NA> when
+    none meets it), output_tok_s (NaN when none meets it). Every group of the results has a row per SLO,
+    including a group whose rows all ran out of memory (none meets it there).
+    """
+    df = _frame(df)
+    if df.empty:
+        return pd.DataFrame(columns=BOUNDED_COLUMNS).astype({"batch": "Int64"})
+    ok = _ok_points(df)
+    out = []
+    for key, _ in latest_per_point(df).groupby(GROUP, sort=True):
+        rows = ok[(ok[GROUP] == pd.Series(key, index=GROUP)).all(axis=1)]
+        for slo in slos:
+            value, batch = _point_best(rows, slo)
+            out.append({**dict(zip(GROUP, key)), "slo": slo.name, "ttft_ms_max": slo.ttft_ms_max,
+                        "tpot_ms_max": slo.tpot_ms_max, "batch": batch, "output_tok_s": value})
+    table = pd.DataFrame(out, columns=BOUNDED_COLUMNS)
+    table["batch"] = table["batch"].astype("Int64")
+    return table
+
+
+# ---- target vs baseline ---------------------------------------------------------------------------------
+
+def _usable_samples(row) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(ttft, tpot, e2e) per repeat in ms, paired; None when the row cannot be resampled."""
+    if int(row["output_len"]) < 2:
+        return None  # no decode step: no tpot, the point never meets a bound
+    ttft, e2e, tpot_ms = samples_ms(row, "ttft"), samples_ms(row, "e2e"), samples_ms(row, "tpot")
+    if ttft.size == 0 or ttft.size != e2e.size or tpot_ms.size != ttft.size:
+        return None
+    if not (np.all(np.isfinite(ttft)) and np.all(np.isfinite(e2e))):
+        return None
+    return ttft, tpot_ms, e2e
+
+
+def _resample_repeats(rng: np.random.Generator, n_repeats: int, n_boot: int) -> np.ndarray:
+    # Drawn as perfkit.compare._boot_medians draws, but the indices are kept: one draw picks whole repeats,
+    # so ttft, tpot and e2e of a repeat stay together (_boot_medians resamples one metric on its own).
+    return rng.integers(0, n_repeats, size=(n_boot, n_repeats))
+
+
+@dataclasses.dataclass
+class _Side:
+    """One side's rows of one workload that can be compared, in ascending batch order, and their draws."""
+
+    rows: pd.DataFrame
+    ttft_ms: np.ndarray  # (batches, n_boot) resampled medians
+    tpot_ms: np.ndarray
+    output_tok_s: np.ndarray
+
+
+def _side_draws(rows: pd.DataFrame, side: str, seed: int, n_boot: int) -> _Side:
+    kept, ttft_d, tpot_d, out_d = [], [], [], []
+    _, tokens = metrics.THROUGHPUTS["output_tok_s"]
+    rows = rows.sort_values("batch", kind="stable")
+    for index, row in rows.iterrows():
+        samples = _usable_samples(row)
+        if samples is None:
+            continue
+        ttft, tpot_ms, e2e = samples
+        b, i, o = int(row["batch"]), int(row["input_len"]), int(row["output_len"])
+        idx = _resample_repeats(_rng(seed, "slo", side, str(row["model"]), i, o, b), ttft.size, n_boot)
+        ttft_d.append(np.median(ttft[idx], axis=1))
+        tpot_d.append(np.median(tpot_ms[idx], axis=1))
+        out_d.append(metrics.rate(tokens(b, i, o), np.median(e2e[idx], axis=1)))
+        kept.append(index)
+    stack = lambda a: np.vstack(a) if a else np.empty((0, n_boot))  # noqa: E731
+    return _Side(rows.loc[kept], stack(ttft_d), stack(tpot_d), stack(out_d))
+
+
+def _in_workload(df: pd.DataFrame, key: tuple) -> pd.DataFrame:
+    return df[(df[WORKLOAD] == pd.Series(key, index=WORKLOAD)).all(axis=1)]
+
+
+def _common_workloads(t: pd.DataFrame, b: pd.DataFrame) -> list[tuple]:
+    keys = sorted(set(map(tuple, t[WORKLOAD].itertuples(index=False))) &
+                  set(map(tuple, b[WORKLOAD].itertuples(index=False))))
+    if not keys:
+        raise UsageError("nothing to compare at a service level: the sides share no (model, input_len, "
+                         "output_len), expected both measured on the same params grid")
+    return keys
+
+
+def _slo_row(key, slo: SLO, t: _Side, b: _Side, alpha: float, confidence: float) -> dict:
+    t_value, t_batch = _point_best(t.rows, slo) if len(t.rows) else (np.nan, pd.NA)
+    b_value, b_batch = _point_best(b.rows, slo) if len(b.rows) else (np.nan, pd.NA)
+    row = {**dict(zip(WORKLOAD, key)), "slo": slo.name, "ttft_ms_max": slo.ttft_ms_max,
+           "tpot_ms_max": slo.tpot_ms_max, "target_output_tok_s": t_value, "target_batch": t_batch,
+           "baseline_output_tok_s": b_value, "baseline_batch": b_batch, "ratio": np.nan, "ratio_lo": np.nan,
+           "ratio_hi": np.nan, "met_fraction": np.nan}
+    missing = [side for side, v in (("target", t_value), ("baseline", b_value)) if np.isnan(v)]
+    if missing:
+        row["verdict"] = f"{NONE_MEETS} ({'both' if len(missing) == 2 else missing[0]})"
+        return row
+    t_draws, _ = _bounded_best(t.ttft_ms, t.tpot_ms, t.output_tok_s, slo)
+    b_draws, _ = _bounded_best(b.ttft_ms, b.tpot_ms, b.output_tok_s, slo)
+    boot = ratio("throughput", t_draws, b_draws)  # NaN where a side has no batch within the bound
+    exists = np.isfinite(boot)
+    met_fraction = float(exists.mean())
+    lo, hi = ((float(q) for q in np.quantile(boot[exists], [alpha / 2, 1 - alpha / 2])) if exists.any()
+              else (np.nan, np.nan))
+    # The missing draws could lie on either side of 1: only a bound met in at least `confidence` of the
+    # draws lets the interval speak at that confidence.
+    row.update({"ratio": ratio("throughput", t_value, b_value), "ratio_lo": lo, "ratio_hi": hi,
+                "met_fraction": met_fraction,
+                "verdict": verdict(lo, hi) if met_fraction >= confidence else NOISE})
+    return row
+
+
+def compare_slo(target, baseline, slos: Sequence[SLO] = DEFAULT_SLOS, target_system: str | None = None,
+                baseline_system: str | None = None, n_boot: int = 2000, confidence: float = 0.95,
+                seed: int = 0) -> pd.DataFrame:
+    """Target vs baseline bounded max throughput, per SLO and workload (model, input_len, output_len).
+
+    `target` and `baseline` are results directories or DataFrames (perfkit.compare.load_side: a label
+    picks a system, the newest row of a point wins). One row per (workload on both sides, SLO):
+    model, input_len, output_len, slo, ttft_ms_max, tpot_ms_max, target_output_tok_s, target_batch,
+    baseline_output_tok_s, baseline_batch, ratio (= baseline / target: < 1 the target is better),
+    ratio_lo, ratio_hi, met_fraction, verdict. See the module docstring for the bootstrap's rules.
+    Raises UsageError when the sides share no workload.
+    """
+    t = load_side(target, target_system, "target")
+    b = load_side(baseline, baseline_system, "baseline")
+    alpha = 1 - confidence
+    out = []
+    for key in _common_workloads(t, b):
+        sides = {}
+        for side, df in (("target", t), ("baseline", b)):
+            rows = _in_workload(df, key)
+            sides[side] = _side_draws(rows[rows["status"] == "ok"], side, seed, n_boot)
+        for slo in slos:
+            out.append(_slo_row(key, slo, sides["target"], sides["baseline"], alpha, confidence))
+    table = pd.DataFrame(out, columns=COMPARE_COLUMNS)
+    return table.astype({"target_batch": "Int64", "baseline_batch": "Int64"})
+
+
+def frontier_ratios(target, baseline, target_system: str | None = None,
+                    baseline_system: str | None = None) -> pd.DataFrame:
+    """At each baseline frontier point's interactivity, the target's best throughput at that interactivity or better.
+
+    One row per baseline frontier point of a workload measured on both sides: model, input_len,
+    output_len, baseline_batch, interactivity_tok_s (the baseline point's), baseline_output_tok_s,
+    target_output_tok_s (the largest over the target's measured ok points with interactivity_tok_s >= it;
+    NaN if none), target_batch (<NA> if none), ratio = baseline / target (< 1: the target is better).
+    Among target points with equal throughput the more interactive one, then the smaller batch, is shown.
+    """
+    t = load_side(target, target_system, "target")
+    b = load_side(baseline, baseline_system, "baseline")
+    keys = _common_workloads(t, b)
+    b_front = frontier(b)
+    t_points = interactivity_points(t)
+    t_points = t_points[np.isfinite(t_points["interactivity_tok_s"].astype(float)) &
+                        np.isfinite(t_points["output_tok_s"].astype(float))]
+    out = []
+    for key in keys:
+        candidates = _in_workload(t_points, key).sort_values(["output_tok_s", "interactivity_tok_s", "batch"],
+                                                             ascending=[False, False, True], kind="stable")
+        for _, p in _in_workload(b_front, key).iterrows():
+            better = candidates[candidates["interactivity_tok_s"] >= p["interactivity_tok_s"]]
+            t_value = float(better["output_tok_s"].iloc[0]) if len(better) else np.nan
+            out.append({**dict(zip(WORKLOAD, key)), "baseline_batch": int(p["batch"]),
+                        "interactivity_tok_s": float(p["interactivity_tok_s"]),
+                        "baseline_output_tok_s": float(p["output_tok_s"]), "target_output_tok_s": t_value,
+                        "target_batch": int(better["batch"].iloc[0]) if len(better) else pd.NA,
+                        "ratio": ratio("throughput", t_value, float(p["output_tok_s"]))})
+    table = pd.DataFrame(out, columns=FRONTIER_RATIO_COLUMNS)
+    return table.astype({"baseline_batch": "Int64", "target_batch": "Int64"})
