@@ -8,7 +8,8 @@ __version__ = "0.1.0"
 
 
 def load_results(path):
-    """Every measured point under `path` as a pandas DataFrame (see perfkit.results)."""
+    """Every measured point under `path` as a pandas DataFrame (see perfkit.results). Files that fail their
+    checks are left out and listed, with why, in `df.attrs["skipped_files"]`."""
     from perfkit.results import load_results as _load
 
     return _load(path)

@@ -105,8 +105,8 @@ BACKENDS[StaticBackend.name] = StaticBackend
 
 
 def get_backend(name: str):
-    from perfkit.errors import UsageError
+    from perfkit.errors import UsageError, shown
 
     if name not in BACKENDS:
-        raise UsageError(f"unknown backend {name!r}: expected one of {', '.join(BACKENDS)}")
+        raise UsageError(f"unknown backend {shown(name)}: expected one of {', '.join(BACKENDS)}")
     return BACKENDS[name]()

@@ -11,28 +11,33 @@ nothing written. Domain modules hold no argparse; what a command prints is rende
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import sys
 
-from perfkit.errors import UsageError
+from perfkit.errors import UsageError, shown
 
 DEFAULT_REPORTS = "reports"
 MAX_N_BOOT = 100_000  # beyond this the intervals do not move, and memory grows with draws × repeats
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # argparse prints usage + message; we promise one line
-        raise UsageError(f"{self.prog}: {message}")
+    def error(self, message):  # argparse prints usage + message; we promise one line, of bounded length
+        message = " ".join(message.split())
+        raise UsageError(f"{self.prog}: {message if len(message) <= 300 else message[:297] + '...'}")
 
 
 # ---- argument types --------------------------------------------------------------------------------
 
 def _int(text: str) -> int:
     try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text[:40]!r}") from None
+        value = int(text)
+    except ValueError:  # also an integer of more digits than Python converts (4,300)
+        raise argparse.ArgumentTypeError(f"expected an integer, got {shown(text, 40)}") from None
+    if abs(value) >= 2**63:  # beyond every bound a flag has: refused here, so no message shows 1,000 digits
+        raise argparse.ArgumentTypeError(f"expected an integer of at most 19 digits, got {shown(text, 40)}")
+    return value
 
 
 def _positive_minutes(text: str) -> float:
@@ -77,6 +82,29 @@ def _cmd_env(args) -> int:
 
 # ---- perfkit run ---------------------------------------------------------------------------------
 
+class _OutOfMemory(Exception):
+    """A command ran out of memory (device or host): main prints one line and exits 1."""
+
+
+@contextlib.contextmanager
+def _out_of_memory_exits(where: str):
+    """Out of memory (torch's, the host allocator's RuntimeError, Python's MemoryError) as one line, not a
+    traceback: perfkit.measure.is_out_of_memory decides, as it does for a sweep's `oom` rows."""
+    from perfkit.measure import is_out_of_memory
+
+    try:
+        yield
+    except Exception as exc:  # anything else propagates unchanged
+        if not is_out_of_memory(exc):
+            raise
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        if text.startswith("out of memory "):  # perfkit.measure named the phase: "out of memory in decode: ..."
+            phase, _, text = text.partition(": ")
+        else:
+            phase = "out of memory"
+        raise _OutOfMemory(f"{phase} ({where}): {text[:300]}") from None
+
+
 def _cmd_run(args) -> int:
     from perfkit.console import format_row, print_json
     from perfkit.measure import default_device, default_dtype, measure_point, validate
@@ -91,17 +119,25 @@ def _cmd_run(args) -> int:
     point = Point(args.model, args.input_len, args.output_len, args.batch)
     validate(system, point)
     check_seed(args.seed)
-    if args.warmup < 0 or args.repeats < 1:
-        raise UsageError(f"need --warmup >= 0 and --repeats >= 1, got {args.warmup} and {args.repeats}")
+    from perfkit.params import MAX_BATCH, MAX_REPEATS, MAX_WARMUP
+
+    if not (0 <= args.warmup <= MAX_WARMUP and 1 <= args.repeats <= MAX_REPEATS):
+        raise UsageError(f"need --warmup from 0 to {MAX_WARMUP} and --repeats from 1 to {MAX_REPEATS}, "
+                         f"got {args.warmup} and {args.repeats}")
+    if args.batch > MAX_BATCH:
+        raise UsageError(f"--batch must be at most {MAX_BATCH:,}, got {args.batch:,}")
     if args.out:
         check_out_dir(args.out)
     system = System(system.label, system.backend, canonical_dtype(system.dtype), system.device,
                     system.attn_implementation)
 
     print(f"building {args.model} ({system.dtype}) on {device}...", file=sys.stderr, flush=True)
-    model = build_model(args.model, parse_dtype(system.dtype), device, system.attn_implementation, seed=args.seed)
+    with _out_of_memory_exits("building the model"):
+        model = build_model(args.model, parse_dtype(system.dtype), device, system.attn_implementation,
+                            seed=args.seed)
     print(f"measuring {args.warmup} warm-up + {args.repeats} repeats...", file=sys.stderr, flush=True)
-    measurement = measure_point(model, system, point, warmup=args.warmup, repeats=args.repeats, seed=args.seed)
+    with _out_of_memory_exits(f"batch {args.batch}"):
+        measurement = measure_point(model, system, point, warmup=args.warmup, repeats=args.repeats, seed=args.seed)
 
     env = environment(device)
     run_id = new_run_id()
@@ -127,9 +163,10 @@ def _cmd_sweep(args) -> int:
     from perfkit.sweep import plan, run_sweep
 
     if args.dry_run:
-        print(plan_text(plan(args.params, args.systems, args.out)))
+        print(plan_text(plan(args.params, args.systems, args.out, discard_stale=args.discard_stale, yes=args.yes)))
         return 0
-    out = run_sweep(args.params, args.systems, args.out, args.max_minutes, progress=not args.no_progress)
+    out = run_sweep(args.params, args.systems, args.out, args.max_minutes, progress=not args.no_progress,
+                    discard_stale=args.discard_stale, yes=args.yes)
     multi_user_max = None
     if out.measured or out.skipped:
         from perfkit.results import load_results
@@ -140,6 +177,8 @@ def _cmd_sweep(args) -> int:
     print(text)
     if errors:
         print(errors, file=sys.stderr)
+    if out.interrupted:
+        return 130  # as a shell reports a process that SIGINT ended
     return 1 if out.failures else 0
 
 
@@ -150,7 +189,7 @@ def _cmd_probe(args) -> int:
     from perfkit.measure import check_device, default_device
     from perfkit.models import parse_dtype
     from perfkit.probe import probe, write_probe
-    from perfkit.results import check_out_dir
+    from perfkit.results import check_out_dir, check_out_file
 
     device = args.device or default_device()
     check_device(device)
@@ -162,7 +201,10 @@ def _cmd_probe(args) -> int:
     if not (0 < args.budget_s <= 60):
         raise UsageError(f"--budget-s must be in (0, 60] seconds, got {args.budget_s}")
     if args.out:
-        check_out_dir(os.path.dirname(os.path.abspath(args.out)) if args.out.endswith(".json") else args.out)
+        if args.out.endswith(".json"):
+            check_out_file(args.out, "--out", "a .json file for the probe record")
+        else:
+            check_out_dir(args.out, subdirs=("probes",))
     print(f"probing {device}...", file=sys.stderr, flush=True)
     record = probe(device, dtypes, budget_s=args.budget_s)
     if args.out:
@@ -175,6 +217,14 @@ def _cmd_probe(args) -> int:
 
 
 # ---- perfkit summary -----------------------------------------------------------------------------
+
+def _csv_names(directory: str) -> tuple[str, ...]:
+    """The *.csv entries a --csv directory already holds (check_out_dir refuses one that is a directory)."""
+    try:
+        return tuple(n for n in os.listdir(directory) if n.endswith(".csv"))
+    except (OSError, ValueError, TypeError):  # not there yet, not a directory, a NUL byte: check_out_dir says
+        return ()
+
 
 def _write_tables_csv(tables: dict, directory: str) -> None:
     from perfkit.results import atomic_write
@@ -191,8 +241,14 @@ def _cmd_summary(args) -> int:
         summarize
 
     if args.csv:
-        check_out_dir(args.csv, "--csv", "a directory for the tables' CSV files")
+        check_out_dir(args.csv, "--csv", "a directory for the tables' CSV files", subdirs=(),
+                      files=_csv_names(args.csv))
     df = select_system(open_results(args.results), args.system, args.results)
+    from perfkit.console import bounded_max_text, slos_text
+    from perfkit.results import load_runs
+    from perfkit.slo import bounded_max, frontier, slos_for
+
+    slos = slos_for(args.slo, load_runs(args.results))
     tables = summarize(df)
     tables["speed_of_light"] = speed_of_light_table(df, probe=args.results)
     print(results_header(args.results, df))
@@ -201,7 +257,12 @@ def _cmd_summary(args) -> int:
         print(f"\n--- every point\n{table_text(latest_per_point(df)[cols].sort_values(IDENTITY))}")
     for name, table in tables.items():
         print(f"\n--- {name}: {TABLE_TITLES[name]}\n{table_text(table)}")
+    bounded = bounded_max(df, slos)
+    print(f"\n--- slo: the best output throughput whose median ttft and tpot meet each bound: {slos_text(slos)}"
+          f"\n{bounded_max_text(bounded)}")
     if args.csv:
+        tables["pareto"] = frontier(df)  # the measured points no other point beats on tok/s per user and in all
+        tables["slo"] = bounded
         _write_tables_csv(tables, args.csv)
         print(f"\nwrote {len(tables)} tables as CSV to {args.csv}")
     return 0
@@ -221,20 +282,35 @@ def _check_bootstrap(args) -> None:
 
 def _cmd_compare(args) -> int:
     from perfkit.compare import compare, resolve_side
-    from perfkit.console import ratio_table_text, side_text, verdicts_text
+    from perfkit.console import frontier_ratio_text, ratio_table_text, side_text, slo_ratio_text, slos_text, \
+        verdicts_text
     from perfkit.results import check_out_dir
 
     t_dir, t_sys = resolve_side(args.target, args.target_system, "target")
     b_dir, b_sys = resolve_side(args.baseline, args.baseline_system, "baseline")
     _check_bootstrap(args)
     if args.csv:
-        check_out_dir(args.csv, "--csv", "a directory for study.csv and points.csv")
+        check_out_dir(args.csv, "--csv", "a directory for study.csv and points.csv", subdirs=(),
+                      files=_csv_names(args.csv))
     c = compare(t_dir, b_dir, t_sys, b_sys, n_boot=args.n_boot, confidence=args.confidence, seed=args.seed)
+    from perfkit.results import load_runs
+    from perfkit.slo import compare_slo, frontier_ratios, slos_for
+
+    slos = slos_for(args.slo, load_runs(b_dir) + load_runs(t_dir))
+    at_slo = compare_slo(t_dir, b_dir, slos, t_sys, b_sys, n_boot=args.n_boot, confidence=args.confidence,
+                         seed=args.seed)
+    at_interactivity = frontier_ratios(t_dir, b_dir, t_sys, b_sys)
     print(f"target   {c.target}: " + side_text(c, "target"))
     print(f"baseline {c.baseline}: " + side_text(c, "baseline"))
     print(verdicts_text(c))
     print("\nstudy ratios (Ratio_Latency = target/baseline, Ratio_Throughput = baseline/target; < 1: target better)")
     print(ratio_table_text(c.study, c.confidence))
+    print(f"\nat a service level: baseline's / target's best output throughput within {slos_text(slos)} "
+          "(< 1: target better)")
+    print(slo_ratio_text(at_slo, c.confidence))
+    print("\nat equal interactivity: at each point of the baseline's frontier, the target's best throughput "
+          "at that many tokens/s per user or more (ratio baseline / target)")
+    print(frontier_ratio_text(at_interactivity))
     if args.points:
         print("\npoint ratios")
         print(ratio_table_text(c.points, c.confidence))
@@ -245,8 +321,9 @@ def _cmd_compare(args) -> int:
             print(f"\n{len(table)} workload(s) {name}:")
             print(table.to_string(index=False))
     if args.csv:
-        _write_tables_csv({"study": c.study, "points": c.points}, args.csv)
-        print(f"\nwrote {os.path.join(args.csv, 'study.csv')} and points.csv")
+        _write_tables_csv({"study": c.study, "points": c.points, "slo": at_slo, "frontier": at_interactivity},
+                          args.csv)
+        print(f"\nwrote {os.path.join(args.csv, 'study.csv')}, points.csv, slo.csv and frontier.csv")
     return 0
 
 
@@ -254,7 +331,9 @@ def _cmd_compare(args) -> int:
 
 def _cmd_publish(args) -> int:
     from perfkit.report import publish
+    from perfkit.results import check_out_dir
 
+    check_out_dir(args.reports, "--reports", "a directory for the reports", subdirs=())
     try:
         if args.what == "sweep":
             made = [publish.publish_sweep(args.params, args.systems, args.out, args.reports, args.name)]
@@ -274,6 +353,9 @@ def _cmd_publish(args) -> int:
         if type(exc).__name__ != "PapermillExecutionError":
             raise
         # The executed notebook keeps the traceback; the terminal gets the cause in one line.
+        if exc.ename == "UsageError":  # a refusal inside the notebook (a locked or mixed results directory)
+            print(f"perfkit publish: error: {exc.evalue}", file=sys.stderr)
+            return 2
         print(f"perfkit publish: notebook failed: {exc.ename}: {exc.evalue}", file=sys.stderr)
         return 1
     for path in made:
@@ -319,6 +401,12 @@ def _add_system_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--system", default="default", help="label of the system being measured (for comparisons)")
 
 
+def _add_slo_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--slo", action="append", default=None, metavar="NAME:TTFT_MS:TPOT_MS",
+                   help="a latency bound (repeatable; replaces the params file's and the defaults, MLPerf's "
+                        "server 2000:100 and interactive 500:30)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="perfkit", description="Measure LLM inference: prompt and token phases, compared honestly.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -353,6 +441,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-minutes", type=_positive_minutes, default=None,
                    help="time budget: jobs that would end past it wait; the same command continues later")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--yes", action="store_true",
+                   help="allow a grid of more points than the params file's max_points (default 5,000)")
+    p.add_argument("--discard-stale", action="store_true",
+                   help="move the stored points of its systems that this params file does not define (another "
+                        "version of it) to RESULTS_DIR/stale/<timestamp>/ instead of refusing")
     p.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser("probe", help="measure this device's achievable copy bandwidth and matmul throughput")
@@ -368,7 +461,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("results", help="results directory (points/*.parquet; probes/*.json give the probed fractions)")
     p.add_argument("--system", default=None, help="only this system label")
     p.add_argument("--points", action="store_true", help="also list every point with its status")
-    p.add_argument("--csv", default=None, metavar="DIR", help="also write each table to DIR/<table>.csv")
+    p.add_argument("--csv", default=None, metavar="DIR", help="also write each table to DIR/<table>.csv "
+                   "(pareto.csv: the frontier's points; slo.csv: the best throughput within each bound)")
+    _add_slo_arg(p)
     p.set_defaults(func=_cmd_summary)
 
     p = sub.add_parser("compare", help="target vs baseline: study and point ratios with bootstrap intervals")
@@ -381,6 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-boot", type=_int, default=2000, help="bootstrap draws per ratio (default 2000)")
     p.add_argument("--confidence", type=float, default=0.95, help="interval's confidence (default 0.95)")
     p.add_argument("--seed", type=_int, default=0, help="seed of the bootstrap (default 0)")
+    _add_slo_arg(p)
     p.set_defaults(func=_cmd_compare)
 
     _add_publish(sub)
@@ -399,13 +495,19 @@ def restore_interrupt() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     restore_interrupt()
+    if "perfkit.results" in sys.modules:  # each command names each damaged file once (results.warn_skipped)
+        sys.modules["perfkit.results"].WARNED.clear()
     try:
         args = build_parser().parse_args(argv)
         return args.func(args)
     except UsageError as exc:
-        msg = str(exc)
+        msg = " ".join(str(exc).splitlines())  # one line whatever a message holds; bounded as a last resort
+        msg = msg if len(msg) <= 2000 else msg[:1997] + "..."
         print(msg if msg.startswith("perfkit") else f"perfkit: error: {msg}", file=sys.stderr)
         return 2
+    except _OutOfMemory as exc:
+        print(f"perfkit: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("perfkit: interrupted", file=sys.stderr)
         return 130

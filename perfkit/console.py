@@ -82,19 +82,34 @@ def format_row(row: dict) -> str:
 
 # ---- a sweep's plan and outcome --------------------------------------------------------------------
 
-def plan_text(pl) -> str:
-    """`perfkit sweep --dry-run`: every point of the plan, pass by pass, and what is done."""
+PLAN_LINES = 500  # points a dry run lists; the counts below them cover every point
+
+
+def plan_text(pl, limit: int = PLAN_LINES) -> str:
+    """`perfkit sweep --dry-run`: the plan's points pass by pass (the first `limit`), what is done, and the
+    counts per pass, which cover every point whether listed or not."""
     lines = [f"sweep {pl.params.name} ({pl.params.source}) -> {pl.out_dir}",
              f"{'pass':>4}  {'system':<12}{'model':<18}{'I':>6}{'O':>6}{'B':>5}  status"]
-    for p in pl.points:
+    for p in pl.points[:limit]:
         derived = f" (derived from O={p['derived_from_output_len']})" if p["derived_from_output_len"] else ""
         lines.append(f"{p['pass']:>4}  {p['system']:<12}{p['model']:<18}{p['input_len']:>6}{p['output_len']:>6}"
                      f"{p['batch']:>5}  {p['status']}{derived}")
-    lines.append(f"already done: {pl.count('done')}; to measure: {pl.count('todo')}; "
-                 f"up to {pl.count('search')} more if the batch searches keep gaining")
+    more = max(len(pl.points) - limit, 0) + getattr(pl, "unlisted", 0)
+    if more:
+        lines.append(f"... and {more:,} more points")
+    counts = pl.pass_counts() if hasattr(pl, "pass_counts") else {}
+    for pass_, c in sorted(counts.items()):
+        if c:
+            lines.append(f"pass {pass_}: {c.get('done', 0):,} done, {c.get('todo', 0):,} to measure"
+                         + (f", up to {c['search']:,} more if the batch searches keep gaining" if c.get("search") else ""))
+    lines.append(f"already done: {pl.count('done'):,}; to measure: {pl.count('todo'):,}; "
+                 f"up to {pl.count('search'):,} more if the batch searches keep gaining")
     if pl.other_points:
-        lines.append(f"note: {pl.out_dir} also holds {pl.other_points} points that are not part of this plan "
-                     "(another version of the params?)")
+        lines.append(f"note: {pl.out_dir} also holds {pl.other_points} points of other systems (not part of this "
+                     "plan)")
+    if getattr(pl, "stale", 0):
+        lines.append(f"note: --discard-stale would move {pl.stale} points of these systems that this params file "
+                     f"does not define to {pl.out_dir}/stale/<timestamp>/")
     return "\n".join(lines)
 
 
@@ -102,6 +117,9 @@ def outcome_text(out, multi_user_max: pd.DataFrame | None = None) -> tuple[str, 
     """What a finished sweep says: (for stdout, for stderr: its failed points, or "")."""
     lines = [f"sweep -> {out.out_dir}: measured {out.measured} points, {out.skipped} already done, "
              f"{len(out.ooms)} out of memory (recorded), {len(out.failures)} failed, {out.wall_s:.1f} s"]
+    if getattr(out, "interrupted", False):
+        lines.append(f"interrupted (Ctrl-C): the {out.measured} points measured before it are stored, the one in "
+                     f"progress is not; up to {out.left} runs left: run the same command to continue with the rest")
     if out.stopped_early:
         lines.append(f"runs that would not have fit the time budget were left out: up to {out.left} runs left; "
                      "run the same command to continue")
@@ -179,3 +197,54 @@ def format_probe(record: dict) -> str:
         lines.append(f"  matmul {k:<9}{v / 1e12:9.2f} TFLOP/s (median {record['matmul_median_flops'][k] / 1e12:.2f},"
                      f" n = {record['matmul_n'][k]})")
     return "\n".join(lines)
+
+
+# ---- service levels (perfkit summary / compare --slo) ------------------------------------------------
+
+def slos_text(slos) -> str:
+    return ", ".join(f"{s.name} (ttft ≤ {s.ttft_ms_max:g} ms, tpot ≤ {s.tpot_ms_max:g} ms)" for s in slos)
+
+
+def bounded_max_text(bounded: pd.DataFrame) -> str:
+    """Per (system, model, I, O) and SLO: the best output throughput whose median ttft and tpot meet it."""
+    if bounded.empty:
+        return "(none)"
+    from perfkit.slo import NONE_MEETS
+
+    shown = bounded[["system", "model", "input_len", "output_len", "slo"]].copy()
+    shown["output_tok_s"] = [NONE_MEETS if pd.isna(v) else f"{format_number(v)} @B={int(b)}"
+                             for v, b in zip(bounded["output_tok_s"], bounded["batch"])]
+    return shown.to_string(index=False)
+
+
+def slo_ratio_text(table: pd.DataFrame, confidence: float) -> str:
+    """Target vs baseline bounded max per SLO: each side's figure and batch, the ratio, interval, verdict."""
+    if table.empty:
+        return "(none)"
+    from perfkit.slo import NONE_MEETS
+
+    def side(v, b):
+        return NONE_MEETS if pd.isna(v) else f"{format_number(v)} @B={int(b)}"
+
+    out = table[["model", "input_len", "output_len", "slo"]].copy()
+    out["target"] = [side(v, b) for v, b in zip(table["target_output_tok_s"], table["target_batch"])]
+    out["baseline"] = [side(v, b) for v, b in zip(table["baseline_output_tok_s"], table["baseline_batch"])]
+    out["ratio"] = table["ratio"].map(lambda r: "-" if pd.isna(r) else f"{r:.3f}")
+    out[f"{confidence:.0%} interval"] = ["-" if pd.isna(lo) else f"[{lo:.3f}, {hi:.3f}]"
+                                         for lo, hi in zip(table["ratio_lo"], table["ratio_hi"])]
+    out["verdict"] = table["verdict"]
+    return out.to_string(index=False)
+
+
+def frontier_ratio_text(table: pd.DataFrame) -> str:
+    """At each baseline frontier point's interactivity: the target's best throughput there or better."""
+    if table.empty:
+        return "(none)"
+    out = table[["model", "input_len", "output_len"]].copy()
+    out["tok/s per user ≥"] = table["interactivity_tok_s"].map(format_number)
+    out["baseline"] = [f"{format_number(v)} @B={int(b)}" for v, b in zip(table["baseline_output_tok_s"],
+                                                                        table["baseline_batch"])]
+    out["target"] = ["-" if pd.isna(v) else f"{format_number(v)} @B={int(b)}"
+                     for v, b in zip(table["target_output_tok_s"], table["target_batch"])]
+    out["ratio"] = table["ratio"].map(lambda r: "-" if pd.isna(r) else f"{r:.3f}")
+    return out.to_string(index=False)

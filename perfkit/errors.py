@@ -7,3 +7,26 @@ that escapes is a bug and keeps its traceback.
 
 class UsageError(ValueError):
     """Bad input: the message names what is wrong and what was expected."""
+
+
+_SHOWN_MAX = 60  # characters of a value a message may show
+
+
+def shown(value, limit: int = _SHOWN_MAX) -> str:
+    """A value as an error message may show it: repr, bounded in size and cost, on one line.
+
+    Input is shown back to its author, who may be careless or hostile: a YAML alias bomb (a list of lists
+    of ... nine levels deep), a megabyte string, an integer of thousands of digits. reprlib visits a few
+    items per level and two levels at most, so this costs microseconds whatever `value` is.
+    """
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxlevel, r.maxstring, r.maxlong, r.maxother = 2, limit, limit, limit
+    r.maxlist = r.maxtuple = r.maxdict = r.maxset = r.maxfrozenset = r.maxdeque = r.maxarray = 4
+    try:
+        text = r.repr(value)
+    except Exception:  # noqa: BLE001 - an int past Python's digit limit, a repr that raises
+        text = f"<a {type(value).__name__}>"
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."

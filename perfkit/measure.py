@@ -24,7 +24,7 @@ import torch
 from perfkit.attention import KernelRecorder, recording
 from perfkit.backends import get_backend
 from perfkit.energy import EnergyMeter, repeat_energy
-from perfkit.errors import UsageError
+from perfkit.errors import UsageError, shown
 from perfkit.memory import PeakMemory
 from perfkit.models import context_length, parse_dtype, resolve_model
 from perfkit.timing import clock_for, on_device, synchronize
@@ -62,14 +62,14 @@ def check_device(device: str) -> torch.device:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
-        raise UsageError(f"unknown device {device!r}: expected cpu or cuda[:N]") from None
+        raise UsageError(f"unknown device {shown(device)}: expected cpu or cuda[:N]") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise UsageError(f"device {device!r} asked for, but CUDA is not available on this machine: use --device cpu")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise UsageError(f"device {device!r} does not exist: this machine has {torch.cuda.device_count()} CUDA device(s)")
     elif dev.type != "cpu":
-        raise UsageError(f"unsupported device {device!r}: expected cpu or cuda[:N]")
+        raise UsageError(f"unsupported device {shown(device)}: expected cpu or cuda[:N]")
     return dev
 
 
@@ -82,7 +82,7 @@ def validate(system: System, point: Point) -> None:
     for field in ("input_len", "output_len", "batch"):
         value = getattr(point, field)
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise UsageError(f"{field.replace('_', '-')} must be a positive integer, got {value!r}")
+            raise UsageError(f"{field.replace('_', '-')} must be a positive integer, got {shown(value)}")
     ctx = context_length(point.model)
     if point.input_len + point.output_len > ctx:
         raise UsageError(
@@ -148,13 +148,18 @@ def measure_point(model, system: System, point: Point, warmup: int = 1, repeats:
 
 
 # Out-of-memory that does not arrive as torch.OutOfMemoryError: cuBLAS/cuDNN workspace allocations and
-# some kernels report it as a plain RuntimeError with one of these messages.
+# some kernels report it as a plain RuntimeError with one of these messages; so does torch's host (CPU)
+# allocator, "[enforce fail at alloc_cpu.cpp:...] DefaultCPUAllocator: can't allocate memory: you tried to
+# allocate N bytes" ("not enough memory" on Windows).
 _OOM_MESSAGES = ("out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED",
-                 "cudaErrorMemoryAllocation")
+                 "cudaErrorMemoryAllocation", "DefaultCPUAllocator: can't allocate memory",
+                 "DefaultCPUAllocator: not enough memory")
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
-    return isinstance(exc, torch.OutOfMemoryError) or (
+    """Whether `exc` means the device or the host ran out of memory: torch.OutOfMemoryError, Python's
+    MemoryError (a host allocation outside torch), or a RuntimeError saying so (_OOM_MESSAGES)."""
+    return isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or (
         isinstance(exc, RuntimeError) and any(m in str(exc) for m in _OOM_MESSAGES))
 
 

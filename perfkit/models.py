@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from perfkit.errors import UsageError
+from perfkit.errors import UsageError, shown
 from perfkit.registry import REGISTRY, ModelSpec, check_model_name, is_checkpoint_dir  # noqa: F401 (re-exported)
 from perfkit.workload import ATTN_IMPLEMENTATIONS, DTYPE_NAMES, canonical_dtype
 
@@ -33,9 +33,13 @@ def resolve_model(model: str):
     if model in REGISTRY:
         return REGISTRY[model]
     if os.path.isdir(model):
-        if not is_checkpoint_dir(model):
+        try:
+            is_checkpoint = is_checkpoint_dir(model)
+        except OSError as exc:  # a directory that cannot be listed
+            raise UsageError(f"{shown(model)} cannot be read ({exc.strerror}): expected a checkpoint directory") from None
+        if not is_checkpoint:
             raise UsageError(
-                f"{model!r} is a directory but not a checkpoint: expected config.json and *.safetensors in it"
+                f"{shown(model)} is a directory but not a checkpoint: expected config.json and *.safetensors in it"
             )
         from transformers import AutoConfig
 
@@ -56,8 +60,86 @@ def resolve_model(model: str):
             except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
                 raise UsageError(f"checkpoint file {os.path.join(model, name)!r} is not valid safetensors "
                                  f"({exc}): expected an intact checkpoint") from None
+        _check_weights(model, config)
         return config
     check_model_name(model)  # raises: neither a registry name nor a directory
+
+
+_WEIGHTS_CHECKED: dict[str, tuple] = {}  # checkpoint directory -> the files' (name, mtime, size) it was checked at
+
+
+def _checkpoint_files(model: str) -> list[str]:
+    return [os.path.join(model, "config.json")] + sorted(
+        os.path.join(model, f) for f in os.listdir(model) if f.endswith(".safetensors"))
+
+
+def _weight_problems(model: str, config, missing, unexpected, mismatched) -> None:
+    """UsageError naming a couple of each kind of key that does not match; nothing where all match."""
+    problems = []
+    for keys, what in ((mismatched, "of another shape"), (missing, "missing from the weights"),
+                       (unexpected, "in the weights but not in the model")):
+        if keys:
+            problems.append(f"{len(keys)} tensor{'s' if len(keys) > 1 else ''} {what} ({', '.join(map(str, list(keys)[:2]))}"
+                            f"{', ...' if len(keys) > 2 else ''})")
+    if problems:
+        described = (f"a {config.model_type} model, {getattr(config, 'num_hidden_layers', '?')} layers, hidden size "
+                     f"{getattr(config, 'hidden_size', '?')}")
+        raise UsageError(f"checkpoint {model!r}: its config.json ({described}) does not describe its weights: "
+                         f"{'; '.join(problems)}: expected the config.json saved with these weights")
+
+
+def _check_weights(model: str, config) -> None:
+    """Refuse a checkpoint whose config.json does not describe its safetensors, before anything is built.
+
+    transformers loads such a checkpoint anyway: the tensors it cannot place are dropped and the model's own
+    are left random, behind a wall of warnings, and a measurement of that model is not one of the
+    checkpoint. Here the safetensors headers' tensor names and shapes are compared with the model the
+    config builds on the meta device (no memory, no arithmetic): every tensor of the model present (tied
+    aliases aside) with its shape, and no tensor of the checkpoint left over. Checked once per version of
+    the files (a sweep resolves a model many times)."""
+    import re
+
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    files = _checkpoint_files(model)
+    signature = tuple((f, os.stat(f).st_mtime_ns, os.stat(f).st_size) for f in files)
+    if _WEIGHTS_CHECKED.get(os.path.abspath(model)) == signature:
+        return
+    stored: dict[str, tuple] = {}
+    for f in files[1:]:
+        with safe_open(f, framework="pt") as handle:
+            for key in handle.keys():
+                stored[key] = tuple(handle.get_slice(key).get_shape())
+    layers = getattr(config, "num_hidden_layers", None)
+    if isinstance(layers, int) and layers > len(stored):  # before building thousands of layers, even on meta
+        raise UsageError(f"checkpoint {model!r}: its config.json says {layers:,} layers, but its weights hold "
+                         f"{len(stored):,} tensors: expected the config.json saved with these weights")
+    try:
+        with torch.device("meta"):
+            built = AutoModelForCausalLM.from_config(config)
+    except Exception as exc:  # noqa: BLE001 - a config transformers cannot build from
+        raise UsageError(f"checkpoint {model!r}: its config.json does not build a model "
+                         f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]}): expected a valid config") from None
+    expected, optional, first = {}, set(getattr(built, "all_tied_weights_keys", None) or {}), {}
+    for key, tensor in built.state_dict(keep_vars=True).items():
+        expected[key] = tuple(tensor.shape)
+        if first.setdefault(id(tensor), key) != key:  # a tied alias (lm_head = embeddings): either name will do
+            optional.add(key)
+    prefix = f"{built.base_model_prefix}." if built.base_model_prefix else ""
+    if prefix and not any(k.startswith(prefix) for k in stored):  # a base model's checkpoint: transformers
+        prefixed = {(k if k in expected else prefix + k): shape for k, shape in stored.items()}  # adds the prefix
+        if sum(k in expected for k in prefixed) > sum(k in expected for k in stored):
+            stored = prefixed
+    ignored = [re.compile(p) for p in (getattr(built, "_keys_to_ignore_on_load_unexpected", None) or ())]
+    ignored.append(re.compile(r"rotary_emb\.inv_freq$"))  # a buffer older conversions saved; never loaded
+    _weight_problems(
+        model, config,
+        missing=[k for k in expected if k not in stored and k not in optional],
+        unexpected=[k for k in stored if k not in expected and not any(p.search(k) for p in ignored)],
+        mismatched=[f"{k}: {list(stored[k])} vs {list(shape)}" for k, shape in expected.items()
+                    if k in stored and stored[k] != shape])
+    _WEIGHTS_CHECKED[os.path.abspath(model)] = signature
 
 
 def model_config(model: str):
@@ -89,7 +171,7 @@ def build_model(model: str, dtype: torch.dtype, device: str | torch.device, attn
 
     if attn_implementation not in ATTN_IMPLEMENTATIONS:
         raise UsageError(
-            f"unknown attention implementation {attn_implementation!r}: expected one of {', '.join(ATTN_IMPLEMENTATIONS)}"
+            f"unknown attention implementation {shown(attn_implementation)}: expected one of {', '.join(ATTN_IMPLEMENTATIONS)}"
         )
     spec = resolve_model(model)
     if isinstance(spec, ModelSpec):
@@ -112,10 +194,20 @@ def build_model(model: str, dtype: torch.dtype, device: str | torch.device, attn
                 use_safetensors=True,
                 trust_remote_code=False,
                 local_files_only=True,
+                output_loading_info=True,
                 **placement,
             )
         except (OSError, ValueError) as exc:
             raise UsageError(f"cannot load the checkpoint {model!r}: {exc}") from None
+        except RuntimeError as exc:  # shapes that differ: transformers refuses unless told to re-initialise them
+            if "mismatched" not in str(exc):
+                raise  # out of memory, among others: the caller records it
+            raise UsageError(f"checkpoint {model!r}: its config.json does not describe its weights (tensors of "
+                             "another shape): expected the config.json saved with these weights") from None
+        m, info = m
+        # resolve_model compared the headers already; this is what transformers itself saw while loading
+        _weight_problems(model, spec, info.get("missing_keys") or [],
+                         [], [str(k[0] if isinstance(k, tuple) else k) for k in info.get("mismatched_keys") or []])
         if not placement:
             m = m.to(device)
     return m.eval()

@@ -10,7 +10,7 @@ import dataclasses
 import os
 from typing import Any
 
-from perfkit.errors import UsageError
+from perfkit.errors import UsageError, shown
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,5 +101,5 @@ def check_model_name(model: str) -> None:
     if model in REGISTRY or os.path.isdir(model):
         return
     if os.sep in model or model.startswith("."):
-        raise UsageError(f"model path {model!r} does not exist: expected a checkpoint directory")
-    raise UsageError(f"unknown model {model!r}: expected one of {', '.join(REGISTRY)} or a checkpoint directory")
+        raise UsageError(f"model path {shown(model)} does not exist: expected a checkpoint directory")
+    raise UsageError(f"unknown model {shown(model)}: expected one of {', '.join(REGISTRY)} or a checkpoint directory")

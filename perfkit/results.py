@@ -8,29 +8,46 @@ Layout of a results directory:
 A point is written to a temporary file, flushed to disk and renamed into place, so a crash at any
 moment leaves either the whole point or nothing. `load_results(DIR)` returns every point as one pandas
 DataFrame; DuckDB reads the same files directly: SELECT * FROM 'DIR/points/*.parquet'.
+
+Every point file is checked when it is read (`read_point`): readable Parquet (page checksums verified),
+exactly one row, every column of rows.SCHEMA with a compatible type, its point_key equal to its file name,
+a known status, and for an `ok` row figures that follow from its raw samples. A file that fails is left
+out with a one-line reason (`load_results(...).attrs["skipped_files"]`), never read as a figure.
+`open_results` (summary, compare, reports) names those files on stderr and refuses a directory where one
+system label holds several definitions. `lock(DIR)` is the sweep's exclusive lock on a directory.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import glob
 import json
+import math
 import os
+import statistics
+import sys
 import tempfile
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from perfkit.rows import COLUMNS, schema_for
+from perfkit.rows import COLUMNS, SCHEMA, schema_for
 
 POINTS = "points"
 RUNS = "runs"
+STALE = "stale"  # DIR/stale/<timestamp>/: points a sweep moved aside (perfkit sweep --discard-stale)
+LOCK = ".perfkit.lock"  # the sweep's lock file (see `lock`)
+TMP_PREFIX = ".tmp-"  # atomic_write's temporary files: .tmp-<pid>-<random>
+STATUSES = ("ok", "oom", "error")
 
 def atomic_write(path: str, write) -> None:
     """Write `path` through a temporary file, fsync and rename: a crash leaves the old file or the new one."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    # The writer's pid in the name lets a sweep tell an interrupted write from one in flight.
+    fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{os.getpid()}-", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -48,30 +65,96 @@ def atomic_write(path: str, write) -> None:
         os.close(dir_fd)
 
 
-def check_out_dir(out_dir: str, flag: str = "--out", what: str = "a results directory") -> None:
-    """Refuse, before anything is built or measured, a results directory that could not be written.
+NAME_MAX_BYTES = 255  # one path component, on every file system perfkit writes to
+PATH_MAX_BYTES = 4096
 
-    It may not exist yet; then its nearest existing ancestor must be a writable directory. Nothing is
-    created here (bad input writes nothing). Raises UsageError.
+
+def check_out_dir(out_dir: str, flag: str = "--out", what: str = "a results directory",
+                  subdirs: tuple[str, ...] = (POINTS, RUNS), files: tuple[str, ...] = ()) -> None:
+    """Refuse, before anything is built or measured, an output directory that could not be written.
+
+    Refused, each in one line: an empty name or one with a NUL byte, a name too long for the file system;
+    an existing file (or a broken link) where the directory goes, or a path below a file; a directory whose
+    `subdirs` entry is a file, or whose `files` entry is a directory; and a directory (or, where it does
+    not exist yet, its nearest existing ancestor) in which no file can be created: a read-only or pseudo
+    file system (/proc, /sys), no permission. That last is probed for real, a temporary file created and
+    deleted at once, because os.access says yes to root on a read-only file system and on /proc. Nothing
+    else is created here (bad input writes nothing). Raises UsageError.
     """
-    from perfkit.errors import UsageError
+    from perfkit.errors import UsageError, shown
 
+    def refuse(problem: str, expected: str = what):
+        raise UsageError(f"{flag} {shown(out_dir, 200)} {problem}, expected {expected}")
+
+    if not isinstance(out_dir, (str, os.PathLike)) or not os.fspath(out_dir):
+        refuse("is empty")
+    out_dir = os.fspath(out_dir)
+    if "\0" in out_dir:
+        refuse("contains a NUL byte")
     path = os.path.abspath(out_dir)
+    if len(os.fsencode(path)) > PATH_MAX_BYTES or any(len(os.fsencode(p)) > NAME_MAX_BYTES for p in path.split(os.sep)):
+        refuse("is too long", f"{what} with names of at most {NAME_MAX_BYTES} bytes")
+    if os.path.lexists(path) and not os.path.exists(path):
+        refuse("is a broken link")
     if os.path.exists(path) and not os.path.isdir(path):
-        raise UsageError(f"{flag} {out_dir!r} is a file, expected {what}")
+        refuse("is a file")
     parent = path
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)
     if not os.path.isdir(parent):
-        raise UsageError(f"{flag} {out_dir!r} lies under the file {parent!r}, expected {what}")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UsageError(f"{flag} {out_dir!r}: {parent!r} is not writable, expected {what} that can be written")
+        refuse(f"lies under the file {shown(parent, 200)}")
+    probes = [parent]
+    if parent == path:
+        for name in subdirs:
+            sub = os.path.join(path, name)
+            if os.path.lexists(sub) and not os.path.isdir(sub):
+                refuse(f"holds a file {name!r} where its {name}/ directory goes")
+            if os.path.isdir(sub):
+                probes.append(sub)
+        for name in files:
+            if os.path.isdir(os.path.join(path, name)):
+                refuse(f"holds a directory {name!r} where the file {name} goes")
+    for directory in probes:
+        reason = _cannot_create_in(directory)
+        if reason:
+            refuse(f"cannot be written: no file can be created in {shown(directory, 200)} ({reason})",
+                   f"{what} on a writable file system")
+
+
+def _cannot_create_in(directory: str) -> str | None:
+    """Why no file can be created in `directory` (an OS error's words), or None where one can."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".perfkit-probe-", dir=directory)
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    os.close(fd)
+    os.unlink(probe)
+    return None
+
+
+def check_out_file(out_file: str, flag: str = "--out", what: str = "a file") -> None:
+    """Refuse, before any work, a file path that could not be written: an existing directory (or broken
+    link) at the path, and `check_out_dir`'s rules for the rest (a NUL byte, a path under a file, a
+    directory where no file can be created). An existing file is fine: it is replaced. Raises UsageError."""
+    from perfkit.errors import UsageError, shown
+
+    if isinstance(out_file, (str, os.PathLike)) and os.fspath(out_file) and "\0" not in os.fspath(out_file):
+        out_file = os.fspath(out_file)
+        if os.path.isdir(out_file) or out_file.endswith(os.sep):
+            raise UsageError(f"{flag} {shown(out_file, 200)} is a directory, expected {what}")
+        if os.path.isfile(out_file):  # replaced by the write: its directory must take a new file
+            check_out_dir(os.path.dirname(os.path.abspath(out_file)), flag, what, subdirs=())
+            return
+    # not there yet: the path as a directory to be made obeys the same rules as its file would
+    check_out_dir(out_file, flag, what, subdirs=())
 
 
 def open_results(path: str | os.PathLike, what: str = "results directory") -> pd.DataFrame:
     """Every point of a results directory that is to be read (summary, compare, reports).
 
-    UsageError, naming `what`, when the path does not exist, is a file, or holds no point."""
+    Names each damaged point file or run record on stderr, one line each (they are left out). UsageError,
+    naming `what`, when the path does not exist, is a file, holds no readable point, or holds a system
+    label with several definitions (check_definitions)."""
     from perfkit.errors import UsageError
 
     path = os.fspath(path)
@@ -80,9 +163,76 @@ def open_results(path: str | os.PathLike, what: str = "results directory") -> pd
     if not os.path.isdir(path):
         raise UsageError(f"{what} {path!r} is a file, expected a results directory (points/*.parquet)")
     df = load_results(path)
+    skipped = df.attrs.get("skipped_files", [])
+    warn_skipped(skipped + load_runs(path).skipped)
     if df.empty:
-        raise UsageError(f"no results in {what} {path!r} (expected points/*.parquet written by perfkit run or sweep)")
+        damaged = f"; {len(skipped)} damaged point files skipped" if skipped else ""
+        raise UsageError(f"no results in {what} {path!r} (expected points/*.parquet written by perfkit run or "
+                         f"sweep{damaged})")
+    check_definitions(df, f"{what} {path!r}")
     return df
+
+
+# The files warn_skipped has named in this process (a command reads a directory more than once, and says
+# each once); perfkit.cli.main clears it for each command.
+WARNED: set[tuple[str, str]] = set()
+
+
+def warn_skipped(skipped, file=None) -> None:
+    """One stderr line per file left out: `perfkit: warning: skipped PATH: REASON` (once per process)."""
+    for path, reason in skipped:
+        if (path, reason) not in WARNED:
+            WARNED.add((path, reason))
+            print(f"perfkit: warning: skipped {path}: {reason}", file=file or sys.stderr, flush=True)
+
+
+# What defines a system label in a results directory: one value each per label. `repeats` is read from ok
+# rows only (a failed row has 0); device_name is the machine's, the rest the system's and the sweep's.
+DEFINITION = ("dtype", "backend", "attn_implementation", "device_name", "warmup", "repeats", "seed")
+
+
+def definitions(df: pd.DataFrame) -> dict[str, dict[str, list[str]]]:
+    """Per system label, each DEFINITION column holding more than one value: {label: {column: values}}."""
+    out: dict[str, dict[str, list[str]]] = {}
+    if df.empty or "system" not in df:
+        return out
+    for label, g in df.groupby("system", sort=True):
+        for col in DEFINITION:
+            if col not in g:
+                continue
+            rows = g[g["status"] == "ok"] if col == "repeats" and "status" in g else g
+            values = sorted({_shown(v) for v in rows[col] if not _missing(v)})
+            if len(values) > 1:
+                out.setdefault(label, {})[col] = values
+    return out
+
+
+def check_definitions(df: pd.DataFrame, where: str) -> None:
+    """UsageError where one system label holds several definitions (a changed params file re-run into the
+    same directory): its figures would mix them."""
+    from perfkit.errors import UsageError
+
+    mixed = definitions(df)
+    if not mixed:
+        return
+    label, cols = next(iter(mixed.items()))
+    what = "; ".join(f"{col} {', '.join(values)}" for col, values in cols.items())
+    more = f" (and {len(mixed) - 1} more system labels)" if len(mixed) > 1 else ""
+    raise UsageError(f"system {label!r} in {where} holds several definitions ({what}){more}: expected one "
+                     "definition per label; measure a changed system under another label or into another --out "
+                     "(perfkit sweep --discard-stale moves the points its params file does not define to "
+                     f"DIR/{STALE}/)")
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA
+
+
+def _shown(value) -> str:
+    """A definition value as the messages show it (3.0 read back through pandas is 3)."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def select_system(df: pd.DataFrame, system: str | None, where: str, side: str = "") -> pd.DataFrame:
@@ -113,7 +263,7 @@ def write_point(out_dir: str, row: dict) -> str:
             ordered[field.name] = None
     table = pa.Table.from_pylist([ordered], schema=schema)
     path = point_path(out_dir, ordered["point_key"])
-    atomic_write(path, lambda f: pq.write_table(table, f))
+    atomic_write(path, lambda f: pq.write_table(table, f, write_page_checksum=True))
     return path
 
 
@@ -125,18 +275,202 @@ def write_run(out_dir: str, run_id: str, provenance: dict) -> str:
 
 
 def done_keys(out_dir: str) -> set[str]:
-    """Keys of the points already persisted in `out_dir`."""
-    return {os.path.basename(p)[: -len(".parquet")] for p in glob.glob(os.path.join(out_dir, POINTS, "*.parquet"))}
+    """Keys of the points persisted in `out_dir` whose files pass `read_point` (a damaged one is not done)."""
+    return set(scan_points(out_dir).rows)
 
 
 def devices_by_system(out_dir: str) -> dict[str, set[str]]:
-    """The device names each system label of `out_dir` was measured on (two columns read per file)."""
+    """The device names each system label of `out_dir` was measured on (damaged files left out)."""
     seen: dict[str, set[str]] = {}
-    for f in glob.glob(os.path.join(out_dir, POINTS, "*.parquet")):
-        for row in pq.read_table(f, columns=["system", "device_name"]).to_pylist():
-            if row["device_name"] is not None:
-                seen.setdefault(row["system"], set()).add(row["device_name"])
+    for row in scan_points(out_dir).rows.values():
+        if row["device_name"] is not None:
+            seen.setdefault(row["system"], set()).add(row["device_name"])
     return seen
+
+
+# ---- reading a point file: every file checked ------------------------------------------------------
+
+class DamagedFile(Exception):
+    """A file of a results directory that cannot be read as what it claims to be; str() is the reason."""
+
+
+# Columns whose stored value must follow from the raw samples (perfkit.metrics.point_metrics), and the
+# relative tolerance: a row round-trips exactly, so this only absorbs the ms <-> s conversion.
+_DERIVED_TOLERANCE = 1e-6
+_SCHEMA_TYPES = {field.name: field.type for field in SCHEMA}
+_TIMINGS = ("ttft_ms", "e2e_ms", "tpot_ms", "prefill_tok_s", "output_tok_s", "decode_tok_s", "total_tok_s")
+
+
+def _compatible(actual: pa.DataType, expected: pa.DataType) -> bool:
+    """Whether a stored column type reads as SCHEMA's without changing a value (null reads as anything)."""
+    t = pa.types
+    if actual == expected or t.is_null(actual):
+        return True
+    if t.is_integer(expected):
+        return t.is_integer(actual)
+    if t.is_floating(expected):
+        return t.is_floating(actual) or t.is_integer(actual)
+    if t.is_string(expected) or t.is_large_string(expected):
+        return t.is_string(actual) or t.is_large_string(actual)
+    if t.is_list(expected) or t.is_large_list(expected):
+        return (t.is_list(actual) or t.is_large_list(actual)) and _compatible(actual.value_type,
+                                                                            expected.value_type)
+    return False
+
+
+def _conform(table: pa.Table) -> pa.Table:
+    """`table` with every SCHEMA column in SCHEMA's type (extra columns kept); DamagedFile where it cannot."""
+    if table.schema.equals(SCHEMA):  # as write_point writes a row with no extra column
+        return table
+    fields = []
+    for field in table.schema:
+        want = _SCHEMA_TYPES.get(field.name, field.type)
+        if not _compatible(field.type, want):
+            raise DamagedFile(f"column {field.name} is {field.type}, expected {want}")
+        fields.append(pa.field(field.name, want))
+    present = set(table.schema.names)
+    missing = [c for c in SCHEMA.names if c not in present]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise DamagedFile(f"column {missing[0]} is missing{more}, expected every column of the results schema")
+    target = pa.schema(fields)
+    if table.schema.equals(target):  # as write_point writes it: nothing to convert
+        return table
+    try:
+        return table.cast(target)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise DamagedFile(f"a column does not convert to the results schema ({_first_line(exc)})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:160]
+
+
+def _number(value) -> float:
+    return float("nan") if value is None else float(value)
+
+
+def _same(stored, expected: float) -> bool:
+    stored = _number(stored)
+    if math.isnan(expected) or math.isnan(stored):
+        return math.isnan(expected) and math.isnan(stored)
+    return math.isclose(stored, expected, rel_tol=_DERIVED_TOLERANCE, abs_tol=1e-12)
+
+
+def _bad_samples(name: str, values) -> str | None:
+    flat = [v for v in values for v in (v if isinstance(v, list) else [v])]
+    if any(v is None or not math.isfinite(v) for v in flat):
+        return f"{name} holds a non-finite timing, expected finite times"
+    if any(v < 0 for v in flat):
+        return f"{name} holds a negative timing, expected times >= 0"
+    return None
+
+
+def check_row(row: dict, key: str | None = None) -> str | None:
+    """Why a stored row cannot be used (one line), or None. `key` is its file name's key."""
+    from perfkit.metrics import point_metrics
+
+    if key is not None and row.get("point_key") != key:
+        return f"its point_key {row.get('point_key')!r} differs from its file name {key!r}"
+    for col in ("system", "model"):
+        if not isinstance(row.get(col), str) or not row[col]:
+            return f"{col} is {row.get(col)!r}, expected a name"
+    for col in ("input_len", "output_len", "batch"):
+        if not isinstance(row.get(col), int) or row[col] < 1:
+            return f"{col} is {row.get(col)!r}, expected a positive integer"
+    status = row.get("status")
+    if status not in STATUSES:
+        return f"status {status!r}, expected ok, oom or error"
+    if status != "ok":
+        timed = [c for c in _TIMINGS if not math.isnan(_number(row.get(c)))]
+        if timed:
+            return f"status {status} with a figure ({timed[0]} {row[timed[0]]:g}), expected no timings"
+        return None
+    ttft, e2e = row.get("ttft_ms_samples"), row.get("e2e_ms_samples")
+    if not ttft or not e2e:
+        return "status ok without raw samples (ttft_ms_samples, e2e_ms_samples), expected one per repeat"
+    if len(ttft) != len(e2e):
+        return f"{len(ttft)} ttft samples and {len(e2e)} e2e samples, expected one of each per repeat"
+    for name in ("ttft_ms_samples", "e2e_ms_samples", "decode_step_ms_samples", "energy_j_samples"):
+        bad = _bad_samples(name, row.get(name) or [])
+        if bad:
+            return bad
+    expected = point_metrics(row["batch"], row["input_len"], row["output_len"], [t / 1e3 for t in ttft],
+                             [t / 1e3 for t in e2e])
+    if row.get("repeats") != expected["repeats"]:
+        return f"repeats {row.get('repeats')!r} with {expected['repeats']} raw samples, expected them equal"
+    for col, value in expected.items():
+        if col in ("repeats", "noisy"):
+            continue
+        if not _same(row.get(col), value):
+            return (f"{col} {_number(row.get(col)):.6g} does not follow from its raw samples "
+                    f"({value:.6g} expected)")
+    energy = row.get("energy_j_samples") or []
+    if energy and not _same(row.get("energy_j"), statistics.median(energy)):
+        return f"energy_j {_number(row.get('energy_j')):.6g} is not the median of its energy_j_samples"
+    return None
+
+
+def read_point(path: str) -> tuple[pa.Table, dict]:
+    """One point file, checked: (its one-row table in the results schema, that row as a dict).
+
+    Raises DamagedFile with a one-line reason where the file is not readable Parquet (empty, truncated,
+    damaged: page checksums are verified where written), does not hold exactly one row, lacks a column of
+    rows.SCHEMA or holds one of another type, has a point_key other than its file name, an unknown status,
+    or figures that do not follow from its raw samples (check_row).
+    """
+    if not os.path.isfile(path):
+        raise DamagedFile("not a regular file, expected a Parquet file")
+    if os.path.getsize(path) == 0:
+        raise DamagedFile("empty file, expected a Parquet file with one row")
+    try:
+        table = pq.ParquetFile(path, page_checksum_verification=True).read()
+        row_count = table.num_rows
+    except Exception as exc:  # noqa: BLE001 - whatever pyarrow raises on a damaged file, it is damage
+        raise DamagedFile(f"not readable as Parquet ({_first_line(exc)})") from None
+    if row_count != 1:
+        raise DamagedFile(f"holds {row_count} rows, expected exactly one")
+    table = _conform(table)
+    try:
+        row = table.to_pylist()[0]
+    except Exception as exc:  # noqa: BLE001 - a value pyarrow cannot decode
+        raise DamagedFile(f"not readable as Parquet ({_first_line(exc)})") from None
+    name = os.path.basename(path)
+    reason = check_row(row, name[: -len(".parquet")] if name.endswith(".parquet") else name)
+    if reason:
+        raise DamagedFile(reason)
+    return table, row
+
+
+@dataclasses.dataclass
+class Scan:
+    """The point files of one results directory, read and checked."""
+
+    rows: dict[str, dict]  # point_key -> row, files that passed
+    tables: dict[str, pa.Table]  # point_key -> its one-row table
+    paths: dict[str, str]  # point_key -> file
+    skipped: list[tuple[str, str]]  # (path, reason) of files left out
+
+
+def _scan_files(files: list[str]) -> Scan:
+    scan = Scan({}, {}, {}, [])
+    for f in files:
+        try:
+            table, row = read_point(f)
+        except DamagedFile as exc:
+            scan.skipped.append((f, str(exc)))
+            continue
+        key = row["point_key"]
+        if key in scan.rows:  # the same point in two results directories of a folder: both are read
+            key = f
+        scan.rows[key], scan.tables[key], scan.paths[key] = row, table, f
+    return scan
+
+
+def scan_points(out_dir: str) -> Scan:
+    """Every point file of one results directory (DIR/points/*.parquet), checked by read_point."""
+    return _scan_files(sorted(glob.glob(os.path.join(out_dir, POINTS, "*.parquet"))))
 
 
 def _point_files(path: str) -> list[str]:
@@ -149,27 +483,195 @@ def _point_files(path: str) -> list[str]:
 
 
 def load_results(path: str | os.PathLike) -> pd.DataFrame:
-    """Every point under `path` (a results directory, a folder of them, or one .parquet) as a DataFrame."""
+    """Every point under `path` (a results directory, a folder of them, or one .parquet) as a DataFrame.
+
+    Each file is checked (read_point); one that fails is left out, and `df.attrs["skipped_files"]` lists
+    (path, reason) for each, so a reader can say so (open_results prints them)."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no results at {path!r}")
-    files = _point_files(path)
-    if not files:
-        return pd.DataFrame(columns=COLUMNS)
-    tables = [pq.read_table(f) for f in files]
-    table = pa.concat_tables(tables, promote_options="permissive")
-    df = table.to_pandas()
-    sort = [c for c in ("created_utc", "system", "model", "input_len", "output_len", "batch") if c in df]
-    return df.sort_values(sort, kind="stable").reset_index(drop=True)
+    scan = _scan_files(_point_files(path))
+    if not scan.tables:
+        df = pd.DataFrame(columns=COLUMNS)
+    else:
+        table = pa.concat_tables(list(scan.tables.values()), promote_options="permissive")
+        df = table.to_pandas()
+        sort = [c for c in ("created_utc", "system", "model", "input_len", "output_len", "batch") if c in df]
+        df = df.sort_values(sort, kind="stable").reset_index(drop=True)
+    df.attrs["skipped_files"] = list(scan.skipped)
+    return df
 
 
-def load_runs(path: str | os.PathLike) -> list[dict]:
-    """The provenance records of every run under `path`."""
+class RunRecords(list):
+    """The run records of a results directory (a list of dicts); `.skipped` holds (path, reason) of the
+    files left out."""
+
+    skipped: list[tuple[str, str]]
+
+
+def read_run(path: str) -> dict:
+    """One runs/<run_id>.json, checked: a JSON object whose run_id is its file name. DamagedFile otherwise."""
+    try:
+        with open(path, "rb") as fh:
+            blob = fh.read()
+    except OSError as exc:
+        raise DamagedFile(f"not readable ({_first_line(exc)})") from None
+    if not blob.strip():
+        raise DamagedFile("empty file, expected a JSON object")
+    try:
+        record = json.loads(blob)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DamagedFile(f"not valid JSON ({_first_line(exc)})") from None
+    if not isinstance(record, dict):
+        raise DamagedFile(f"holds a JSON {type(record).__name__}, expected an object")
+    stem = os.path.basename(path)[: -len(".json")]
+    if record.get("run_id") != stem:
+        return_id = record.get("run_id")
+        raise DamagedFile(f"its run_id {return_id!r} differs from its file name {stem!r}")
+    return record
+
+
+def load_runs(path: str | os.PathLike) -> RunRecords:
+    """The provenance records of every run under `path`; a damaged one is left out, named in `.skipped`."""
     path = os.fspath(path)
     files = sorted(glob.glob(os.path.join(path, RUNS, "*.json"))) or sorted(
         glob.glob(os.path.join(path, "**", RUNS, "*.json"), recursive=True))
-    runs = []
+    runs = RunRecords()
+    runs.skipped = []
     for f in files:
-        with open(f) as fh:
-            runs.append(json.load(fh))
+        try:
+            runs.append(read_run(f))
+        except DamagedFile as exc:
+            runs.skipped.append((f, str(exc)))
     return runs
+
+
+# ---- a sweep's hold on a results directory -----------------------------------------------------------
+
+@contextlib.contextmanager
+def lock(out_dir: str):
+    """Hold `out_dir` exclusively while a sweep writes it: flock on DIR/.perfkit.lock, never waiting.
+
+    The file records the holder (pid, host, start time, command). Held by a live process: UsageError naming
+    that holder, with nothing written. A lock whose holder died is free (the kernel releases a flock with
+    its process) and is taken over; the file then names the new holder. A directory this call had to
+    create is removed again on the way out if nothing but the lock was written into it.
+    """
+    import fcntl
+    import socket
+
+    from perfkit.errors import UsageError
+    from perfkit.provenance import utc_now
+
+    path = os.path.join(out_dir, LOCK)
+    created = []  # directories made here, deepest last
+    d = os.path.abspath(out_dir)
+    while not os.path.exists(d):
+        created.insert(0, d)
+        d = os.path.dirname(d)
+    while True:
+        os.makedirs(out_dir, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _lock_holder(fd)
+            os.close(fd)
+            raise UsageError(f"results directory {out_dir!r} is in use by another sweep ({holder}): expected one "
+                             "sweep at a time per results directory; wait for it to end, or use another --out")
+        except BaseException:
+            os.close(fd)
+            raise
+        try:  # a holder that cleaned up may have removed the file between our open and our flock
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        record = {"pid": os.getpid(), "host": socket.gethostname(), "since": utc_now(), "command": sys.argv}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(record, default=str) + "\n").encode(), 0)
+        yield record
+    finally:
+        try:
+            if created and sorted(os.listdir(out_dir)) == [LOCK]:
+                os.unlink(path)  # under the flock: whoever opens it next re-checks the inode
+                for d in reversed(created):
+                    os.rmdir(d)
+            else:
+                os.ftruncate(fd, 0)  # no holder now
+        except OSError:
+            pass
+        finally:
+            os.close(fd)  # releases the flock
+
+
+def _lock_holder(fd: int) -> str:
+    """The holder a lock file names, for the refusal: "pid 123 on host h since 2026-...Z"."""
+    try:
+        record = json.loads(os.pread(fd, 65536, 0) or b"null")
+    except (OSError, ValueError):
+        record = None
+    if not isinstance(record, dict):
+        return "its holder has not written its name yet"
+    return f"pid {record.get('pid', '?')} on host {record.get('host', '?')} since {record.get('since', '?')}"
+
+
+def remove_interrupted_writes(out_dir: str, min_age_s: float = 60.0) -> int:
+    """Remove the temporary files (.tmp-<pid>-*) that interrupted atomic writes left in points/ and runs/;
+    return how many. Call it under `lock`. A file whose writer is still alive on this machine and that is
+    younger than `min_age_s` may be a `perfkit run` writing now: it is kept."""
+    import time
+
+    removed = 0
+    for sub in (POINTS, RUNS):
+        for f in glob.glob(os.path.join(out_dir, sub, TMP_PREFIX + "*")):
+            pid = os.path.basename(f)[len(TMP_PREFIX):].split("-", 1)[0]
+            try:
+                fresh = time.time() - os.path.getmtime(f) < min_age_s
+            except FileNotFoundError:
+                continue
+            if fresh and pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
+                continue
+            try:
+                os.unlink(f)
+                removed += 1
+            except FileNotFoundError:
+                pass
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def move_aside(out_dir: str, paths: list[str]) -> str:
+    """Move point files to DIR/stale/<UTC timestamp>/ (gathered in a temporary folder, which is then renamed
+    into place in one step); returns that folder. Readers never look there: it has no points/ folder."""
+    import time
+
+    root = os.path.join(out_dir, STALE)
+    os.makedirs(root, exist_ok=True)
+    gather = tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-", dir=root)
+    for p in paths:
+        os.rename(p, os.path.join(gather, os.path.basename(p)))
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    dest, n = os.path.join(root, stamp), 1
+    while os.path.exists(dest):
+        dest, n = os.path.join(root, f"{stamp}-{n}"), n + 1
+    os.rename(gather, dest)
+    for d in (os.path.join(out_dir, POINTS), root):
+        dir_fd = os.open(d, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    return dest

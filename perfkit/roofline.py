@@ -185,9 +185,35 @@ def load_probe(source) -> list[dict]:
     path = os.fspath(source)
     if os.path.isdir(path):
         sub = os.path.join(path, "probes") if os.path.isdir(os.path.join(path, "probes")) else path
-        return [p for f in sorted(os.listdir(sub)) if f.endswith(".json") for p in load_probe(os.path.join(sub, f))]
+        records = []
+        for f in sorted(os.listdir(sub)):
+            if f.endswith(".json"):
+                try:
+                    records += _checked_probe(load_probe(os.path.join(sub, f)))
+                except (OSError, ValueError) as exc:  # damage is named, and the probe left out
+                    from perfkit.results import warn_skipped
+
+                    why = " ".join(str(exc).split())[:160]
+                    if isinstance(exc, (json.JSONDecodeError, UnicodeDecodeError)):
+                        why = f"not valid JSON ({why})"
+                    warn_skipped([(os.path.join(sub, f), why)])
+        return records
     with open(path) as f:
         return [json.load(f)]
+
+
+def _checked_probe(records: list) -> list[dict]:
+    """A stored probe record as `perfkit probe` writes it; ValueError naming what is wrong otherwise."""
+    for r in records:
+        if not isinstance(r, dict):
+            raise ValueError(f"holds a JSON {type(r).__name__}, expected a probe record (an object)")
+        matmul = r.get("matmul_flops") or {}
+        if not isinstance(matmul, dict):
+            raise ValueError("matmul_flops is not an object, expected {dtype: FLOP/s}")
+        figures = [r.get("copy_bandwidth_bytes_s"), *matmul.values()]
+        if any(v is not None and not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0) for v in figures):
+            raise ValueError("a bandwidth or matmul figure that is not a positive number, expected positive figures")
+    return records
 
 
 def _probe_for(probes: list[dict], device_name) -> dict | None:

@@ -115,7 +115,11 @@ class BatchSearch:
 
 def search_specs(params, systems: list[System]) -> list[SearchSpec]:
     """Every batch search of a params file's grid for these systems, in the grid's order."""
-    out = []
+    return list(iter_search_specs(params, systems))
+
+
+def iter_search_specs(params, systems: list[System]):
+    """search_specs one at a time: a dry run of a huge grid lists its first few without making them all."""
     for system in systems:
         for model in params.models:
             for input_len in params.input_lens:
@@ -123,7 +127,6 @@ def search_specs(params, systems: list[System]) -> list[SearchSpec]:
                 if not outs:
                     continue
                 if params.derive_output_lens:
-                    out.append(SearchSpec(system, model, input_len, max(outs), outs))
+                    yield SearchSpec(system, model, input_len, max(outs), outs)
                 else:
-                    out.extend(SearchSpec(system, model, input_len, o, (o,)) for o in outs)
-    return out
+                    yield from (SearchSpec(system, model, input_len, o, (o,)) for o in outs)

@@ -76,7 +76,7 @@ import pandas as pd
 
 from perfkit import metrics
 from perfkit.compare import NOISE, _rng, load_side, ratio, samples_ms, verdict
-from perfkit.errors import UsageError
+from perfkit.errors import UsageError, shown
 
 from perfkit.summary import latest_per_point
 
@@ -115,7 +115,7 @@ SLO_PARAMS_KEYS = ("name", "ttft_ms", "tpot_ms")
 
 
 def _slo_problem(text: str, what: str) -> UsageError:
-    return UsageError(f"SLO {text!r}: {what}, expected {SLO_FORM} with milliseconds > 0 (e.g. server:2000:100)")
+    return UsageError(f"SLO {shown(text)}: {what}, expected {SLO_FORM} with milliseconds > 0 (e.g. server:2000:100)")
 
 
 def _plain_name(name: str) -> bool:
@@ -138,7 +138,7 @@ def parse_slo(text: str) -> SLO:
     if not name:
         raise _slo_problem(text, "NAME is empty")
     if not _plain_name(name):
-        raise _slo_problem(text, f"NAME {name!r} holds white space")
+        raise _slo_problem(text, f"NAME {shown(name)} holds white space")
     values = []
     for field, part in zip(("TTFT_MS", "TPOT_MS"), numbers):
         if not part:
@@ -146,11 +146,11 @@ def parse_slo(text: str) -> SLO:
         try:
             value = float(part)
         except ValueError:
-            raise _slo_problem(text, f"{field} {part!r} is not a number") from None
+            raise _slo_problem(text, f"{field} {shown(part)} is not a number") from None
         if not math.isfinite(value):
-            raise _slo_problem(text, f"{field} {part!r} is not finite")
+            raise _slo_problem(text, f"{field} {shown(part)} is not finite")
         if value <= 0:
-            raise _slo_problem(text, f"{field} {part!r} is not positive")
+            raise _slo_problem(text, f"{field} {shown(part)} is not positive")
         values.append(value)
     return SLO(name, *values)
 
@@ -171,17 +171,18 @@ def parse_slos(texts: Iterable[str]) -> tuple[SLO, ...]:
         raise UsageError(f"no SLO given, expected at least one {SLO_FORM} (e.g. server:2000:100)")
     slos = [parse_slo(t) for t in texts]
     return _check_unique(slos, lambda i, slo, first: (
-        f"SLO {texts[i]!r}: the name {slo.name!r} is already used by {texts[first]!r}, expected each name once"))
+        f"SLO {shown(texts[i])}: the name {shown(slo.name)} is already used by {shown(texts[first])}, "
+        "expected each name once"))
 
 
 def _params_number(value, source: str, key: str) -> float:
     expected = "a finite number of milliseconds > 0"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise UsageError(f"{source}: {key}: {value!r} is not a number, expected {expected}")
+        raise UsageError(f"{source}: {key}: {shown(value)} is not a number, expected {expected}")
     if not math.isfinite(value):
-        raise UsageError(f"{source}: {key}: {value!r} is not finite, expected {expected}")
+        raise UsageError(f"{source}: {key}: {shown(value)} is not finite, expected {expected}")
     if value <= 0:
-        raise UsageError(f"{source}: {key}: {value!r} is not positive, expected {expected}")
+        raise UsageError(f"{source}: {key}: {shown(value)} is not positive, expected {expected}")
     return float(value)
 
 
@@ -192,13 +193,14 @@ def parse_slo_params(value, source: str = "params", key: str = "slos") -> tuple[
     """
     form = "a non-empty list of {name, ttft_ms, tpot_ms} mappings"
     if not isinstance(value, list) or not value:
-        what = "is empty" if value in ([], None) else f"{value!r} is not a list"
+        what = "is empty" if value in ([], None) else f"{shown(value)} is not a list"
         raise UsageError(f"{source}: {key}: {what}, expected {form}")
     slos = []
     for i, item in enumerate(value):
         at = f"{key}[{i}]"
         if not isinstance(item, dict):
-            raise UsageError(f"{source}: {at}: {item!r} is not a mapping, expected {{name, ttft_ms, tpot_ms}}")
+            raise UsageError(f"{source}: {at}: {shown(item)} is not a mapping, "
+                             "expected {name, ttft_ms, tpot_ms}")
         for k in item:
             if k not in SLO_PARAMS_KEYS:
                 close = difflib.get_close_matches(str(k), SLO_PARAMS_KEYS, n=1)
@@ -209,12 +211,12 @@ def parse_slo_params(value, source: str = "params", key: str = "slos") -> tuple[
                 raise UsageError(f"{source}: {at}.{k}: missing, expected a value")
         name = item["name"]
         if not isinstance(name, str) or not _plain_name(name):
-            raise UsageError(f"{source}: {at}.name: {name!r} is not a plain name, expected a non-empty string "
+            raise UsageError(f"{source}: {at}.name: {shown(name)} is not a plain name, expected a non-empty string "
                              "without white space or ':'")
         slos.append(SLO(name, _params_number(item["ttft_ms"], source, f"{at}.ttft_ms"),
                         _params_number(item["tpot_ms"], source, f"{at}.tpot_ms")))
     return _check_unique(slos, lambda i, slo, first: (
-        f"{source}: {key}[{i}].name: {slo.name!r} is already used by {key}[{first}], expected each name once"))
+        f"{source}: {key}[{i}].name: {shown(slo.name)} is already used by {key}[{first}], expected each name once"))
 
 
 # ---- one side: points, frontier, bounded max ------------------------------------------------------------
@@ -484,3 +486,19 @@ def frontier_ratios(target, baseline, target_system: str | None = None,
                         "ratio": ratio("throughput", t_value, float(p["output_tok_s"]))})
     table = pd.DataFrame(out, columns=FRONTIER_RATIO_COLUMNS)
     return table.astype({"baseline_batch": "Int64", "target_batch": "Int64"})
+
+
+def slos_for(cli_texts: Sequence[str] | None = None, runs: Sequence[dict] = ()) -> tuple[SLO, ...]:
+    """The latency bounds a table uses: those given on the command line (`--slo`, replacing the rest);
+    else those the params file of the newest sweep run recorded (`slos:`); else DEFAULT_SLOS."""
+    if cli_texts:
+        return parse_slos(cli_texts)
+    for run in sorted(runs, key=lambda r: str(r.get("created_utc") or r.get("run_id") or ""), reverse=True):
+        recorded = (run.get("sweep") or {}).get("slos")
+        if recorded:
+            try:
+                return _check_unique([SLO(str(d["name"]), float(d["ttft_ms_max"]), float(d["tpot_ms_max"]))
+                                      for d in recorded], "the sweep's recorded slos")
+            except (KeyError, TypeError, ValueError, UsageError):
+                continue  # a run record this version cannot read: fall back to an older one or the defaults
+    return DEFAULT_SLOS

@@ -21,6 +21,13 @@ and the output length it was derived from), so re-running the same command skips
 changed params file never mixes old and new measurements under one key. On a re-run the searches are
 replayed from the stored rows and continue where they stopped; points that ended in `error` are retried
 (`oom` is data and is kept). A results directory holds one device: resuming on another device is an error.
+Every stored file is checked when read (perfkit.results.read_point): a damaged point counts as not done
+and is measured again. A label holds one definition: stored points of a selected label that the params
+file does not define (another dtype, repeats, ..., a smaller grid) are refused before anything is built,
+or moved to DIR/stale/<timestamp>/ with `discard_stale`. A sweep holds the directory's lock
+(perfkit.results.lock) throughout, so a second sweep into it is refused.
+Ctrl-C ends a sweep with its outcome (`interrupted`: what it measured, how much is left); the point in
+progress is lost, every finished one is stored, and the same command continues with the rest.
 
 Out of memory at a point is an outcome: the row gets status `oom`, memory is freed, the search of that
 (model, I, O) stops. Any other exception gives status `error` with its message and the sweep goes on.
@@ -37,8 +44,9 @@ skipped, with the rest of its batch search, and the sweep goes on with the jobs 
 prompt that does not fit never keeps the short ones of the next model from running. The same command
 continues later with what was skipped.
 
-Test hook. `PERFKIT_SWEEP_FAULT="KIND:MIN_BATCH[:MODEL][,...]"` (KIND oom or error) makes every point
-with batch >= MIN_BATCH (of MODEL, if named) raise torch.OutOfMemoryError or RuntimeError just before it
+Test hook. `PERFKIT_SWEEP_FAULT="KIND:MIN_BATCH[:MODEL][,...]"` (KIND oom, host-oom or error) makes every
+point with batch >= MIN_BATCH (of MODEL, if named) raise torch.OutOfMemoryError, the host allocator's
+RuntimeError (a real allocation of 2**60 bytes, refused at once) or RuntimeError just before it
 is measured, so the OOM and error paths can be exercised on a CPU. It is read once when a sweep starts
 and never touches the timed code.
 """
@@ -51,7 +59,6 @@ import os
 import sys
 import time
 
-import pyarrow.parquet as pq
 import torch
 
 from perfkit import hardware
@@ -61,9 +68,9 @@ from perfkit.errors import UsageError
 from perfkit.measure import PointMeasurement, check_device, is_out_of_memory, measure_point
 from perfkit.metrics import truncate_e2e_s
 from perfkit.models import build_model, parse_dtype
-from perfkit.params import SweepParams, load_params
+from perfkit.params import SweepParams, check_point_count, load_params
 from perfkit.rows import failed_row, point_key, to_row, with_provenance
-from perfkit.search import BatchRun, BatchSearch, SearchSpec, search_specs
+from perfkit.search import BatchRun, BatchSearch, SearchSpec, iter_search_specs, search_specs
 from perfkit.workload import Point, System
 
 FAULT_ENV = "PERFKIT_SWEEP_FAULT"
@@ -88,15 +95,112 @@ def key_fields(params: SweepParams, spec: SearchSpec, output_len: int, batch: in
 
 # ---- reading what is already done ----------------------------------------------------------------
 
-def _done_rows(out_dir: str, params: SweepParams, all_specs: list[SearchSpec]) -> tuple[dict[str, dict], int]:
-    """Stored rows of this plan's candidate points, by key; and how many other points `out_dir` holds."""
-    present = store.done_keys(out_dir) if os.path.isdir(out_dir) else set()
-    wanted = {point_key(key_fields(params, u, o, b)) for u in all_specs for o in u.output_lens
-              for b in params.batch_sizes}
-    rows = {}
-    for key in present & wanted:
-        rows[key] = pq.read_table(store.point_path(out_dir, key)).to_pylist()[0]
-    return rows, len(present - wanted)
+def _wanted(params: SweepParams, all_specs: list[SearchSpec]) -> set[str]:
+    """The keys of every point this plan may measure (each search's every batch)."""
+    return {point_key(key_fields(params, u, o, b)) for u in all_specs for o in u.output_lens
+            for b in params.batch_sizes}
+
+
+@dataclasses.dataclass
+class _Stored:
+    """What a results directory already holds, as this plan sees it."""
+
+    rows: dict[str, dict]  # this plan's points, by key
+    stale: dict[str, dict]  # points of this plan's system labels that the plan does not define, by key
+    paths: dict[str, str]  # key -> file, of every readable point
+    other: int  # points of other system labels
+    devices: dict[str, set[str]]  # device names per system label, stale points left out
+
+
+def _done_rows(out_dir: str, params: SweepParams, all_specs: list[SearchSpec], dry_run: bool = False) -> _Stored:
+    """Read `out_dir`'s points: this plan's rows by key, the stale points of its labels, the others.
+
+    Every file is checked (perfkit.results.read_point). A damaged file is named on stderr, one line each;
+    where it is one of this plan's points, that point counts as not done, so the sweep measures it again
+    and its atomic write replaces the file.
+    """
+    scan = store.scan_points(out_dir) if os.path.isdir(out_dir) else store.Scan({}, {}, {}, [])
+    wanted = _wanted(params, all_specs)
+    for path, reason in scan.skipped:
+        again = os.path.basename(path)[: -len(".parquet")] in wanted
+        tail = (f"; its point counts as not done and {'would be' if dry_run else 'is'} measured again"
+                if again else "")
+        print(f"perfkit: warning: skipped {path}: {reason}{tail}", file=sys.stderr, flush=True)
+    labels = {u.system.label for u in all_specs}
+    rows, stale, other, devices = {}, {}, 0, {}
+    for key, row in scan.rows.items():
+        if key in wanted:
+            rows[key] = row
+        elif row["system"] in labels:
+            stale[key] = row
+            continue  # refused, or moved aside: it says nothing about this directory's device
+        else:
+            other += 1
+        if row["device_name"] is not None:
+            devices.setdefault(row["system"], set()).add(row["device_name"])
+    return _Stored(rows, stale, scan.paths, other, devices)
+
+
+def _values(rows: list[dict], column: str) -> set[str]:
+    return {store._shown(r.get(column)) for r in rows if not store._missing(r.get(column))}
+
+
+def _stale_reason(params: SweepParams, system: System, rows: list[dict]) -> str:
+    """What sets a label's stale points apart from this plan: its definition, else its grid."""
+    runs = sum(r.get("sweep_name") is None for r in rows)
+    here = {"dtype": system.dtype, "backend": system.backend, "attn_implementation": system.attn_implementation,
+            "device": system.device, "warmup": params.warmup, "repeats": params.repeats, "seed": params.seed}
+    parts = [f"{runs} from perfkit run"] if runs else []
+    for column, value in here.items():
+        rows_of = [r for r in rows if r["status"] == "ok"] if column == "repeats" else rows
+        there = _values(rows_of, column) - {str(value)}
+        if there:
+            parts.append(f"{column} {', '.join(sorted(there))} there, {value} here")
+    derived = any(not store._missing(r.get("derived_from_output_len")) for r in rows)
+    if derived and not params.derive_output_lens:
+        parts.append("derive_output_lens true there, false here")
+    if len(parts) == bool(runs):  # the definition is the same: the grid differs
+        grid = {"model": params.models, "input_len": params.input_lens, "output_len": params.output_lens,
+                "batch": params.batch_sizes}
+        outside = [f"{column} {', '.join(sorted(_values(rows, column) - {str(v) for v in values}))}"
+                   for column, values in grid.items() if _values(rows, column) - {str(v) for v in values}]
+        # with derived output lengths, each is read off a run at the longest O that fits: a longer O
+        # changes that run, and so the definition of every shorter O
+        run_lens = {str(r["output_len"] if store._missing(r.get("derived_from_output_len"))
+                        else r["derived_from_output_len"]) for r in rows}
+        longest = str(max(params.output_lens))
+        if outside:
+            parts.append(f"outside this grid: {'; '.join(outside)}")
+        elif params.derive_output_lens and run_lens - {longest}:
+            parts.append(f"output lengths read off a run at O={', '.join(sorted(run_lens - {longest}, key=int))} "
+                         f"there, O={longest} here")
+        elif not runs:
+            parts.append("not points of this plan")
+    return "; ".join(parts)
+
+
+def _stale_message(params: SweepParams, chosen: list[System], out_dir: str, stale: dict[str, dict]) -> str:
+    by_label: dict[str, list[dict]] = {}
+    for row in stale.values():
+        by_label.setdefault(row["system"], []).append(row)
+    parts = [f"system {s.label!r}: {out_dir} holds {_points(len(by_label[s.label]))} this params file does not "
+             f"define ({_stale_reason(params, s, by_label[s.label])})" for s in chosen if s.label in by_label]
+    return (f"{'; '.join(parts)}: expected only points of this plan under its labels (a grown grid resumes); use "
+            f"another --out, or --discard-stale to move them to {out_dir}/{store.STALE}/<timestamp>/")
+
+
+def _points(n: int) -> str:
+    return f"{n} point" if n == 1 else f"{n} points"
+
+
+def _discard_stale(out_dir: str, stored: _Stored) -> None:
+    """--discard-stale: move the stale points aside, in one rename of a folder (perfkit.results.move_aside)."""
+    if not stored.stale:
+        return
+    dest = store.move_aside(out_dir, [stored.paths[k] for k in stored.stale])
+    labels = ", ".join(sorted({r["system"] for r in stored.stale.values()}))
+    print(f"perfkit: moved {_points(len(stored.stale))} of {labels} that this params file does not define to {dest}",
+          file=sys.stderr, flush=True)
 
 
 def _replay(params: SweepParams, all_specs: list[SearchSpec], done: dict[str, dict]) -> list[BatchSearch]:
@@ -114,8 +218,8 @@ def _replay(params: SweepParams, all_specs: list[SearchSpec], done: dict[str, di
     return searches
 
 
-def _as_params(params_or_path) -> SweepParams:
-    return params_or_path if isinstance(params_or_path, SweepParams) else load_params(params_or_path)
+def _as_params(params_or_path, yes: bool = False) -> SweepParams:
+    return params_or_path if isinstance(params_or_path, SweepParams) else load_params(params_or_path, yes=yes)
 
 
 def _select(params: SweepParams, labels: list[str] | None) -> list[System]:
@@ -131,21 +235,47 @@ class Plan:
     params: SweepParams
     out_dir: str
     points: list[dict]  # system, model, input_len, output_len, batch, derived_from_output_len, pass, status
-    other_points: int  # points in out_dir that belong to no point of this plan (another params version)
+    other_points: int  # points in out_dir of other system labels (not this plan's)
+    stale: int = 0  # points of this plan's labels it does not define, that --discard-stale would move aside
+
+    counts: dict | None = None  # {(pass, status): n} where `points` lists only the first of a huge plan
+    unlisted: int = 0  # points counted in `counts` but not listed in `points`
 
     def count(self, status: str) -> int:
+        if self.counts is not None:
+            return sum(n for (_, st), n in self.counts.items() if st == status)
         return sum(p["status"] == status for p in self.points)
 
+    def pass_counts(self) -> dict[int, dict[str, int]]:
+        """{pass: {status: n}} over the whole plan, listed or not."""
+        out: dict[int, dict[str, int]] = {1: {}, 2: {}}
+        pairs = self.counts.items() if self.counts is not None else (
+            ((p["pass"], p["status"]), 1) for p in self.points)
+        for (pass_, status), n in pairs:
+            out.setdefault(pass_, {})[status] = out.get(pass_, {}).get(status, 0) + n
+        return out
 
-def plan(params_or_path, systems: list[str] | None = None, out_dir: str | None = None) -> Plan:
+
+def plan(params_or_path, systems: list[str] | None = None, out_dir: str | None = None,
+         discard_stale: bool = False, yes: bool = False) -> Plan:
     """What a sweep would measure. Status per point: done, todo (certain), search (only if the batch
-    search gets that far). Points of searches that already stopped are not listed."""
-    params = _as_params(params_or_path)
+    search gets that far). Points of searches that already stopped are not listed. Refuses, as the sweep
+    would, a directory holding points of these labels that the plan does not define (unless discard_stale),
+    and a grid beyond max_points unless `yes`.
+
+    A plan of more than PLAN_EXACT_MAX points is counted rather than enumerated (`_plan_counted`): its
+    `points` list the first PLAN_LISTED, `counts` and `unlisted` cover the rest, at once for any grid."""
+    params = _as_params(params_or_path, yes)
     chosen = _select(params, systems)
     out_dir = out_dir or os.path.join("results", params.name)
     store.check_out_dir(out_dir)
+    if params.point_count(chosen) > PLAN_EXACT_MAX:
+        return _plan_counted(params, chosen, out_dir, discard_stale)
     all_specs = search_specs(params, chosen)
-    done, other = _done_rows(out_dir, params, all_specs)
+    stored = _done_rows(out_dir, params, all_specs, dry_run=True)
+    if stored.stale and not discard_stale:
+        raise UsageError(_stale_message(params, chosen, out_dir, stored.stale))
+    done, other = stored.rows, stored.other
     points = []
     for s in _replay(params, all_specs, done):
         u = s.spec
@@ -163,7 +293,103 @@ def plan(params_or_path, systems: list[str] | None = None, out_dir: str | None =
                 for o in live:
                     entry(batch, o, "todo" if i == 0 or batch == s.batches[0] else "search")
     points.sort(key=lambda p: p["pass"])  # stable: within a pass, execution order
-    return Plan(params, out_dir, points, other)
+    return Plan(params, out_dir, points, other, len(stored.stale))
+
+
+PLAN_EXACT_MAX = 20_000  # points a plan enumerates one by one (a fraction of a second)
+PLAN_LISTED = 500  # points a counted plan lists
+
+
+def _search_entries(s: BatchSearch, fresh: bool = False, pass_: int | None = None):
+    """plan()'s entries of one search (of one pass, if given), in execution order. `fresh`: a search with
+    nothing stored, whose entries follow from its spec alone."""
+    u = s.spec
+    if fresh and pass_ is not None:  # pass 1 is the first batch, pass 2 the others: make only those
+        batches = s.batches[:1] if pass_ == 1 else s.batches[1:]
+        for batch in batches:
+            for o in u.output_lens:
+                yield {"system": u.system.label, "model": u.model, "input_len": u.input_len, "output_len": o,
+                       "batch": batch,
+                       "derived_from_output_len": None if o == u.run_output_len else u.run_output_len,
+                       "pass": pass_, "status": "todo" if pass_ == 1 else "search"}
+        return
+
+    def entry(batch, o, status):
+        return {"system": u.system.label, "model": u.model, "input_len": u.input_len, "output_len": o,
+                "batch": batch, "derived_from_output_len": None if o == u.run_output_len else u.run_output_len,
+                "pass": 1 if batch == s.batches[0] else 2, "status": status}
+
+    if not fresh:
+        for batch, o in s.history:
+            yield entry(batch, o, "done")
+    if fresh or not s.finished():
+        live = u.output_lens if fresh else s.live()
+        for i, batch in enumerate(s.batches[0 if fresh else s.next_index:]):
+            for o in live:
+                yield entry(batch, o, "todo" if i == 0 or batch == s.batches[0] else "search")
+
+
+def _spec_of(params: SweepParams, chosen: dict[str, System], row: dict) -> SearchSpec | None:
+    """The search a stored row would belong to in this plan, from its fields (the key decides whether it
+    does: _done_rows)."""
+    system, model, input_len = chosen.get(row.get("system")), row.get("model"), row.get("input_len")
+    if system is None or model not in params.models or input_len not in params.input_lens:
+        return None
+    outs = params.output_lens_for(model, input_len)
+    if not outs:
+        return None
+    if params.derive_output_lens:
+        return SearchSpec(system, model, input_len, max(outs), outs)
+    o = row.get("output_len")
+    return SearchSpec(system, model, input_len, o, (o,)) if o in outs else None
+
+
+def _plan_counted(params: SweepParams, chosen: list[System], out_dir: str, discard_stale: bool) -> Plan:
+    """plan() of a huge grid without enumerating it: only the searches that have stored rows are replayed
+    (plus one per system, so that its stale points are found); every other search is fresh, and its
+    points follow from its spec: pass 1 its first batch (todo), pass 2 the rest (search)."""
+    by_label = {s.label: s for s in chosen}
+    touched: dict[SearchSpec, None] = {}
+    if os.path.isdir(out_dir):
+        for row in store.scan_points(out_dir).rows.values():
+            spec = _spec_of(params, by_label, row)
+            if spec is not None:
+                touched[spec] = None
+    for system in chosen:
+        first = next(iter_search_specs(params, [system]), None)
+        if first is not None:
+            touched.setdefault(first, None)
+    stored = _done_rows(out_dir, params, list(touched), dry_run=True)
+    if stored.stale and not discard_stale:
+        raise UsageError(_stale_message(params, chosen, out_dir, stored.stale))
+    replayed = {s.spec: s for s in _replay(params, list(touched), stored.rows)}
+
+    n_batches = len(params.batch_sizes)
+    runs = params.point_count(chosen) // n_batches  # (search, output length) pairs, all of them
+    counts = {(1, "todo"): runs, (2, "search"): (n_batches - 1) * runs}
+    for spec, s in replayed.items():  # their fresh share out, their replayed entries in
+        counts[(1, "todo")] -= len(spec.output_lens)
+        counts[(2, "search")] -= (n_batches - 1) * len(spec.output_lens)
+        for e in _search_entries(s):
+            counts[(e["pass"], e["status"])] = counts.get((e["pass"], e["status"]), 0) + 1
+    counts = {k: n for k, n in counts.items() if n}
+
+    def entries(pass_):
+        for spec in iter_search_specs(params, chosen):
+            s = replayed.get(spec)
+            fresh = s is None
+            if fresh:
+                s = BatchSearch(spec, params.batch_sizes, params.min_gain, params.patience)
+            yield from (e for e in _search_entries(s, fresh, pass_) if e["pass"] == pass_)
+
+    points = []
+    for pass_ in (1, 2):
+        for e in entries(pass_):
+            if len(points) == PLAN_LISTED:
+                break
+            points.append(e)
+    total = sum(counts.values())
+    return Plan(params, out_dir, points, stored.other, len(stored.stale), counts=counts, unlisted=total - len(points))
 
 
 # ---- running -------------------------------------------------------------------------------------
@@ -180,6 +406,7 @@ class SweepOutcome:
     left: int  # runs still to do (an upper bound: searches may stop earlier)
     wall_s: float
     build_s: list[dict]  # {"system", "model", "seconds"} per model build
+    interrupted: bool = False  # Ctrl-C stopped it between or inside points; every finished point is stored
 
 
 class _Faults:
@@ -189,9 +416,9 @@ class _Faults:
         self.rules = []
         for part in filter(None, (spec or "").split(",")):
             fields = part.strip().split(":", 2)
-            if len(fields) < 2 or fields[0] not in ("oom", "error") or not fields[1].isdigit():
-                raise UsageError(f"{FAULT_ENV}={spec!r}: bad rule {part!r}, expected KIND:MIN_BATCH[:MODEL] "
-                                 "with KIND oom or error")
+            if len(fields) < 2 or fields[0] not in ("oom", "host-oom", "error") or not fields[1].isdigit():
+                raise UsageError(f"{FAULT_ENV}={spec[:200]!r}: bad rule {part[:100]!r}, expected "
+                                 "KIND:MIN_BATCH[:MODEL] with KIND oom, host-oom or error")
             self.rules.append((fields[0], int(fields[1]), fields[2] if len(fields) == 3 else None))
 
     def check(self, job: BatchRun) -> None:
@@ -199,6 +426,8 @@ class _Faults:
             if job.batch >= min_batch and model in (None, job.spec.model):
                 if kind == "oom":
                     raise torch.OutOfMemoryError(f"injected out of memory at batch {job.batch} ({FAULT_ENV})")
+                if kind == "host-oom":  # torch's host allocator refuses 2**60 bytes at once: no memory is touched
+                    torch.empty(2**60, dtype=torch.uint8)
                 raise RuntimeError(f"injected failure at batch {job.batch} ({FAULT_ENV})")
 
 
@@ -392,7 +621,7 @@ def _by_model(searches: list[BatchSearch]) -> list[tuple[System, str, list[Batch
 
 
 def _environments(params: SweepParams, systems: list[System], searches: list[BatchSearch],
-                  out_dir: str) -> dict[str, dict]:
+                  out_dir: str, devices: dict[str, set[str]] | None = None) -> dict[str, dict]:
     """Check each device that has work and record its provenance; refuse to mix devices in one directory."""
     from perfkit.provenance import environment
 
@@ -410,7 +639,8 @@ def _environments(params: SweepParams, systems: list[System], searches: list[Bat
         # Every stored point of this label counts, not only this plan's: an older params version measured
         # elsewhere under the same label would otherwise mix devices in one directory.
         if stored is None:
-            stored = store.devices_by_system(out_dir) if os.path.isdir(out_dir) else {}
+            stored = devices if devices is not None else (
+                store.devices_by_system(out_dir) if os.path.isdir(out_dir) else {})
         other = sorted(stored.get(system.label, set()) - {here})
         if other:
             raise UsageError(f"system {system.label!r}: the results directory holds points measured on "
@@ -419,9 +649,46 @@ def _environments(params: SweepParams, systems: list[System], searches: list[Bat
     return envs
 
 
+SWEEP_MAX_POINTS = 1_000_000  # points one invocation tracks (its searches' state), --yes or not
+
+
 def run_sweep(params_or_path, systems: list[str] | None = None, out_dir: str | None = None,
-              max_minutes: float | None = None, progress: bool = True) -> SweepOutcome:
-    """Measure every point of a params file (skipping those already stored in `out_dir`)."""
+              max_minutes: float | None = None, progress: bool = True, discard_stale: bool = False,
+              yes: bool = False) -> SweepOutcome:
+    """Measure every point of a params file (skipping those already stored in `out_dir`).
+
+    Holds the results directory's lock (perfkit.results.lock) throughout: a second sweep into the same
+    directory is refused, naming this one. Under the lock it first removes the temporary files of
+    interrupted writes, then refuses points of its labels that the params file does not define (another
+    version of it: a changed system, warm-up, repeats, seed or a smaller grid), or with `discard_stale`
+    moves them to DIR/stale/<timestamp>/. Bad input is refused before anything is written.
+
+    A grid beyond max_points is refused unless `yes` (perfkit sweep --yes), and one beyond SWEEP_MAX_POINTS
+    in any case. Ctrl-C (KeyboardInterrupt) ends it with an outcome whose `interrupted` is set: the points
+    finished before it are stored, the same command continues with the rest.
+    """
+    params = _as_params(params_or_path, yes)
+    check_point_count(params, _select(params, systems), yes=True, limit=SWEEP_MAX_POINTS)
+    out_dir = out_dir or os.path.join("results", params.name)
+    store.check_out_dir(out_dir)
+    _check_max_minutes(max_minutes)
+    _Faults(os.environ.get(FAULT_ENV))
+    with store.lock(out_dir):
+        removed = store.remove_interrupted_writes(out_dir)
+        if removed:
+            print(f"perfkit: removed {removed} temporary files of interrupted writes from {out_dir}",
+                  file=sys.stderr, flush=True)
+        return _run_sweep(params, systems, out_dir, max_minutes, progress, discard_stale)
+
+
+def _check_max_minutes(max_minutes) -> None:
+    if max_minutes is not None and not (isinstance(max_minutes, (int, float)) and max_minutes > 0):
+        raise UsageError(f"max_minutes {max_minutes!r} is not a positive number of minutes")
+
+
+def _run_sweep(params: SweepParams, systems: list[str] | None, out_dir: str, max_minutes: float | None,
+               progress: bool, discard_stale: bool) -> SweepOutcome:
+    """run_sweep's work, under the directory's lock."""
     from tqdm import tqdm
 
     t0 = _now()
@@ -430,19 +697,18 @@ def run_sweep(params_or_path, systems: list[str] | None = None, out_dir: str | N
     # their tables) lives as long as the process anyway: collect once and exempt it from later scans.
     gc.collect()
     gc.freeze()
-    params = _as_params(params_or_path)
     chosen = _select(params, systems)
-    out_dir = out_dir or os.path.join("results", params.name)
-    store.check_out_dir(out_dir)
-    if max_minutes is not None and not (isinstance(max_minutes, (int, float)) and max_minutes > 0):
-        raise UsageError(f"max_minutes {max_minutes!r} is not a positive number of minutes")
     budget = max_minutes if max_minutes is not None else params.max_minutes
     faults = _Faults(os.environ.get(FAULT_ENV))
     all_specs = search_specs(params, chosen)
-    done, _ = _done_rows(out_dir, params, all_specs)
+    stored = _done_rows(out_dir, params, all_specs)
+    if stored.stale and not discard_stale:
+        raise UsageError(_stale_message(params, chosen, out_dir, stored.stale))
+    done = stored.rows
     searches = _replay(params, all_specs, done)
     skipped = sum(len(s.history) for s in searches)
-    envs = _environments(params, chosen, searches, out_dir)
+    envs = _environments(params, chosen, searches, out_dir, stored.devices)
+    _discard_stale(out_dir, stored)
 
     total = sum(s.remaining() for s in searches)
     with tqdm(total=total, desc=params.name, unit="pt", file=sys.stderr, disable=not progress or total == 0,
@@ -450,11 +716,15 @@ def run_sweep(params_or_path, systems: list[str] | None = None, out_dir: str | N
         runner = _SweepRunner(params, out_dir, envs, faults, budget, bar, t0)
         runner.learn(done)
         groups = _by_model(searches)
-        for first_only in (True, False):  # pass 1: the first batch everywhere; pass 2: the searches
-            for system, model, group in groups:
-                runner.run_model(system, model, group, first_only)
+        interrupted = False
+        try:
+            for first_only in (True, False):  # pass 1: the first batch everywhere; pass 2: the searches
+                for system, model, group in groups:
+                    runner.run_model(system, model, group, first_only)
+        except KeyboardInterrupt:  # Ctrl-C: what finished is stored (atomically, point by point); say so
+            interrupted = True
     return SweepOutcome(out_dir=out_dir, run_id=runner.run_id if runner.run_written else None,
                         measured=runner.measured, skipped=skipped, failures=runner.failures, ooms=runner.ooms,
                         stopped_early=runner.stopped and any(not s.finished() for s in searches),
                         left=sum(s.remaining() for s in searches),
-                        wall_s=_now() - t0, build_s=runner.builds)
+                        wall_s=_now() - t0, build_s=runner.builds, interrupted=interrupted)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from perfkit.errors import UsageError
+from perfkit.errors import UsageError, shown
 
 # The dtypes a system may name, canonical names first; the aliases a params file or flag may use.
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
@@ -41,13 +41,12 @@ def canonical_dtype(name: str) -> str:
     """"bf16" -> "bfloat16"; UsageError for a dtype perfkit does not run."""
     key = DTYPE_ALIASES.get(name, name)
     if key not in DTYPE_NAMES:
-        raise UsageError(f"unknown dtype {name!r}: expected one of {', '.join(DTYPE_NAMES)}")
+        raise UsageError(f"unknown dtype {shown(name)}: expected one of {', '.join(DTYPE_NAMES)}")
     return key
 
 
 def check_seed(seed, what: str = "--seed") -> int:
     """The one rule for seeds, wherever they come from (flags, params files)."""
     if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= SEED_MAX:
-        shown = repr(seed) if isinstance(seed, (int, float, str, bool)) and len(repr(seed)) <= 40 else "that value"
-        raise UsageError(f"{what} must be an integer from 0 to 2**63 - 1, got {shown}")
+        raise UsageError(f"{what} must be an integer from 0 to 2**63 - 1, got {shown(seed)}")
     return seed

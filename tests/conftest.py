@@ -43,3 +43,12 @@ def tiny_models():
     from perfkit.models import build_model
 
     return {name: build_model(name, torch.float32, "cpu") for name in ("tiny-llama3-8b", "tiny-llama2-13b", "tiny-mistral-7b")}
+
+
+@pytest.fixture(scope="session")
+def hostile_reports(tmp_path_factory):
+    """A report and a comparison published from results whose every text is hostile (tests/hostile_text.py),
+    rendered once for the session: test_report_safety.py reads their HTML, test_browser.py opens them."""
+    from hostile_text import publish_hostile
+
+    return publish_hostile(tmp_path_factory.mktemp("hostile"))

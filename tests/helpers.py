@@ -140,3 +140,27 @@ def write_params(path, **overrides) -> str:
     with open(path, "w") as f:
         yaml.safe_dump(params_dict(**overrides), f, sort_keys=False)
     return path
+
+
+def fake_measuring(monkeypatch) -> list:
+    """Make perfkit.sweep measure instantly: no model is built, each point gets made-up timings that grow
+    with the batch (ttft 2·B ms, each decode step 1 + B/8 ms, the same on every repeat). Returns the list
+    of measured points, (system label, model, I, O, B), that the sweep appends to as it goes."""
+    import torch
+
+    import perfkit.sweep as sweep_mod
+    from perfkit.measure import PointMeasurement
+
+    calls = []
+
+    def measure(model, system, point, warmup, repeats, seed):
+        calls.append((system.label, point.model, point.input_len, point.output_len, point.batch))
+        ttft, step = 0.002 * point.batch, 0.001 * (1 + point.batch / 8)
+        e2e = ttft + (point.output_len - 1) * step
+        return PointMeasurement(point, system, [ttft] * repeats, [e2e] * repeats,
+                                [[step] * (point.output_len - 1)] * repeats, warmup * e2e, 0.0, None, "none",
+                                torch.zeros((point.batch, point.output_len), dtype=torch.long))
+
+    monkeypatch.setattr(sweep_mod, "measure_point", measure)
+    monkeypatch.setattr(sweep_mod, "build_model", lambda *a, **kw: object())
+    return calls

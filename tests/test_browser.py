@@ -5,7 +5,8 @@ CI (CI=true) and is skipped elsewhere.
 A small probe script is inserted at the top of a copy of each page: it records console errors/warnings and
 failed loads (the `error` event, captured, also fires for images and styles that do not load), and on `load`
 writes what rendered (tables, rows, images decoded with a non-zero width) into the DOM, which
-`--dump-dom` prints.
+`--dump-dom` prints. It also records `window.__pwned`, which the hostile payloads of tests/hostile_text.py
+set if they run: pages built from hostile labels must leave it unset and keep their title.
 """
 
 import glob
@@ -26,6 +27,10 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 PROBE = """<script>
 window.__perfkitErrors = [];
+// A dialog would block a headless page until the timeout: record a call instead, as a payload that ran.
+["alert", "confirm", "prompt"].forEach(function (k) {
+  window[k] = function (m) { window.__pwned = k + "(" + m + ")"; };
+});
 window.addEventListener("error", function (e) {
   var t = e.target || {};
   __perfkitErrors.push("error: " + (e.message || t.src || t.href || "resource failed"));
@@ -39,7 +44,8 @@ window.addEventListener("load", function () {
   var r = {tables: document.querySelectorAll("table").length, rows: document.querySelectorAll("table tr").length,
            images: imgs.length, rendered: imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length,
            links: Array.prototype.map.call(document.querySelectorAll("a[href]"), function (a) { return a.getAttribute("href"); }),
-           errors: __perfkitErrors, title: document.title};
+           errors: __perfkitErrors, title: document.title,
+           pwned: window.__pwned === undefined ? null : String(window.__pwned)};
   var pre = document.createElement("pre"); pre.id = "perfkit-probe"; pre.textContent = JSON.stringify(r);
   document.body.appendChild(pre);
 });
@@ -120,6 +126,22 @@ def test_report_and_comparison_render_in_chromium(published):
             assert all(os.path.exists(os.path.join(published, h)) for h in rec["links"]), rec
         else:
             check_page(page, min_tables=5, min_images=2)
+
+
+def test_hostile_text_runs_no_script_in_chromium(hostile_reports):
+    """Report, comparison and index built from hostile labels, names and messages: no payload runs (nothing
+    sets window.__pwned or the title), no injected image or frame tries to load, every table renders."""
+    _need_chromium()
+    from hostile_text import PWN_SCRIPT
+
+    for kind in ("report", "compare", "index"):
+        rec = render(hostile_reports[kind])
+        assert rec["pwned"] is None and rec["title"] != "pwned", (kind, rec)
+        assert rec["errors"] == [] and rec["console"] == [], (kind, rec)
+        assert rec["tables"] >= (1 if kind == "index" else 5), (kind, rec)
+        if kind != "index":
+            assert PWN_SCRIPT.split("</script>")[0] in rec["title"], (kind, rec["title"])  # the title, as text
+            assert rec["images"] >= 2 and rec["rendered"] == rec["images"], (kind, rec)  # only the plots
 
 
 def test_every_report_under_reports_renders():

@@ -53,8 +53,12 @@ def test_report_notebook_writes_tables_plots_and_index(sides, tmp_path):
     for heading in ("Time to first token, batch 1", "Max prefill throughput (batch &gt; 1)",
                     "Single-user throughput, batch 1", "Multi-user total max throughput (batch &gt; 1)",
                     "TPOT and peak memory by batch", "Out-of-memory boundary", "What each metric means",
-                    "Where these numbers come from", "Speed of light"):
+                    "Where these numbers come from", "Speed of light", "Throughput at a service level"):
         assert heading in page, heading
+    # the best throughput within MLPerf's two default bounds: every hand-made point meets both (ttft ≤ 40 ms,
+    # tpot ≤ 9 ms), so each is the largest batch's
+    service = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", page.split("Throughput at a service level", 1)[1]))
+    assert "server ttft ≤ 2000 ms, tpot ≤ 100 ms" in service and "interactive ttft ≤ 500 ms, tpot ≤ 30 ms" in service
     assert "tiny-llama2-13b" in page and "tiny-mistral-7b" in page
     assert "Test CPU" in page and "abc123" in page  # provenance: device and commit
     assert "tiny scaled-down stand-ins" in page  # the plain warning
@@ -79,14 +83,20 @@ def test_compare_notebook_ratios_and_one_sided_points(sides, tmp_path):
     assert "fast (target) vs slow (baseline)" in page
     assert "target better in 10, worse in 0, within noise in 0" in page
     assert "0.500 – 0.500" in page and "0.500 [0.500 – 0.500]" in page
-    verdict_cells = re.findall(r">\s*(target better|target worse|within noise)\s*</td>", page)
+    study_part, service_part = page.split("At a service level", 1)
+    verdict_cells = re.findall(r">\s*(target better|target worse|within noise)\s*</td>", study_part)
     assert verdict_cells.count("target better") == 10 and len(verdict_cells) == 10  # the 10 study figures
+    # at a service level: the two workloads on both sides, under MLPerf's two default bounds
+    slo_verdicts = re.findall(r">\s*(target better|target worse|within noise|none meets it[^<]*)\s*</td>",
+                              service_part)
+    assert slo_verdicts == ["target better"] * 4
+    assert "tok/s per user ≥" in service_part
     # the point measured only on one side of each, and the OOM, are listed
     text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", page))
     assert "tiny-llama2-13b 64 8 1 ok fast only (target)" in text
     assert "tiny-mistral-7b 16 8 1 ok slow only (baseline)" in text
     assert "target oom, baseline ok" in text
-    assert len(re.findall(r'<img[^>]+src="data:image/png;base64,', page)) >= 2  # heatmap and bars
+    assert len(re.findall(r'<img[^>]+src="data:image/png;base64,', page)) >= 4  # heatmap, bars, 2 Pareto
     assert 'data-mime-type="application/vnd.jupyter.stderr"' not in page
     meta = [o["data"]["application/vnd.perfkit.meta+json"] for c in nb.cells for o in c.get("outputs", [])
             if "application/vnd.perfkit.meta+json" in o.get("data", {})]

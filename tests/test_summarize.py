@@ -166,7 +166,8 @@ def test_cli_summary_prints_the_study_tables_and_speed_of_light(tmp_path, capsys
     csv = pd.read_csv(tmp_path / "csv" / "speed_of_light.csv")
     assert len(csv) == 2 and csv["mfu_probed"].iloc[0] == pytest.approx(flops / 700e12 / 0.020)
     assert sorted(p.name for p in (tmp_path / "csv").iterdir()) == sorted(
-        f"{n}.csv" for n in ("ttft", "prefill_max", "single_user", "multi_user_max", "oom", "speed_of_light"))
+        f"{n}.csv" for n in ("ttft", "prefill_max", "single_user", "multi_user_max", "oom", "speed_of_light",
+                             "pareto", "slo"))
 
 
 def test_cli_summary_says_unknown_where_no_peak_is_known(tmp_path, capsys):

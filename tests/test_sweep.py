@@ -292,11 +292,16 @@ def test_a_changed_params_file_is_not_a_resume(tmp_path):
                            repeats=1), out_dir=out, progress=False)
     changed = write_params(tmp_path / "b.yaml", grid={"input_lens": [8], "output_lens": [2], "batch_sizes": [1]},
                            repeats=2)
-    pl = plan(changed, out_dir=out)
-    assert (pl.count("done"), pl.count("todo"), pl.other_points) == (0, 1, 1)
-    assert run_sweep(changed, out_dir=out, progress=False).measured == 1
+    # Another definition under the same label is refused before anything runs (tests/test_generations.py
+    # has the cases); --discard-stale moves the old points aside and measures the new definition.
+    with pytest.raises(UsageError, match=r"holds 1 point this params file does not define \(repeats 1 there, 2 here\)"):
+        plan(changed, out_dir=out)
+    pl = plan(changed, out_dir=out, discard_stale=True)
+    assert (pl.count("done"), pl.count("todo"), pl.other_points, pl.stale) == (0, 1, 0, 1)
+    assert run_sweep(changed, out_dir=out, progress=False, discard_stale=True).measured == 1
     df = load_results(out)
-    assert sorted(df["repeats"]) == [1, 2] and df["point_key"].nunique() == 2
+    assert sorted(df["repeats"]) == [2] and df["point_key"].nunique() == 1
+    assert len(glob.glob(os.path.join(out, "stale", "*", "*.parquet"))) == 1
 
 
 def test_system_selection_and_unknown_label(tmp_path):
@@ -320,10 +325,10 @@ def test_resuming_on_another_device_is_refused(tmp_path, monkeypatch):
     more = write_params(tmp_path / "b.yaml", grid={**grid, "batch_sizes": [1, 2]}, repeats=1)
     with pytest.raises(UsageError, match="measured on .* this machine is 'Other CPU'"):
         run_sweep(more, out_dir=out, progress=False)
-    # A changed params file (other repeats: none of its points is stored yet) under the same label
-    # would still mix two devices in one directory: refused too.
+    # A changed params file (other repeats: none of its points is stored yet) under the same label would
+    # mix two definitions, and two devices, in one directory: refused (tests/test_generations.py).
     changed = write_params(tmp_path / "c.yaml", grid=grid, repeats=2)
-    with pytest.raises(UsageError, match="this machine is 'Other CPU'"):
+    with pytest.raises(UsageError, match=r"does not define \(repeats 1 there, 2 here\)"):
         run_sweep(changed, out_dir=out, progress=False)
 
 

@@ -12,8 +12,8 @@ import os
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def work_from_project_root() -> str:
-    """chdir to the folder that holds params/ and notebooks/ (perfkit's checkout); returns it."""
+def work_from_project_root() -> None:
+    """chdir to the folder that holds params/ and notebooks/ (perfkit's checkout). Returns nothing, so the
+    cell shows nothing (a report must not print the machine's paths)."""
     if os.path.isdir(os.path.join(PROJECT_ROOT, "notebooks")):
         os.chdir(PROJECT_ROOT)
-    return os.getcwd()

@@ -2,11 +2,15 @@
 
 Every function takes the DataFrames perfkit.summarize / perfkit.compare return and gives back a Figure.
 Ratios are drawn on a log axis: 0.5 (twice as good) and 2 (twice as bad) sit at the same distance from 1.
+Labels from the results (systems, models) go through _text: drawn literally (a `$` is no mathtext), on one
+line, cut to a length that keeps the panel readable. A function with nothing to draw returns None; show()
+then says so in a line.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 
 import matplotlib.pyplot as plt
 from matplotlib.ticker import FuncFormatter
@@ -16,6 +20,30 @@ import pandas as pd
 from perfkit.compare import BETTER, NOISE, STUDY_TITLES, WORSE
 
 VERDICT_BAR_COLOURS = {BETTER: "#2e7d32", WORSE: "#c62828", NOISE: "#9e9e9e"}
+
+# A label in a script the font lacks draws as boxes; the warning would land in the published page.
+warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from font")
+
+
+def label_text(value, limit: int = 60) -> str:
+    """A label from the results as matplotlib must get it to draw it as typed: one line, at most `limit`
+    characters, `$` escaped (no mathtext), and no leading underscore (a legend would hide the entry)."""
+    s = " ".join(str(value).split())
+    if len(s) > limit:
+        s = s[: limit - 1] + "…"
+    if s.startswith("_"):
+        s = " " + s
+    return s.replace("$", r"\$")
+
+
+def tidy_layout(fig, **kwargs) -> None:
+    """tight_layout, quietly: a very long label can leave it no room, and its warning would print into the
+    published page; the figure is then drawn as laid out, labels overlapping rather than missing."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        fig.tight_layout(**kwargs)
 
 
 def _grid(n: int, width: float = 4.2, height: float = 3.2):
@@ -39,20 +67,26 @@ def _decorate(ax, title: str, xlabel: str, ylabel: str, legend_size: int) -> Non
 
 def ttft_vs_input(ttft: pd.DataFrame):
     """TTFT (batch 1) against input length, one panel per model, one line per system (perfkit.summarize)."""
+    if ttft.empty:
+        return None
     models = sorted(ttft["model"].unique())
     fig, axes = _grid(len(models))
     for ax, model in zip(axes, models):
         for system, g in ttft[ttft["model"] == model].groupby("system"):
             g = g.sort_values("input_len")
-            ax.errorbar(g["input_len"], g["ttft_ms"], yerr=g["ttft_iqr_ms"] / 2, marker="o", capsize=3, label=system)
-        _decorate(ax, model, "input length (tokens)", "TTFT, batch 1 (ms)", legend_size=8)
+            ax.errorbar(g["input_len"], g["ttft_ms"], yerr=g["ttft_iqr_ms"] / 2, marker="o", capsize=3,
+                        label=label_text(system))
+        _decorate(ax, label_text(model, 40), "input length (tokens)", "TTFT, batch 1 (ms)", legend_size=8)
     fig.suptitle("Time to first token vs input length (bars: IQR)")
-    fig.tight_layout()
+    tidy_layout(fig)
     return fig
 
 
 def throughput_vs_batch(df: pd.DataFrame, column: str = "output_tok_s"):
-    """Throughput against batch size per model; one line per (system, I, O); out-of-memory batches as ✕."""
+    """Throughput against batch size per model; one line per (system, I, O); out-of-memory batches as ✕.
+    None when no point has timings (the report's tables then show the out-of-memory batches and errors)."""
+    if not (df["status"] == "ok").any():
+        return None
     models = sorted(df["model"].unique())
     fig, axes = _grid(len(models))
     label = {"output_tok_s": "multi-user total throughput (tok/s)", "prefill_tok_s": "prefill throughput (tok/s)"}
@@ -64,7 +98,7 @@ def throughput_vs_batch(df: pd.DataFrame, column: str = "output_tok_s"):
             m = m.sort_values("output_len", kind="stable").drop_duplicates(["system", "input_len", "batch"])
         for key, g in m.groupby(by):
             ok = g[g["status"] == "ok"].sort_values("batch")
-            name = f"{key[0]} I={key[1]}" + (f" O={key[2]}" if len(key) > 2 else "")
+            name = f"{label_text(key[0], 40)} I={key[1]}" + (f" O={key[2]}" if len(key) > 2 else "")
             line, = ax.plot(ok["batch"], ok[column], marker="o", label=name)
             oom = g[g["status"] == "oom"]
             if len(oom):
@@ -75,9 +109,9 @@ def throughput_vs_batch(df: pd.DataFrame, column: str = "output_tok_s"):
                                 color=line.get_color())
         ax.set_xscale("log", base=2)
         ax.set_xticks(sorted(m["batch"].unique()), [str(b) for b in sorted(m["batch"].unique())])
-        _decorate(ax, model, "batch size", label.get(column, column), legend_size=7)
+        _decorate(ax, label_text(model, 40), "batch size", label.get(column, column), legend_size=7)
     fig.suptitle("Throughput vs batch size (✕ = out of memory)")
-    fig.tight_layout()
+    tidy_layout(fig)
     return fig
 
 
@@ -90,6 +124,8 @@ def ratio_bars(study: pd.DataFrame, target: str, baseline: str, confidence: floa
     """One panel per study metric: a bar per (model, config), the interval drawn, the line at 1.
     `confidence`: the level the intervals were computed at (the comparison's), named in the title."""
     metrics = [m for m in STUDY_TITLES if m in set(study["metric"])]
+    if not metrics:
+        return None
     fig, axes = _grid(len(metrics), width=5.2, height=3.6)
     for ax, metric in zip(axes, metrics):
         s = study[study["metric"] == metric].reset_index(drop=True)
@@ -106,22 +142,26 @@ def ratio_bars(study: pd.DataFrame, target: str, baseline: str, confidence: floa
         lo = min(s["ratio_lo"].min(), s["ratio"].min(), 0.9)
         hi = max(s["ratio_hi"].max(), s["ratio"].max(), 1.1)
         ax.set_ylim(lo / 1.15, hi * 1.15)
-        ax.set_xticks(x, [f"{r['model'].removeprefix('tiny-')}\n{_config_label(r)}" for _, r in s.iterrows()],
+        ax.set_xticks(x, [f"{label_text(str(r['model']).removeprefix('tiny-'), 30)}\n{_config_label(r)}"
+                          for _, r in s.iterrows()],
                       rotation=60, ha="right", fontsize=7)
         ax.set_title(STUDY_TITLES[metric], fontsize=9)
         ax.set_ylabel("ratio (< 1: target better)", fontsize=8)
         ax.grid(axis="y", alpha=0.3, which="both")
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in VERDICT_BAR_COLOURS.values()]
     fig.legend(handles, list(VERDICT_BAR_COLOURS), loc="upper right", fontsize=8, ncols=3)
-    fig.suptitle(f"{target} (target) vs {baseline} (baseline): ratios with {confidence:.0%} bootstrap intervals",
+    fig.suptitle(f"{label_text(target, 30)} (target) vs {label_text(baseline, 30)} (baseline): ratios with {confidence:.0%} "
+                 "bootstrap intervals",
                  x=0.02,
                  ha="left")
-    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    tidy_layout(fig, rect=(0, 0, 1, 0.95))
     return fig
 
 
 def ratio_heatmap(study: pd.DataFrame, target: str, baseline: str):
     """Models × (metric, config): the ratio in each cell, coloured on a log scale centred at 1."""
+    if study.empty or not np.isfinite(study["ratio"].to_numpy(dtype=float)).any():
+        return None
     s = study.copy()
     s["config"] = [f"{m.replace('_tok_s', '').replace('_ms', '')}\n{_config_label(r)}"
                    for m, (_, r) in zip(s["metric"], s.iterrows())]
@@ -140,17 +180,22 @@ def ratio_heatmap(study: pd.DataFrame, target: str, baseline: str):
                 text = f"({v:.2f})" if verdicts.iat[i, j] == NOISE else f"{v:.2f}"
                 ax.text(j, i, text, ha="center", va="center", fontsize=7)
     ax.set_xticks(range(len(order)), order, rotation=60, ha="right", fontsize=7)
-    ax.set_yticks(range(len(grid)), grid.index, fontsize=8)
+    ax.set_yticks(range(len(grid)), [label_text(m, 40) for m in grid.index], fontsize=8)
     bar = fig.colorbar(im, ax=ax)
     bar.set_label("log2 ratio (green: target better)")
-    ax.set_title(f"{target} vs {baseline}: ratio per model and configuration ((x) = within noise)", fontsize=10)
-    fig.tight_layout()
+    ax.set_title(f"{label_text(target, 40)} vs {label_text(baseline, 40)}: ratio per model and configuration "
+                 "((x) = within noise)", fontsize=10)
+    tidy_layout(fig)
     return fig
 
 
-def show(fig) -> None:
-    """Display a figure once in a notebook (embedded as PNG in the HTML) and free it."""
-    from IPython.display import display
+def show(fig, empty: str = "no point with timings: nothing to plot") -> None:
+    """Display a figure once in a notebook (embedded as PNG in the HTML) and free it; for None (nothing to
+    draw), the line `empty` in italics."""
+    from IPython.display import Markdown, display
 
+    if fig is None:
+        display(Markdown(f"_{empty}_"))
+        return
     display(fig)
     plt.close(fig)

@@ -10,10 +10,16 @@ require.js), so a report opens offline.
 Inputs are checked before any notebook runs: bad input is a UsageError (one line, exit 2), nothing
 written. A notebook works from the project's root (perfkit.report.notebook), wherever the command was
 run, so the paths handed to it are made relative to that root (or absolute, outside the project).
+
+A report's name is a file name inside the reports folder (safe_name), whatever --name or a label holds. A
+notebook runs into a hidden temporary file; notebook and page move into place only once the page is done,
+and a failure removes what it wrote. Text from results is escaped wherever a page shows it (tables.py,
+plots.py, the index here).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import html
 import os
@@ -84,12 +90,31 @@ def load_for_report(results_dir: str, system: str | None = None):
     """The rows (and runs) a report shows; UsageError when there is nothing to show."""
     from perfkit.results import load_runs, open_results, select_system
 
-    df = select_system(open_results(results_dir), system, results_dir)
+    every = open_results(results_dir)
+    df = select_system(every, system, results_dir)
+    df.attrs["skipped_files"] = list(every.attrs.get("skipped_files") or [])  # files the loader could not read
     return df, load_runs(results_dir)
 
 
+NAME_MAX = 120  # characters of a report's file name, before .ipynb / .html
+
+
+def safe_name(text: str, what: str = "--name") -> str:
+    """`text` as the file name of a report inside the reports folder: ASCII letters, digits, '.', '_' and
+    '-' (path separators, NUL and anything else become '-'), no leading or trailing dot or dash, at most
+    NAME_MAX characters. UsageError when nothing usable is left."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", str(text))[:NAME_MAX].strip(".-")
+    if not name:
+        raise UsageError(f"{what} {str(text)[:80]!r} leaves no usable file name: use letters, digits, '.', '_' or '-'")
+    return name
+
+
 def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "report"
+    """A default report name built from labels and paths (which may hold anything): always a safe name."""
+    try:
+        return safe_name(text)
+    except UsageError:
+        return "report"
 
 
 # ---- running and converting ------------------------------------------------------------------------
@@ -178,6 +203,14 @@ def _index_root(reports_dir: str) -> str:
     return root if (out == root or out.startswith(root + os.sep)) else out
 
 
+def _href(rel: str) -> str:
+    """A relative path as a link: percent-encoded, so that no file name reads as a scheme (javascript:),
+    a query or a fragment."""
+    from urllib.parse import quote
+
+    return quote(rel.replace(os.sep, "/"), safe="/")
+
+
 def build_index(root: str = DEFAULT_REPORTS) -> str:
     """reports/index.html: every report below `root`, newest first, with its date, device and systems."""
     import glob
@@ -200,7 +233,7 @@ def build_index(root: str = DEFAULT_REPORTS) -> str:
     for meta, rel in entries:
         stand_in = " <span class='tag'>tiny stand-ins</span>" if meta.get("stand_in") else ""
         rows.append(
-            f"<tr><td><a href='{html.escape(rel)}'>{esc(meta.get('title'))}</a>{stand_in}</td>"
+            f"<tr><td><a href='{html.escape(_href(rel))}'>{esc(meta.get('title'))}</a>{stand_in}</td>"
             f"<td>{esc(meta.get('kind'))}</td><td>{esc(meta.get('systems'))}</td><td>{esc(meta.get('devices'))}</td>"
             f"<td>{esc(meta.get('models'))}</td><td>{esc(meta.get('measured_utc'))}</td>"
             f"<td>{esc(meta.get('rendered_utc'))}</td></tr>")
@@ -226,6 +259,7 @@ not the study's hardware.</p>
 """
     path = os.path.join(root, "index.html")
     atomic_write(path, lambda f: f.write(page.encode("utf-8")))
+    _readable(path)
     return path
 
 
@@ -238,17 +272,63 @@ def _for_notebook(path: str) -> str:
 
 
 def _publish(notebook: str, name: str, reports_dir: str, parameters: dict, log_output: bool = False) -> str:
-    out_ipynb = os.path.join(reports_dir, f"{name}.ipynb")
-    run_notebook(notebook, out_ipynb, parameters, log_output=log_output)
-    out_html = to_html(out_ipynb, os.path.join(reports_dir, f"{name}.html"))
+    """Run the notebook into a hidden temporary file beside its final place, convert it, and only then move
+    notebook and page into place: a failure (or an interrupt) removes what it wrote and leaves the reports
+    folder as it was. `name` is a safe_name."""
+    import tempfile
+
+    out_ipynb, out_html = (os.path.join(reports_dir, f"{name}{ext}") for ext in (".ipynb", ".html"))
+    made = []  # the folders this call creates, deepest first
+    folder = os.path.abspath(reports_dir)
+    while not os.path.exists(folder):
+        made.append(folder)
+        folder = os.path.dirname(folder)
+    os.makedirs(reports_dir, exist_ok=True)
+    fd, tmp_ipynb = tempfile.mkstemp(prefix=f".{name}.", suffix=".partial.ipynb", dir=reports_dir)
+    os.close(fd)
+    tmp_html = tmp_ipynb[: -len(".ipynb")] + ".html"
+    try:
+        run_notebook(notebook, tmp_ipynb, parameters, log_output=log_output)
+        _record_output_path(tmp_ipynb, out_ipynb)
+        to_html(tmp_ipynb, tmp_html)
+        for path in (tmp_ipynb, tmp_html):
+            _readable(path)
+        os.replace(tmp_ipynb, out_ipynb)
+        os.replace(tmp_html, out_html)
+    except BaseException:
+        for path in (tmp_ipynb, tmp_html):
+            if os.path.exists(path):
+                os.unlink(path)
+        with contextlib.suppress(OSError):  # each only while empty: nothing else was put there
+            for folder in made:
+                os.rmdir(folder)
+        raise
     build_index(_index_root(reports_dir))
     return out_html
+
+
+def _readable(path: str) -> None:
+    """Give a file written through a temporary file (created 0600) the mode a plain write gives it."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
+def _record_output_path(ipynb: str, final: str) -> None:
+    """papermill records where it wrote the notebook: name the final file, not the temporary one."""
+    import nbformat
+
+    nb = nbformat.read(ipynb, as_version=4)
+    if "papermill" in nb.metadata:
+        nb.metadata["papermill"]["output_path"] = final
+        nbformat.write(nb, ipynb)
 
 
 # ---- the products ---------------------------------------------------------------------------------
 
 def publish_report(results_dir: str, system: str | None = None, reports_dir: str = DEFAULT_REPORTS,
                    name: str | None = None) -> str:
+    name = safe_name(name) if name is not None else None
     load_for_report(results_dir, system)
     name = name or _slug("report-" + os.path.basename(os.path.normpath(results_dir)) + (f"-{system}" if system else ""))
     return _publish("report", name, reports_dir, {"results_dir": _for_notebook(results_dir),
@@ -260,6 +340,7 @@ def publish_comparison(target: str, baseline: str, target_system: str | None = N
                        name: str | None = None) -> str:
     from perfkit.compare import compare, summary_line
 
+    name = safe_name(name) if name is not None else None
     c = compare(target, baseline, target_system, baseline_system, n_boot=200)  # the checks, quickly
     print(summary_line(c), flush=True)
     name = name or _slug(f"compare-{c.target}-vs-{c.baseline}")
@@ -275,6 +356,7 @@ def publish_sweep(params: str, systems: list[str] | None = None, out: str | None
     from perfkit.params import load_params
     from perfkit.results import check_out_dir
 
+    name = safe_name(name) if name is not None else None
     p = load_params(params)
     for label in systems or []:
         p.system(label)

@@ -2,11 +2,17 @@
 
 The notebooks display what these functions return; the numbers come from perfkit.summary (one system's
 study tables) and perfkit.compare (target vs baseline ratios), never recomputed here.
+
+Every text that comes from results, params files or the environment (labels, model and device names, the
+commit, error messages, paths) is shown as text, never as markup: Stylers escape cells and headers as HTML
+(pandas does not by default), and values put into Markdown go through md_escape.
 """
 
 from __future__ import annotations
 
+import html
 import math
+import re
 
 import pandas as pd
 
@@ -45,13 +51,30 @@ _NICE = {
 }
 
 
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~$:])")
+
+
+def md_escape(value) -> str:
+    """`value` as literal text inside Markdown (IPython's Markdown, like nbconvert's, passes raw HTML through):
+    line breaks and control characters become spaces, Markdown's punctuation is backslash-escaped (no
+    emphasis, link, heading, list or math) and &, <, >, " and ' become HTML entities."""
+    text = re.sub(r"[\x00-\x1f\x7f\u2028\u2029]+", " ", str(value))
+    return html.escape(_MD_SPECIAL.sub(r"\\\1", text), quote=True)
+
+
+def escaped(styler):
+    """`styler` with its row and column headers escaped as HTML: column names are built from labels."""
+    return styler.format_index(escape="html", axis=0).format_index(escape="html", axis=1)
+
+
 def metric_card() -> pd.DataFrame:
     return pd.DataFrame(METRIC_CARD, columns=["metric", "definition"])
 
 
 def text_table(df: pd.DataFrame):
-    """A Styler of a text table: left-aligned, no index."""
-    return df.style.hide(axis="index").set_properties(**{"text-align": "left"}) \
+    """A Styler of a text table: left-aligned, no index, every cell and header escaped."""
+    return escaped(df.style.format(escape="html", na_rep="—")).hide(axis="index") \
+        .set_properties(**{"text-align": "left"}) \
         .set_table_styles([{"selector": "th", "props": [("text-align", "left")]}])
 
 
@@ -114,7 +137,7 @@ def _fmt(df: pd.DataFrame, precision: dict | None = None):
         if pd.api.types.is_float_dtype(out[col]):
             fmt[col] = "{:,.1f}" if "tok/s" in col else "{:,.2f}"
     fmt.update(precision or {})
-    return out.style.format(fmt, na_rep="—").hide(axis="index")
+    return escaped(out.style.format(fmt, na_rep="—", escape="html")).hide(axis="index")
 
 
 OOM_TITLE = "Out-of-memory boundary (first batch that did not fit)"
@@ -187,7 +210,7 @@ def study_comparison(c: Comparison, metric: str):
         table["O"] = table["O"].astype("Int64")
     verdicts = table["verdict"]
     fmt = {f"{c.target} ({unit})": "{:,.2f}", f"{c.baseline} ({unit})": "{:,.2f}", "ratio": "{:.3f}"}
-    return (table.style.format(fmt, na_rep="—").hide(axis="index")
+    return (escaped(table.style.format(fmt, na_rep="—", escape="html")).hide(axis="index")
             .apply(lambda _: [f"background-color: {VERDICT_CELL_COLOURS.get(v, '')}" for v in verdicts],
                    subset=["ratio", "verdict"], axis=0))
 
@@ -207,7 +230,7 @@ def point_comparison(c: Comparison, model: str):
     verdicts.columns = cells.columns
     cells = cells.reset_index().rename(columns=_NICE)
     verdicts = verdicts.reset_index(drop=True)
-    return (cells.style.hide(axis="index")
+    return (escaped(cells.style.format(escape="html", na_rep="—")).hide(axis="index")
             .apply(lambda _: verdicts.map(lambda v: f"background-color: {VERDICT_CELL_COLOURS.get(v, '')}").to_numpy(),
                    subset=list(verdicts.columns), axis=None))
 
@@ -257,7 +280,29 @@ def side_rows(results_dir: str, label: str) -> pd.DataFrame:
     from perfkit.results import load_results
 
     df = load_results(results_dir)
-    return df[df["system"].isin([s.strip() for s in label.split(",")])]
+    out = df[df["system"].isin([s.strip() for s in label.split(",")])]
+    out.attrs["skipped_files"] = list(df.attrs.get("skipped_files") or [])  # files the loader could not read
+    return out
+
+
+def not_measured(df: pd.DataFrame) -> pd.DataFrame:
+    """The points without timings (out of memory, error), with their message: a missing point is a result."""
+    bad = df[df["status"] != "ok"]
+    cols = ["system", "model", "input_len", "output_len", "batch", "status", "error"]
+    t = bad.reindex(columns=cols).sort_values(cols[:5], kind="stable").reset_index(drop=True)
+    for col in ("input_len", "output_len", "batch"):
+        t[col] = t[col].astype("Int64")
+    return t.rename(columns={**_NICE, "error": "message"})
+
+
+def skipped_files(*frames: pd.DataFrame) -> pd.DataFrame:
+    """The files the loader left out of these results, with why (df.attrs["skipped_files"], if it is set)."""
+    seen = {}
+    for df in frames:
+        for entry in df.attrs.get("skipped_files") or []:
+            path, reason = (entry, "") if isinstance(entry, str) else (tuple(entry) + ("", ""))[:2]
+            seen.setdefault(str(path), str(reason))
+    return pd.DataFrame(sorted(seen.items()), columns=["file", "why it was not read"])
 
 
 def systems_table(c: Comparison):
@@ -267,9 +312,9 @@ def systems_table(c: Comparison):
 
 
 def how_to_read(c: Comparison) -> str:
-    return (f"**How to read this.** Every ratio reads the same way: **below 1 means the target ({c.target}) is "
-            f"better** than the baseline ({c.baseline}). Latency ratio = target / baseline, throughput ratio = "
-            f"baseline / target; 0.5 means the target is twice as good, 2 half as good. Each ratio carries a "
+    return (f"**How to read this.** Every ratio reads the same way: **below 1 means the target "
+            f"({md_escape(c.target)}) is better** than the baseline ({md_escape(c.baseline)}). Latency ratio = "
+            f"target / baseline, throughput ratio = baseline / target; 0.5 means the target is twice as good, 2 half as good. Each ratio carries a "
             f"{c.confidence:.0%} bootstrap interval from the raw repeats ({c.n_boot} resamples, seed {c.seed}); "
             f"the verdict is *within noise* when that interval contains 1. Green: target better, red: target worse, "
             f"grey: within noise.")
@@ -289,14 +334,14 @@ def speed_of_light(df: pd.DataFrame, probe=None):
 
     ok = df[df["status"] == "ok"]
     if ok.empty:
-        return pd.DataFrame({"speed of light": ["no measured points"]}).style.hide(axis="index")
+        return text_table(pd.DataFrame({"speed of light": ["no measured points"]}))
     sol = add_speed_of_light(ok, probe=probe)
     cols = [c for c in SOL_SHOWN if c in sol]
     t = sol[["system", "model", "input_len", "output_len", "batch"] + (["hw_name"] if "hw_name" in sol else []) + cols]
     t = t.sort_values(["system", "model", "input_len", "output_len", "batch"]).rename(columns={**_NICE, **SOL_SHOWN,
                                                                                               "hw_name": "peaks from"})
     fmt = {SOL_SHOWN[c]: ("{:.1%}" if c.startswith(("mfu", "mbu")) else "{:,.3f}") for c in cols}
-    return t.style.format(fmt, na_rep="unknown").hide(axis="index")
+    return escaped(t.style.format(fmt, na_rep="unknown", escape="html")).hide(axis="index")
 
 
 def bottom_line(c: Comparison) -> str:
@@ -318,4 +363,7 @@ def bottom_line(c: Comparison) -> str:
                     f"{counts.get(NOISE, 0)} of {n}")
         who = f"the target by {1 / geo:.2f}×" if geo < 1 else f"the baseline by {geo:.2f}×"
         lines.append(f"- {title}: {call} configurations; geometric-mean ratio {geo:.2f}, i.e. in favour of {who}")
+    if not lines:
+        lines.append("No study figure could be compared: a side has no measured point for the workloads the "
+                     "two share (see *Points not compared* and *Points without timings* below).")
     return "**Bottom line**\n\n" + "\n".join(lines)
