@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt torch==2.13.0
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[report,test]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[report,test,ray]'
 	touch $(STAMP)
 
 test: $(STAMP)
@@ -24,13 +24,14 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" tests
 
 # ---- notebooks, HTML reports and comparisons (`perfkit publish` runs the notebooks with papermill) ----
-# make sweep PARAMS=params/smoke.yaml [SYSTEM="label ..."] [OUT=results/DIR]
+# make sweep PARAMS=params/smoke.yaml [SYSTEM="label ..."] [OUT=results/DIR] [RAY=local|auto|ray://HOST:PORT]
 # make report RESULTS=results/DIR [SYSTEM=label]
 # make compare TARGET=results/DIR[:label] BASELINE=results/DIR[:label]
 # Executed notebooks and their HTML go to reports/ (REPORTS=...); reports/index.html links them all.
 PARAMS ?= params/smoke.yaml
 SYSTEM ?=
 OUT ?=
+RAY ?=
 RESULTS ?=
 TARGET ?=
 BASELINE ?=
@@ -38,7 +39,7 @@ REPORTS ?= reports
 PUBLISH := $(PY) -m perfkit publish
 
 sweep: $(STAMP)
-	$(PUBLISH) sweep $(PARAMS) $(foreach s,$(SYSTEM),--system $(s)) $(if $(OUT),--out $(OUT)) --reports $(REPORTS)
+	$(PUBLISH) sweep $(PARAMS) $(foreach s,$(SYSTEM),--system $(s)) $(if $(OUT),--out $(OUT)) $(if $(RAY),--ray $(RAY)) --reports $(REPORTS)
 
 report: $(STAMP)
 	@test -n "$(RESULTS)" || { echo "make report: set RESULTS=<results directory>, e.g. make report RESULTS=results/smoke" >&2; exit 2; }

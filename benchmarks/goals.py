@@ -52,8 +52,11 @@ class Runner:
 
             write_run(out, self.run_id, {**self.env, "run_id": self.run_id, "command": sys.argv})
 
-    def point(self, backend, batch, input_len, output_len, warmup=1, repeats=3):
-        """Measure one point; returns (row, measurement or None). OOM is a recorded outcome."""
+    def point(self, backend, batch, input_len, output_len, warmup=1, repeats=2):
+        """Measure one point; returns (row, measurement or None). OOM is a recorded outcome.
+
+        Every point of a label uses the same warm-up and repeats: a results directory holds one definition
+        per label (readers refuse a mixture), and goals' --out is read like any other."""
         if time.monotonic() > self.deadline:
             print(f"  (time budget spent: skipping {backend} B={batch} I={input_len} O={output_len})")
             return None, None
@@ -146,7 +149,7 @@ def goal_decode(r: Runner, bw: float) -> dict:
     """Goal 1: B=1, I=128, O=128 decode tokens/s, static beside hf-loop, and where their tokens diverge."""
     print("\ngoal 1: B=1, I=128, O=128 decode tokens/s")
     static, ms = r.point("static", 1, 128, 128)
-    loop, mh = r.point("hf-loop", 1, 128, 128, repeats=2)
+    loop, mh = r.point("hf-loop", 1, 128, 128)
     return {"static": static, "hf_loop": loop,
             "divergence": first_divergence(ms.tokens, mh.tokens) if ms is not None and mh is not None else None,
             "generated": ms.tokens.shape[1] if ms is not None else None,
@@ -165,7 +168,7 @@ def goal_multi_user(r: Runner, batches: list[int]) -> tuple[int, float] | None:
     print("\ngoal 3: I=128, O=128 multi-user total max throughput (static)")
     best = None
     for b in batches:
-        row, _ = r.point("static", b, 128, 128, repeats=2)
+        row, _ = r.point("static", b, 128, 128)
         if row is None or row["status"] != "ok":
             break
         if best is not None and row["output_tok_s"] < best[1] * 1.03:
@@ -179,8 +182,8 @@ def static_vs_hf_loop(r: Runner, batches: list[int]) -> list[tuple]:
     print("\ngoal 4: static / hf-loop over the gpu-check grid (I=2048, O=16)")
     ratios = []
     for b in batches:
-        st, _ = r.point("static", b, 2048, 16, repeats=2)
-        hf, _ = r.point("hf-loop", b, 2048, 16, repeats=2)
+        st, _ = r.point("static", b, 2048, 16)
+        hf, _ = r.point("hf-loop", b, 2048, 16)
         if st and hf and st["status"] == hf["status"] == "ok":
             ratios.append((b, st["ttft_ms"] / hf["ttft_ms"], st["tpot_ms"] / hf["tpot_ms"],
                            hf["output_tok_s"] / st["output_tok_s"]))

@@ -126,10 +126,17 @@ def _cmd_run(args) -> int:
                          f"got {args.warmup} and {args.repeats}")
     if args.batch > MAX_BATCH:
         raise UsageError(f"--batch must be at most {MAX_BATCH:,}, got {args.batch:,}")
+    from perfkit.params import MAX_NAME
+
+    label = args.system
+    if not label.strip() or len(label) > MAX_NAME or not label.isprintable():
+        raise UsageError(f"--system {shown(label)}: expected a label of 1 to {MAX_NAME} printable characters")
     if args.out:
         check_out_dir(args.out)
     system = System(system.label, system.backend, canonical_dtype(system.dtype), system.device,
                     system.attn_implementation)
+    if args.out:
+        _check_run_joins(args.out, system, args.warmup, args.repeats, args.seed)
 
     print(f"building {args.model} ({system.dtype}) on {device}...", file=sys.stderr, flush=True)
     with _out_of_memory_exits("building the model"):
@@ -156,17 +163,47 @@ def _cmd_run(args) -> int:
     return 0
 
 
+def _check_run_joins(out: str, system, warmup: int, repeats: int, seed: int) -> None:
+    """Before measuring: a point appended to `out` must share its label's definition there (readers refuse
+    a label with several), so a run that would poison the directory is refused, not written."""
+    import pandas as pd
+
+    from perfkit.provenance import device_name
+    from perfkit.results import check_definitions, load_results
+
+    if not os.path.isdir(os.path.join(out, "points")):
+        return
+    stored = load_results(out)
+    if stored.empty or system.label not in set(stored["system"]):
+        return
+    mine = {"system": system.label, "status": "ok", "dtype": system.dtype, "backend": system.backend,
+            "attn_implementation": system.attn_implementation, "device_name": device_name(system.device),
+            "warmup": warmup, "repeats": repeats, "seed": seed}
+    check_definitions(pd.concat([stored[stored["system"] == system.label], pd.DataFrame([mine])],
+                                ignore_index=True), f"--out {out!r} with this run")
+
+
 # ---- perfkit sweep -------------------------------------------------------------------------------
 
 def _cmd_sweep(args) -> int:
     from perfkit.console import outcome_text, plan_text
-    from perfkit.sweep import plan, run_sweep
+    from perfkit.sweep import _as_params, _select, plan, ray_module, run_sweep
 
+    if args.isolation_check:
+        if args.ray is None:
+            raise UsageError("--isolation-check measures how a Ray sweep's parallel workers disturb each other: "
+                             "expected --ray [ADDRESS] with it")
+        ray_sweep = ray_module()
+        ray_sweep.parse_address(args.ray)
+        params = _as_params(args.params, args.yes)
+        _select(params, args.systems)  # an unknown --system label: one line, before Ray starts
+        print(ray_sweep.isolation_text(ray_sweep.isolation_check(params, args.systems, args.ray)))
+        return 0
     if args.dry_run:
         print(plan_text(plan(args.params, args.systems, args.out, discard_stale=args.discard_stale, yes=args.yes)))
         return 0
     out = run_sweep(args.params, args.systems, args.out, args.max_minutes, progress=not args.no_progress,
-                    discard_stale=args.discard_stale, yes=args.yes)
+                    discard_stale=args.discard_stale, yes=args.yes, ray=args.ray)
     multi_user_max = None
     if out.measured or out.skipped:
         from perfkit.results import load_results
@@ -179,7 +216,7 @@ def _cmd_sweep(args) -> int:
         print(errors, file=sys.stderr)
     if out.interrupted:
         return 130  # as a shell reports a process that SIGINT ended
-    return 1 if out.failures else 0
+    return 1 if out.failures or out.lost else 0
 
 
 # ---- perfkit probe -------------------------------------------------------------------------------
@@ -236,14 +273,14 @@ def _write_tables_csv(tables: dict, directory: str) -> None:
 
 def _cmd_summary(args) -> int:
     from perfkit.console import results_header, table_text
-    from perfkit.results import check_out_dir, open_results, select_system
+    from perfkit.results import check_out_dir, open_results
     from perfkit.summary import IDENTITY, POINT_COLUMNS, TABLE_TITLES, latest_per_point, speed_of_light_table, \
         summarize
 
     if args.csv:
         check_out_dir(args.csv, "--csv", "a directory for the tables' CSV files", subdirs=(),
                       files=_csv_names(args.csv))
-    df = select_system(open_results(args.results), args.system, args.results)
+    df = open_results(args.results, system=args.system, where=args.results)
     from perfkit.console import bounded_max_text, slos_text
     from perfkit.results import load_runs
     from perfkit.slo import bounded_max, frontier, slos_for
@@ -336,7 +373,8 @@ def _cmd_publish(args) -> int:
     check_out_dir(args.reports, "--reports", "a directory for the reports", subdirs=())
     try:
         if args.what == "sweep":
-            made = [publish.publish_sweep(args.params, args.systems, args.out, args.reports, args.name)]
+            made = [publish.publish_sweep(args.params, args.systems, args.out, args.reports, args.name,
+                                          ray=args.ray)]
         elif args.what == "report":
             made = [publish.publish_report(args.results, args.system, args.reports, args.name)]
         elif args.what == "compare":
@@ -370,6 +408,7 @@ def _add_publish(sub) -> None:
     s.add_argument("params", help="params YAML file")
     s.add_argument("--system", action="append", dest="systems", metavar="LABEL", help="only this system (repeatable)")
     s.add_argument("--out", default=None, help="results directory (default results/<params name>)")
+    _add_ray_arg(s)
     r = what.add_parser("report", help="one results directory (one system of it) as a report")
     r.add_argument("results", help="results directory")
     r.add_argument("--system", default=None, help="system label (needed where the directory holds several)")
@@ -405,6 +444,13 @@ def _add_slo_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--slo", action="append", default=None, metavar="NAME:TTFT_MS:TPOT_MS",
                    help="a latency bound (repeatable; replaces the params file's and the defaults, MLPerf's "
                         "server 2000:100 and interactive 500:30)")
+
+
+def _add_ray_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="run the sweep's units in parallel on Ray, one GPU (or CPU) each: no ADDRESS starts a local "
+                        "Ray instance over this machine's GPUs (CPUs where there are none); auto, ray://HOST:PORT "
+                        "or HOST:PORT joins a running cluster (needs pip install 'perfkit[ray]')")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -446,6 +492,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--discard-stale", action="store_true",
                    help="move the stored points of its systems that this params file does not define (another "
                         "version of it) to RESULTS_DIR/stale/<timestamp>/ instead of refusing")
+    _add_ray_arg(p)
+    p.add_argument("--isolation-check", action="store_true",
+                   help="with --ray: measure the first point alone on one GPU (CPU worker) of a node, then with "
+                        "every GPU of that node busy with it, and print the ratio; measures nothing else, writes "
+                        "nothing")
     p.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser("probe", help="measure this device's achievable copy bandwidth and matmul throughput")

@@ -100,7 +100,7 @@ def load_side(source, system: str | None = None, side: str = "target") -> pd.Dat
         if df.empty:
             raise UsageError(f"{side}: no results in the table")
     else:
-        df = open_results(source, f"{side} results directory")
+        df = open_results(source, f"{side} results directory", system, "its results", side)
     df = select_system(df, system, "its results", side)
     labels = sorted(df["system"].dropna().unique())
     if not system and len(labels) > 1:
@@ -171,8 +171,16 @@ def ratio(kind: str, target: float, baseline: float) -> float:
     return target / baseline if kind == "latency" else baseline / target
 
 
+# Below this many repeats a point's bootstrap says nothing: one sample resamples to itself (an interval
+# of zero width would read as certainty).
+MIN_REPEATS_FOR_VERDICT = 2
+TOO_FEW = "too few repeats"
+
+
 def verdict(lo: float, hi: float) -> str:
-    if not (np.isfinite(lo) and np.isfinite(hi)):
+    """Better or worse when the interval excludes 1 (an end may be infinite: a side that meets a bound
+    nowhere, perfkit.slo); within noise when it holds 1 or is unknown."""
+    if np.isnan(lo) or np.isnan(hi):
         return NOISE
     if hi < 1:
         return BETTER
@@ -188,6 +196,11 @@ def _ratio_row(kind, metric, t_rows, b_rows, sample, seed, key, n_boot, alpha):
     if t_draws is None or b_draws is None:
         return None
     r = ratio(kind, t, b)
+    fewest = min(samples_ms(row, sample).size for row in list(t_rows) + list(b_rows)
+                 if samples_ms(row, sample).size)
+    if fewest < MIN_REPEATS_FOR_VERDICT:
+        return {"target": t, "baseline": b, "target_batch": t_batch, "baseline_batch": b_batch,
+                "ratio": r, "ratio_lo": np.nan, "ratio_hi": np.nan, "verdict": TOO_FEW}
     boot = ratio(kind, t_draws, b_draws)
     lo, hi = (float(q) for q in np.quantile(boot, [alpha / 2, 1 - alpha / 2]))
     return {"target": t, "baseline": b, "target_batch": t_batch, "baseline_batch": b_batch,

@@ -115,11 +115,18 @@ def plan_text(pl, limit: int = PLAN_LINES) -> str:
 
 def outcome_text(out, multi_user_max: pd.DataFrame | None = None) -> tuple[str, str]:
     """What a finished sweep says: (for stdout, for stderr: its failed points, or "")."""
+    workers = getattr(out, "workers", 0)
     lines = [f"sweep -> {out.out_dir}: measured {out.measured} points, {out.skipped} already done, "
-             f"{len(out.ooms)} out of memory (recorded), {len(out.failures)} failed, {out.wall_s:.1f} s"]
+             f"{len(out.ooms)} out of memory (recorded), {len(out.failures)} failed, {out.wall_s:.1f} s"
+             + (f" on {workers} Ray worker{'s' if workers > 1 else ''}" if workers else "")]
     if getattr(out, "interrupted", False):
-        lines.append(f"interrupted (Ctrl-C): the {out.measured} points measured before it are stored, the one in "
-                     f"progress is not; up to {out.left} runs left: run the same command to continue with the rest")
+        lines.append(f"interrupted (Ctrl-C): the {out.measured} points measured before it are stored, "
+                     f"{'those' if workers > 1 else 'the one'} in progress {'are' if workers > 1 else 'is'} not; "
+                     f"up to {out.left} runs left: run the same command to continue with the rest")
+    lost = getattr(out, "lost", [])
+    if lost:
+        lines.append(f"{len(lost)} units could not be run (their Ray task failed past its retries); up to {out.left} "
+                     "runs left: run the same command to continue")
     if out.stopped_early:
         lines.append(f"runs that would not have fit the time budget were left out: up to {out.left} runs left; "
                      "run the same command to continue")
@@ -130,7 +137,7 @@ def outcome_text(out, multi_user_max: pd.DataFrame | None = None) -> tuple[str, 
                      else "no batch > 1 measured")
             lines.append(f"  {r.system} {r.model} I={r.input_len} O={r.output_len}: {found} "
                          f"(search stopped: {r.stop_reason})")
-    errors = []
+    errors = [f"unit lost: {text}" for text in lost]
     if out.failures:
         errors.append(f"{len(out.failures)} failed points:")
         errors += [f"  {r['system']} {r['model']} I={r['input_len']} O={r['output_len']} B={r['batch']}: {r['error']}"
@@ -232,6 +239,7 @@ def slo_ratio_text(table: pd.DataFrame, confidence: float) -> str:
     out["ratio"] = table["ratio"].map(lambda r: "-" if pd.isna(r) else f"{r:.3f}")
     out[f"{confidence:.0%} interval"] = ["-" if pd.isna(lo) else f"[{lo:.3f}, {hi:.3f}]"
                                          for lo, hi in zip(table["ratio_lo"], table["ratio_hi"])]
+    out["both meet"] = table["met_fraction"].map(lambda f: "-" if pd.isna(f) else f"{f:.0%} of draws")
     out["verdict"] = table["verdict"]
     return out.to_string(index=False)
 

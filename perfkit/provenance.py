@@ -81,6 +81,20 @@ def device_name(device: str | torch.device = "cpu") -> str:
     return cpu_model()
 
 
+def gpu_index(device: str | torch.device) -> int | None:
+    """The index of the GPU `device` names, as the machine numbers its GPUs (nvidia-smi's index): the
+    process's CUDA device index, mapped through CUDA_VISIBLE_DEVICES where that lists indices (Ray sets it
+    to the GPU it gives a task). None on a CPU."""
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        return None
+    index = dev.index if dev.index is not None else (torch.cuda.current_device() if torch.cuda.is_available() else 0)
+    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    if index < len(visible) and all(v.isdigit() for v in visible):
+        return int(visible[index])
+    return index
+
+
 def environment(device: str | torch.device | None = None) -> dict:
     """Provenance of this machine for `device` (default: CUDA if present, else CPU)."""
     import transformers
@@ -106,6 +120,7 @@ def environment(device: str | torch.device | None = None) -> dict:
         "python_version": platform.python_version(),
         "platform": platform.platform(),
         "hostname": platform.node(),
+        "gpu_index": gpu_index(dev),
         "git_commit": git_commit(),
         "created_utc": utc_now(),
     }

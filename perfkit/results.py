@@ -25,6 +25,7 @@ import glob
 import json
 import math
 import os
+import stat
 import statistics
 import sys
 import tempfile
@@ -33,7 +34,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from perfkit.rows import COLUMNS, SCHEMA, schema_for
+from perfkit.rows import COLUMNS, LATER_COLUMNS, SCHEMA, schema_for
 
 POINTS = "points"
 RUNS = "runs"
@@ -70,7 +71,8 @@ PATH_MAX_BYTES = 4096
 
 
 def check_out_dir(out_dir: str, flag: str = "--out", what: str = "a results directory",
-                  subdirs: tuple[str, ...] = (POINTS, RUNS), files: tuple[str, ...] = ()) -> None:
+                  subdirs: tuple[str, ...] = (POINTS, RUNS), files: tuple[str, ...] = (),
+                  writable: bool = True) -> None:
     """Refuse, before anything is built or measured, an output directory that could not be written.
 
     Refused, each in one line: an empty name or one with a NUL byte, a name too long for the file system;
@@ -79,7 +81,8 @@ def check_out_dir(out_dir: str, flag: str = "--out", what: str = "a results dire
     not exist yet, its nearest existing ancestor) in which no file can be created: a read-only or pseudo
     file system (/proc, /sys), no permission. That last is probed for real, a temporary file created and
     deleted at once, because os.access says yes to root on a read-only file system and on /proc. Nothing
-    else is created here (bad input writes nothing). Raises UsageError.
+    else is created here (bad input writes nothing). `writable=False` (a plan, which only reads) skips that
+    last check. Raises UsageError.
     """
     from perfkit.errors import UsageError, shown
 
@@ -114,7 +117,7 @@ def check_out_dir(out_dir: str, flag: str = "--out", what: str = "a results dire
         for name in files:
             if os.path.isdir(os.path.join(path, name)):
                 refuse(f"holds a directory {name!r} where the file {name} goes")
-    for directory in probes:
+    for directory in probes if writable else ():
         reason = _cannot_create_in(directory)
         if reason:
             refuse(f"cannot be written: no file can be created in {shown(directory, 200)} ({reason})",
@@ -149,12 +152,15 @@ def check_out_file(out_file: str, flag: str = "--out", what: str = "a file") -> 
     check_out_dir(out_file, flag, what, subdirs=())
 
 
-def open_results(path: str | os.PathLike, what: str = "results directory") -> pd.DataFrame:
-    """Every point of a results directory that is to be read (summary, compare, reports).
+def open_results(path: str | os.PathLike, what: str = "results directory", system: str | None = None,
+                 where: str | None = None, side: str = "") -> pd.DataFrame:
+    """Every point of a results directory that is to be read (summary, compare, reports), or of one
+    system label of it (select_system: `where` names the directory in its message, `side` the side).
 
     Names each damaged point file or run record on stderr, one line each (they are left out). UsageError,
-    naming `what`, when the path does not exist, is a file, holds no readable point, or holds a system
-    label with several definitions (check_definitions)."""
+    naming `what`, when the path does not exist, is a file, holds no readable point, or when a label that
+    is read holds several definitions (check_definitions): a mixed label elsewhere in the directory does
+    not stop another label from being read."""
     from perfkit.errors import UsageError
 
     path = os.fspath(path)
@@ -169,6 +175,10 @@ def open_results(path: str | os.PathLike, what: str = "results directory") -> pd
         damaged = f"; {len(skipped)} damaged point files skipped" if skipped else ""
         raise UsageError(f"no results in {what} {path!r} (expected points/*.parquet written by perfkit run or "
                          f"sweep{damaged})")
+    if system:
+        attrs = dict(df.attrs)
+        df = select_system(df, system, where or path, side)
+        df.attrs.update(attrs)
     check_definitions(df, f"{what} {path!r}")
     return df
 
@@ -329,6 +339,11 @@ def _conform(table: pa.Table) -> pa.Table:
             raise DamagedFile(f"column {field.name} is {field.type}, expected {want}")
         fields.append(pa.field(field.name, want))
     present = set(table.schema.names)
+    for name in LATER_COLUMNS:  # a file written before the column existed: it reads as null
+        if name not in present:
+            table = table.append_column(pa.field(name, _SCHEMA_TYPES[name]), pa.nulls(table.num_rows, _SCHEMA_TYPES[name]))
+            fields.append(pa.field(name, _SCHEMA_TYPES[name]))
+            present.add(name)
     missing = [c for c in SCHEMA.names if c not in present]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
@@ -571,7 +586,15 @@ def lock(out_dir: str):
         d = os.path.dirname(d)
     while True:
         os.makedirs(out_dir, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            # O_NOFOLLOW: a lock path that is a link is refused, never followed (the lock file is truncated)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as exc:
+            raise UsageError(f"{path!r} cannot be used as the sweep's lock file ({exc.strerror or exc}): "
+                             "expected a regular file perfkit creates there; remove what is in its place") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise UsageError(f"{path!r} is not a regular file: expected the sweep's lock file; remove it")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -579,6 +602,11 @@ def lock(out_dir: str):
             os.close(fd)
             raise UsageError(f"results directory {out_dir!r} is in use by another sweep ({holder}): expected one "
                              "sweep at a time per results directory; wait for it to end, or use another --out")
+        except OSError as exc:  # a filesystem without flock (some NFS and Lustre mounts)
+            os.close(fd)
+            raise UsageError(f"results directory {out_dir!r} cannot be locked ({exc.strerror or exc}): expected a "
+                             "filesystem with flock, so that two sweeps never write one directory; use an --out "
+                             "on a local disk") from None
         except BaseException:
             os.close(fd)
             raise

@@ -51,8 +51,20 @@ SCHEMA = pa.schema(
         ("device", _S), ("driver_version", _S), ("cuda_version", _S), ("cudnn_version", _S),
         ("torch_version", _S),
         ("transformers_version", _S), ("git_commit", _S), ("created_utc", _S),
+        ("host", _S), ("gpu_index", _I),
     ]
 )
+
+# What a point file must hold to be read at all: what identifies the point, its figures and the raw
+# samples they come from (perfkit.results checks the figures against the samples).
+REQUIRED_COLUMNS = tuple(COLUMNS) + (
+    "ttft_iqr_ms", "ttft_p10_ms", "ttft_p90_ms", "e2e_iqr_ms", "e2e_p10_ms", "e2e_p90_ms",
+    "tpot_iqr_ms", "tpot_p10_ms", "tpot_p90_ms", "noisy", "ttft_ms_samples", "e2e_ms_samples",
+    "decode_step_ms_samples", "derived_from_output_len", "warmup", "seed")
+# Every other column (provenance, annotations, columns added to SCHEMA after point files were first
+# written: host, gpu_index, sdpa_*_backend, cudnn_version, ...) reads as null in a file without it, so a
+# results directory written by an earlier version of perfkit still reads whole and is never re-measured.
+LATER_COLUMNS = tuple(c for c in SCHEMA.names if c not in REQUIRED_COLUMNS)
 
 
 def point_key(fields: dict) -> str:
@@ -133,7 +145,8 @@ def with_provenance(row: dict, run_id: str, env: dict, key_fields: dict) -> dict
         if field in key_fields:
             out[field] = key_fields[field]
     for field in ("device", "device_name", "driver_version", "cuda_version", "cudnn_version", "torch_version",
-                  "transformers_version", "git_commit"):
+                  "transformers_version", "git_commit", "gpu_index"):
         out[field] = env.get(field)
+    out["host"] = env.get("hostname")  # where it ran: with gpu_index, which of a node's or cluster's devices
     out["created_utc"] = utc_now()
     return out

@@ -52,10 +52,11 @@ Measurement choices
   draw recomputes the medians, which batches meet the bound, and the max. The generator is seeded per
   (seed, side, workload, batch) (perfkit.compare._rng), so the result is deterministic for a seed
   whatever else is computed, and every SLO judges the same draws.
-* A draw in which either side has no batch meeting the bound has no ratio (NaN). The interval is taken
-  over the draws that have one, and `met_fraction` reports their share. Because the missing draws could
-  fall either way, the verdict leaves "within noise" only when at least `confidence` of the draws have a
-  ratio: a bound that one side meets only sometimes cannot be judged at that confidence.
+* A draw in which one side meets the bound at no batch has the other side better there: its ratio is
+  +inf (only the target fails) or 0 (only the baseline fails), and the percentile interval is taken over
+  those draws too. A draw in which both fail decides nothing (NaN) and is left out; the verdict leaves
+  "within noise" only when at least `confidence` of the draws decide. `met_fraction` is the share of
+  draws in which both sides meet the bound.
 * Where a side meets the bound at no batch on its full medians, there is no ratio: ratio, ratio_lo and
   ratio_hi are NaN and the verdict is "none meets it (target)", "(baseline)" or "(both)".
 * The point estimate is read off the results columns (ttft_ms, tpot_ms, output_tok_s: the full medians),
@@ -75,7 +76,7 @@ import numpy as np
 import pandas as pd
 
 from perfkit import metrics
-from perfkit.compare import NOISE, _rng, load_side, ratio, samples_ms, verdict
+from perfkit.compare import MIN_REPEATS_FOR_VERDICT, NOISE, TOO_FEW, _rng, load_side, ratio, samples_ms, verdict
 from perfkit.errors import UsageError, shown
 
 from perfkit.summary import latest_per_point
@@ -413,18 +414,29 @@ def _slo_row(key, slo: SLO, t: _Side, b: _Side, alpha: float, confidence: float)
     if missing:
         row["verdict"] = f"{NONE_MEETS} ({'both' if len(missing) == 2 else missing[0]})"
         return row
+    fewest = min(len(x) for x in list(t.rows["ttft_ms_samples"]) + list(b.rows["ttft_ms_samples"]))
+    if fewest < MIN_REPEATS_FOR_VERDICT:  # one repeat resamples to itself: no interval, no verdict
+        row.update({"ratio": ratio("throughput", t_value, b_value), "verdict": TOO_FEW})
+        return row
     t_draws, _ = _bounded_best(t.ttft_ms, t.tpot_ms, t.output_tok_s, slo)
     b_draws, _ = _bounded_best(b.ttft_ms, b.tpot_ms, b.output_tok_s, slo)
-    boot = ratio("throughput", t_draws, b_draws)  # NaN where a side has no batch within the bound
-    exists = np.isfinite(boot)
-    met_fraction = float(exists.mean())
-    lo, hi = ((float(q) for q in np.quantile(boot[exists], [alpha / 2, 1 - alpha / 2])) if exists.any()
-              else (np.nan, np.nan))
-    # The missing draws could lie on either side of 1: only a bound met in at least `confidence` of the
-    # draws lets the interval speak at that confidence.
+    boot = ratio("throughput", t_draws, b_draws)
+    t_none, b_none = np.isnan(t_draws), np.isnan(b_draws)
+    # A side that meets the bound at no batch in a draw has the worse bounded max there, whatever the other
+    # side's figure: the ratio is +inf where only the target fails and 0 where only the baseline fails.
+    # Only a draw in which both fail says nothing (NaN).
+    boot = np.where(t_none & ~b_none, np.inf, np.where(b_none & ~t_none, 0.0, boot))
+    decided = ~np.isnan(boot)
+    met_fraction = float((~t_none & ~b_none).mean())
+    # inverted_cdf picks draws rather than interpolating between them: between two infinite draws linear
+    # interpolation gives NaN
+    lo, hi = ((float(q) for q in np.quantile(boot[decided], [alpha / 2, 1 - alpha / 2], method="inverted_cdf"))
+              if decided.any() else (np.nan, np.nan))
+    # Draws where neither side meets the bound could go either way: the interval speaks at `confidence`
+    # only when at least that share of the draws decides.
     row.update({"ratio": ratio("throughput", t_value, b_value), "ratio_lo": lo, "ratio_hi": hi,
                 "met_fraction": met_fraction,
-                "verdict": verdict(lo, hi) if met_fraction >= confidence else NOISE})
+                "verdict": verdict(lo, hi) if decided.mean() >= confidence else NOISE})
     return row
 
 
@@ -490,15 +502,19 @@ def frontier_ratios(target, baseline, target_system: str | None = None,
 
 def slos_for(cli_texts: Sequence[str] | None = None, runs: Sequence[dict] = ()) -> tuple[SLO, ...]:
     """The latency bounds a table uses: those given on the command line (`--slo`, replacing the rest);
-    else those the params file of the newest sweep run recorded (`slos:`); else DEFAULT_SLOS."""
+    else those the params file of the newest sweep run recorded (`slos:`), checked like a params file's;
+    else DEFAULT_SLOS (also when the newest sweep recorded none: removing `slos:` takes effect)."""
     if cli_texts:
         return parse_slos(cli_texts)
-    for run in sorted(runs, key=lambda r: str(r.get("created_utc") or r.get("run_id") or ""), reverse=True):
-        recorded = (run.get("sweep") or {}).get("slos")
-        if recorded:
-            try:
-                return _check_unique([SLO(str(d["name"]), float(d["ttft_ms_max"]), float(d["tpot_ms_max"]))
-                                      for d in recorded], "the sweep's recorded slos")
-            except (KeyError, TypeError, ValueError, UsageError):
-                continue  # a run record this version cannot read: fall back to an older one or the defaults
-    return DEFAULT_SLOS
+    sweeps = [r for r in runs if isinstance(r, dict) and isinstance(r.get("sweep"), dict)]
+    if not sweeps:
+        return DEFAULT_SLOS
+    newest = max(sweeps, key=lambda r: str(r.get("created_utc") or r.get("run_id") or ""))
+    recorded = newest["sweep"].get("slos")
+    if not recorded:
+        return DEFAULT_SLOS
+    try:  # recorded as {name, ttft_ms_max, tpot_ms_max}: checked as a params file's {name, ttft_ms, tpot_ms}
+        return parse_slo_params([{"name": d["name"], "ttft_ms": d["ttft_ms_max"], "tpot_ms": d["tpot_ms_max"]}
+                                 for d in recorded], "the newest sweep's recorded slos")
+    except (KeyError, TypeError, UsageError):
+        return DEFAULT_SLOS  # a run record this version cannot read

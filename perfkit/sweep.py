@@ -53,6 +53,7 @@ and never touches the timed code.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import os
@@ -268,7 +269,7 @@ def plan(params_or_path, systems: list[str] | None = None, out_dir: str | None =
     params = _as_params(params_or_path, yes)
     chosen = _select(params, systems)
     out_dir = out_dir or os.path.join("results", params.name)
-    store.check_out_dir(out_dir)
+    store.check_out_dir(out_dir, writable=False)  # a plan only reads: a read-only results directory is fine
     if params.point_count(chosen) > PLAN_EXACT_MAX:
         return _plan_counted(params, chosen, out_dir, discard_stale)
     all_specs = search_specs(params, chosen)
@@ -407,6 +408,8 @@ class SweepOutcome:
     wall_s: float
     build_s: list[dict]  # {"system", "model", "seconds"} per model build
     interrupted: bool = False  # Ctrl-C stopped it between or inside points; every finished point is stored
+    workers: int = 0  # a Ray sweep's workers (GPUs or CPUs measuring at once, at most one per unit); 0: serial
+    lost: list[str] = dataclasses.field(default_factory=list)  # units whose Ray task failed past its retries
 
 
 class _Faults:
@@ -461,143 +464,255 @@ def _truncated(m: PointMeasurement, output_len: int) -> PointMeasurement:
     )
 
 
-class _SweepRunner:
-    def __init__(self, params, out_dir, envs, faults, max_minutes, bar, t0):
-        from perfkit.provenance import new_run_id
+# ---- one unit: a model build and the searches that share it ----------------------------------------
+#
+# The serial sweep and the Ray sweep (perfkit.ray_sweep) run the same code for a unit, _UnitRunner.run: it
+# builds the model once, runs the unit's jobs of the passes it is given, judges each job's rows (the batch
+# search) and yields what happened as events. Whoever consumes the events writes: the serial sweep in this
+# process (_SweepRunner.handle), the Ray sweep in the driver, which receives each event from the worker as it
+# happens. Events are plain tuples (they travel between processes):
+#
+#   ("status", text)                  what the unit is doing now (the progress bar's note)
+#   ("built", record)                 a model build: {"system", "model", "dtype", "seconds"}
+#   ("wait", index)                   search `index` of the unit waits for a later invocation (time budget)
+#   ("job", index, rows, fresh)       one job of search `index`: {output_len: row}, each row complete with
+#                                     its provenance; `fresh`: measured now, to be written; else rows stored
+#                                     by an earlier session, judged again (stored past an error)
 
-        self.params, self.out_dir, self.envs, self.faults, self.bar = params, out_dir, envs, faults, bar
-        self.run_id = new_run_id()
-        self.run_written = False
-        self.deadline = None if max_minutes is None else t0 + max_minutes * 60
-        self.stopped = False  # some job was left out because it would not have fit the time budget
-        self.measured, self.failures, self.ooms, self.builds = 0, [], [], []
-        # one estimator per device, each with that device's peaks where known (perfkit.hardware)
-        self.estimators = {device: DurationEstimator(hardware.lookup(env.get("device_name")))
-                           for device, env in envs.items()}
-        self.done: dict[str, dict] = {}  # rows stored before this session, by point key
 
-    def _estimator(self, label: str) -> DurationEstimator | None:
+class _UnitRunner:
+    """Runs units: builds a unit's model, measures its jobs, yields events (above).
+
+    `env_for(device)` is the provenance of the machine that measures (the serial sweep's, a Ray worker's);
+    `done` the rows stored before this session (by key); `received` the rows this session's writer already
+    has for the unit (a Ray task retried after its worker died: those jobs are judged from them, not
+    measured again, and not sent again). `clock` and `deadline` (same clock) set the time budget; `measure`
+    and `build` default to perfkit.sweep's measure_point and build_model as they are when a job runs.
+    `local_device(device)` is the device to build and measure on (a Ray task's one GPU is its "cuda")."""
+
+    def __init__(self, params: SweepParams, run_id: str, env_for, faults: _Faults, deadline: float | None,
+                 clock, estimators: dict, builds: list, done: dict | None = None, received: dict | None = None,
+                 measure=None, build=None, local_device=None):
+        self.params, self.run_id, self.env_for, self.faults = params, run_id, env_for, faults
+        self.deadline, self.clock, self.estimators, self.builds = deadline, clock, estimators, builds
+        self.done, self.received = done or {}, received or {}
+        self._measure, self._build, self.local_device = measure, build, local_device or (lambda d: d)
+
+    def measure(self, *a, **kw):
+        return (self._measure or measure_point)(*a, **kw)
+
+    def build(self, *a, **kw):
+        return (self._build or build_model)(*a, **kw)
+
+    def estimator(self, label: str) -> DurationEstimator | None:
         system = next((s for s in self.params.systems if s.label == label), None)
         return self.estimators.get(system.device) if system else None
 
-    def learn(self, done: dict[str, dict]) -> None:
+    def learn(self, rows) -> None:
         """Seed the duration estimates from stored rows, so a resumed session budgets its first points too."""
-        self.done = done
-        for row in sorted(done.values(), key=lambda r: r.get("created_utc") or ""):
-            estimator = self._estimator(row.get("system"))
+        for row in sorted(rows, key=lambda r: r.get("created_utc") or ""):
+            estimator = self.estimator(row.get("system"))
             if estimator is not None:
                 estimator.learn(row)
 
-    def _fits(self, seconds: float) -> bool:
-        return self.deadline is None or _now() + seconds <= self.deadline
+    def fits(self, seconds: float) -> bool:
+        return self.deadline is None or self.clock() + seconds <= self.deadline
 
-    def _estimate_job(self, job: BatchRun) -> float:
+    def estimate_job(self, job: BatchRun) -> float:
         u = job.spec
-        estimator = self._estimator(u.system.label)
+        estimator = self.estimator(u.system.label)
         if estimator is None:
             return 0.0
         return estimator.estimate(u.system.label, u.model, job.batch, u.input_len, u.run_output_len,
                                   self.params.warmup + self.params.repeats)
 
-    def _estimate_build(self, system: System, model: str) -> float:
+    def estimate_build(self, system: System, model: str) -> float:
         return estimate_build_s(self.builds, model, system.dtype)
 
-    def _write_run(self) -> None:
-        if self.run_written:
-            return
-        env = next(iter(self.envs.values()))
-        prov = {**env, "run_id": self.run_id, "command": sys.argv, "sweep": self.params.as_dict(),
-                "environments": self.envs}
-        store.write_run(self.out_dir, self.run_id, prov)
-        self.run_written = True
+    def _catch_up(self, search: BatchSearch) -> None:
+        """Judge the jobs whose rows this session's writer already holds (a retried Ray task)."""
+        while self.received and not search.finished():
+            job = search.next_job()
+            rows = {o: self.received.get(point_key(key_fields(self.params, job.spec, o, job.batch)))
+                    for o in job.output_lens}
+            if any(r is None for r in rows.values()):
+                return
+            search.judge({o: dict(r) for o, r in rows.items()})
 
-    def _skip(self, search: BatchSearch) -> None:
-        """Leave a search for a later invocation: its next job would not fit the budget."""
-        self.stopped = True
-
-    def run_model(self, system: System, model: str, searches: list[BatchSearch], first_only: bool) -> None:
-        pending = [s for s in searches if not s.finished() and (s.next_index == 0 or not first_only)]
-        if not pending:
-            return
-        # Build only if the build and at least one of its jobs fit; otherwise every pending job waits.
-        build_s = self._estimate_build(system, model)
-        if not any(self._fits(build_s + self._estimate_job(s.next_job())) for s in pending):
-            for s in pending:
-                self._skip(s)
-            return
-        self.bar.set_postfix_str(f"building {model}", refresh=True)
-        t = _now()
-        built, build_failure = None, None
+    def run(self, system: System, model: str, searches: list[BatchSearch], passes=(False,), proceed=None):
+        """Run one unit's jobs, pass by pass (True: pass 1, each search's first batch; False: the searches),
+        building the model at most once for all of them, and yield the events. Before each pass after the
+        first, `proceed()` says whether to go on (a Ray task goes on into pass 2 with the model it has built
+        when no unit waits for its pass 1); when it says no, the unit stops there."""
+        for s in searches:
+            self._catch_up(s)
+        device = self.local_device(system.device)
+        built, build_failure, have = None, None, False
         try:
-            built = build_model(model, parse_dtype(system.dtype), system.device, system.attn_implementation,
-                                seed=self.params.seed)
-        except Exception as exc:  # out of memory, or a broken checkpoint: failed points, not a failed sweep
-            build_failure = ("oom" if is_out_of_memory(exc) else "error", f"building the model: {_one_line(exc)}")
-        self.builds.append({"system": system.label, "model": model, "dtype": system.dtype,
-                            "seconds": _now() - t})
-        if build_failure:
-            _free_memory(system.device)
-        try:
-            for s in pending:
-                while not s.finished():
-                    job = s.next_job()
-                    if not self._fits(self._estimate_job(job)):
-                        # this search waits (its later batches cost more still); the others go on
-                        self._skip(s)
-                        break
-                    self._run_job(built, build_failure, s, job)
-                    if first_only:
-                        break
+            for n, first_only in enumerate(passes):
+                if n and proceed is not None and not proceed():
+                    return
+                if build_failure:  # as a serial sweep does, each pass tries the build again
+                    built, build_failure, have = None, None, False
+                pending = [(i, s) for i, s in enumerate(searches)
+                           if not s.finished() and (s.next_index == 0 or not first_only)]
+                if not pending:
+                    continue
+                if not have:
+                    # Build only if the build and at least one of its jobs fit; otherwise every pending job waits.
+                    build_s = self.estimate_build(system, model)
+                    if not any(self.fits(build_s + self.estimate_job(s.next_job())) for _, s in pending):
+                        for i, _ in pending:
+                            yield ("wait", i)
+                        continue
+                    yield ("status", f"building {model}")
+                    t = self.clock()
+                    try:
+                        built = self.build(model, parse_dtype(system.dtype), device, system.attn_implementation,
+                                           seed=self.params.seed)
+                    except Exception as exc:  # out of memory, a broken checkpoint: failed points, not a failed sweep
+                        build_failure = ("oom" if is_out_of_memory(exc) else "error",
+                                         f"building the model: {_one_line(exc)}")
+                    record = {"system": system.label, "model": model, "dtype": system.dtype,
+                              "seconds": self.clock() - t}
+                    self.builds.append(record)
+                    have = True
+                    yield ("built", record)
+                    if build_failure:
+                        _free_memory(device)
+                for i, s in pending:
+                    while not s.finished():
+                        job = s.next_job()
+                        if not self.fits(self.estimate_job(job)):
+                            # this search waits (its later batches cost more still); the others go on
+                            yield ("wait", i)
+                            break
+                        yield from self._job(built, build_failure, i, s, job)
+                        if first_only:
+                            break
         finally:
             built = None  # the only reference: the model's memory goes back before the next build
-            _free_memory(system.device)
+            _free_memory(device)
 
-    def _run_job(self, model, build_failure, search: BatchSearch, job: BatchRun) -> None:
+    def _job(self, model, build_failure, index: int, search: BatchSearch, job: BatchRun):
         u, p = job.spec, self.params
-        self.bar.set_postfix_str(f"{u.system.label} {u.model} I={u.input_len} O={u.run_output_len} B={job.batch}",
-                                 refresh=False)
+        yield ("status", f"{u.system.label} {u.model} I={u.input_len} O={u.run_output_len} B={job.batch}")
         stored = {o: self.done.get(point_key(key_fields(p, u, o, job.batch))) for o in job.output_lens}
         if all(r is not None and r["status"] in ("ok", "oom") for r in stored.values()):
             # Stored by an earlier session past an error that stopped the replay (errors are retried, the
             # points after them are not): judge the stored rows, spend no device time on them again.
-            search.judge({o: dict(r) for o, r in stored.items()})
-            self._advance_bar(search)
+            rows = {o: dict(r) for o, r in stored.items()}
+            search.judge(rows)
+            yield ("job", index, rows, False)
             return
+        device = self.local_device(u.system.device)
         status, error, m = "ok", None, None
         if build_failure:
             status, error = build_failure
         else:
             try:
                 self.faults.check(job)
-                m = measure_point(model, u.system, Point(u.model, u.input_len, u.run_output_len, job.batch),
-                                  warmup=p.warmup, repeats=p.repeats, seed=p.seed)
+                system = u.system if device == u.system.device else dataclasses.replace(u.system, device=device)
+                m = self.measure(model, system, Point(u.model, u.input_len, u.run_output_len, job.batch),
+                                 warmup=p.warmup, repeats=p.repeats, seed=p.seed)
             except Exception as exc:
                 status, error = ("oom" if is_out_of_memory(exc) else "error"), _one_line(exc)
             if status != "ok":  # outside the except block: the traceback no longer pins the tensors
-                _free_memory(u.system.device)
+                _free_memory(device)
         rows = {}
         for o in job.output_lens:
             if status == "ok":
-                row = to_row(m if o == u.run_output_len else _truncated(m, o))
+                rows[o] = to_row(m if o == u.run_output_len else _truncated(m, o))
             else:
-                row = failed_row(u.system, Point(u.model, u.input_len, o, job.batch), status, error)
-            rows[o] = row
+                rows[o] = failed_row(u.system, Point(u.model, u.input_len, o, job.batch), status, error)
         search.judge(rows)
-        self._write_run()
-        env = self.envs[u.system.device]
+        env = self.env_for(u.system.device)
+        full = {}
         for o, row in rows.items():
-            fields = key_fields(p, u, o, job.batch)
-            full = with_provenance(row, self.run_id, env, fields)
-            full["sweep_name"] = p.name
-            store.write_point(self.out_dir, full)
-            self.measured += 1
-            if status == "error":
-                self.failures.append(full)
-            elif status == "oom":
-                self.ooms.append(full)
+            full[o] = with_provenance(row, self.run_id, env, key_fields(p, u, o, job.batch))
+            full[o]["sweep_name"] = p.name
         if status == "ok":  # the run as measured (at run_output_len, which the search may have stopped)
-            self._estimator(u.system.label).learn({**to_row(m), "warmup": p.warmup})
-        self._advance_bar(search)
+            self.estimator(u.system.label).learn({**to_row(m), "warmup": p.warmup})
+        yield ("job", index, full, True)
+
+
+class _SweepRunner:
+    """The writer of a sweep: stores the rows of the events a unit yields (serial: _UnitRunner in this
+    process; Ray: the workers' events, received by the driver), counts them and moves the progress bar."""
+
+    def __init__(self, params, out_dir, envs, faults, max_minutes, bar, t0):
+        from perfkit.provenance import new_run_id
+
+        self.params, self.out_dir, self.envs, self.faults, self.bar = params, out_dir, envs, faults, bar
+        self.run_id = new_run_id()
+        self.run_written = False
+        self.run_extra: dict = {}  # more for the run record (a Ray sweep: the cluster and its workers)
+        self.deadline = None if max_minutes is None else t0 + max_minutes * 60
+        self.stopped = False  # some job was left out because it would not have fit the time budget
+        self.measured, self.failures, self.ooms, self.builds = 0, [], [], []
+        self.lost: list[str] = []  # units a Ray sweep gave up on (their worker died more often than retried)
+        # one estimator per device, each with that device's peaks where known (perfkit.hardware)
+        estimators = {device: DurationEstimator(hardware.lookup(env.get("device_name")))
+                      for device, env in envs.items()}
+        self.units = _UnitRunner(params, self.run_id, lambda device: self.envs[device], faults, self.deadline,
+                                 lambda: _now(), estimators, self.builds)
+
+    # the budget, as the serial sweep (and its tests) ask it
+    def learn(self, done: dict[str, dict]) -> None:
+        self.units.done = done
+        self.units.learn(done.values())
+
+    def _fits(self, seconds: float) -> bool:
+        return self.units.fits(seconds)
+
+    def _estimate_job(self, job: BatchRun) -> float:
+        return self.units.estimate_job(job)
+
+    def run_model(self, system: System, model: str, searches: list[BatchSearch], first_only: bool) -> None:
+        """One unit's jobs of one pass, in this process."""
+        for event in self.units.run(system, model, searches, (first_only,)):
+            self.handle(event, searches)
+
+    def handle(self, event: tuple, searches: list[BatchSearch], remote: bool = False) -> None:
+        """Act on one event of a unit whose searches are `searches`. `remote`: the event comes from another
+        process (a Ray worker), whose judging these copies of the searches repeat, and whose builds count
+        here."""
+        kind = event[0]
+        if kind == "status":
+            self.bar.set_postfix_str(event[1], refresh=event[1].startswith("building"))
+        elif kind == "built":
+            if remote:
+                self.builds.append(event[1])
+        elif kind == "wait":
+            self.stopped = True
+        elif kind == "job":
+            _, index, rows, fresh = event
+            search = searches[index]
+            if remote:
+                search.judge(rows)  # the worker's rule on the same rows: the same annotations, the same state
+            if fresh:
+                self.write(rows)
+            self._advance_bar(search)
+
+    def write(self, rows: dict[int, dict]) -> None:
+        """Store one job's rows, each atomically under its key (perfkit.results.write_point)."""
+        self._write_run()
+        for row in rows.values():
+            store.write_point(self.out_dir, row)
+            self.measured += 1
+            if row["status"] == "error":
+                self.failures.append(row)
+            elif row["status"] == "oom":
+                self.ooms.append(row)
+
+    def _write_run(self, again: bool = False) -> None:
+        if self.run_written and not again:
+            return
+        env = next(iter(self.envs.values()))
+        prov = {**env, "run_id": self.run_id, "command": sys.argv, "sweep": self.params.as_dict(),
+                "environments": self.envs, **self.run_extra}
+        store.write_run(self.out_dir, self.run_id, prov)
+        self.run_written = True
 
     def _advance_bar(self, search: BatchSearch) -> None:
         self.bar.update(1)
@@ -654,7 +769,7 @@ SWEEP_MAX_POINTS = 1_000_000  # points one invocation tracks (its searches' stat
 
 def run_sweep(params_or_path, systems: list[str] | None = None, out_dir: str | None = None,
               max_minutes: float | None = None, progress: bool = True, discard_stale: bool = False,
-              yes: bool = False) -> SweepOutcome:
+              yes: bool = False, ray: str | None = None) -> SweepOutcome:
     """Measure every point of a params file (skipping those already stored in `out_dir`).
 
     Holds the results directory's lock (perfkit.results.lock) throughout: a second sweep into the same
@@ -666,6 +781,11 @@ def run_sweep(params_or_path, systems: list[str] | None = None, out_dir: str | N
     A grid beyond max_points is refused unless `yes` (perfkit sweep --yes), and one beyond SWEEP_MAX_POINTS
     in any case. Ctrl-C (KeyboardInterrupt) ends it with an outcome whose `interrupted` is set: the points
     finished before it are stored, the same command continues with the rest.
+
+    `ray`: run the units (_by_model's groups) as Ray tasks, one GPU (or CPU) each, across a node or a
+    cluster (perfkit.ray_sweep): "local" (or "") starts a Ray instance on this machine, "auto",
+    "ray://HOST:PORT" or "HOST:PORT" joins a running cluster. This process stays the one writer and holds
+    the lock; the results are those of a serial sweep. None: a serial sweep in this process.
     """
     params = _as_params(params_or_path, yes)
     check_point_count(params, _select(params, systems), yes=True, limit=SWEEP_MAX_POINTS)
@@ -673,12 +793,31 @@ def run_sweep(params_or_path, systems: list[str] | None = None, out_dir: str | N
     store.check_out_dir(out_dir)
     _check_max_minutes(max_minutes)
     _Faults(os.environ.get(FAULT_ENV))
+    cluster = None
+    if ray is not None:
+        cluster = ray_module().Connection(ray)  # Ray importable, a well-formed address; connects later
     with store.lock(out_dir):
         removed = store.remove_interrupted_writes(out_dir)
         if removed:
             print(f"perfkit: removed {removed} temporary files of interrupted writes from {out_dir}",
                   file=sys.stderr, flush=True)
-        return _run_sweep(params, systems, out_dir, max_minutes, progress, discard_stale)
+        return _run_sweep(params, systems, out_dir, max_minutes, progress, discard_stale, cluster)
+
+
+RAY_HINT = "pip install 'perfkit[ray]'"
+
+
+def ray_module():
+    """perfkit.ray_sweep, where Ray is importable; UsageError with the install line where it is not. The
+    measuring core never imports Ray: only this path does (a GPU machine may have no Ray)."""
+    import importlib
+
+    try:
+        importlib.import_module("ray")
+    except ImportError:
+        raise UsageError(f"--ray needs Ray, which is not installed here: {RAY_HINT} (or pip install 'ray>=2.40')") \
+            from None
+    return importlib.import_module("perfkit.ray_sweep")
 
 
 def _check_max_minutes(max_minutes) -> None:
@@ -687,8 +826,9 @@ def _check_max_minutes(max_minutes) -> None:
 
 
 def _run_sweep(params: SweepParams, systems: list[str] | None, out_dir: str, max_minutes: float | None,
-               progress: bool, discard_stale: bool) -> SweepOutcome:
-    """run_sweep's work, under the directory's lock."""
+               progress: bool, discard_stale: bool, cluster=None) -> SweepOutcome:
+    """run_sweep's work, under the directory's lock. `cluster`: a perfkit.ray_sweep.Connection, not yet
+    connected (it connects only where there is work)."""
     from tqdm import tqdm
 
     t0 = _now()
@@ -707,24 +847,34 @@ def _run_sweep(params: SweepParams, systems: list[str] | None, out_dir: str, max
     done = stored.rows
     searches = _replay(params, all_specs, done)
     skipped = sum(len(s.history) for s in searches)
-    envs = _environments(params, chosen, searches, out_dir, stored.devices)
-    _discard_stale(out_dir, stored)
+    with contextlib.ExitStack() as stack:
+        if cluster is not None and any(not s.finished() for s in searches):
+            stack.enter_context(cluster)  # connects (or starts a local instance); shut down on the way out
+            envs = cluster.environments(params, chosen, searches, out_dir, stored.devices)
+        else:
+            cluster = None
+            envs = _environments(params, chosen, searches, out_dir, stored.devices)
+        _discard_stale(out_dir, stored)
 
-    total = sum(s.remaining() for s in searches)
-    with tqdm(total=total, desc=params.name, unit="pt", file=sys.stderr, disable=not progress or total == 0,
-              dynamic_ncols=True) as bar:
-        runner = _SweepRunner(params, out_dir, envs, faults, budget, bar, t0)
-        runner.learn(done)
-        groups = _by_model(searches)
-        interrupted = False
-        try:
-            for first_only in (True, False):  # pass 1: the first batch everywhere; pass 2: the searches
-                for system, model, group in groups:
-                    runner.run_model(system, model, group, first_only)
-        except KeyboardInterrupt:  # Ctrl-C: what finished is stored (atomically, point by point); say so
-            interrupted = True
+        total = sum(s.remaining() for s in searches)
+        with tqdm(total=total, desc=params.name, unit="pt", file=sys.stderr,
+                  disable=not progress or total == 0, dynamic_ncols=True) as bar:
+            runner = _SweepRunner(params, out_dir, envs, faults, budget, bar, t0)
+            runner.learn(done)
+            groups = _by_model(searches)
+            interrupted = False
+            try:
+                if cluster is None:
+                    for first_only in (True, False):  # pass 1: the first batch everywhere; pass 2: the searches
+                        for system, model, group in groups:
+                            runner.run_model(system, model, group, first_only)
+                else:
+                    cluster.run(runner, groups, done, None if budget is None else budget * 60 - (_now() - t0))
+            except KeyboardInterrupt:  # Ctrl-C: what finished is stored (atomically, point by point); say so
+                interrupted = True
     return SweepOutcome(out_dir=out_dir, run_id=runner.run_id if runner.run_written else None,
                         measured=runner.measured, skipped=skipped, failures=runner.failures, ooms=runner.ooms,
                         stopped_early=runner.stopped and any(not s.finished() for s in searches),
                         left=sum(s.remaining() for s in searches),
-                        wall_s=_now() - t0, build_s=runner.builds, interrupted=interrupted)
+                        wall_s=_now() - t0, build_s=runner.builds, interrupted=interrupted,
+                        workers=cluster.workers if cluster is not None else 0, lost=runner.lost)

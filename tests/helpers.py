@@ -164,3 +164,24 @@ def fake_measuring(monkeypatch) -> list:
     monkeypatch.setattr(sweep_mod, "measure_point", measure)
     monkeypatch.setattr(sweep_mod, "build_model", lambda *a, **kw: object())
     return calls
+
+
+def sigkill_midway(argv: list, out: str, points: int = 2, timeout_s: float = 120.0) -> None:
+    """Run `python -m perfkit ARGV` (one OpenMP thread: on a shared 2-core machine spinning threads make a
+    busy CPU crawl) and SIGKILL it as soon as `out` holds `points` point files; asserts it was killed."""
+    import glob
+    import signal
+    import time
+
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "perfkit", *map(str, argv)], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while (len(glob.glob(os.path.join(out, "points", "*.parquet"))) < points and proc.poll() is None
+               and time.monotonic() < deadline):
+            time.sleep(0.002)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL

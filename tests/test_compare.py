@@ -256,3 +256,14 @@ def test_a_row_without_samples_does_not_shift_the_batch_of_the_max(tmp_path):
     rows_t[0]["e2e_ms_samples"] = []
     c = compare(write_rows(tmp_path / "t2", rows_t), write_rows(tmp_path / "b2", rows_b))
     assert "tpot_ms" not in set(c.study[c.study.input_len == 32]["metric"])
+
+
+def test_one_repeat_gives_a_ratio_but_no_interval_and_no_verdict(tmp_path):
+    """A single repeat resamples to itself: a zero-width interval would read as certainty."""
+    t = write_rows(tmp_path / "t", [make_row("one", "tiny-llama2-13b", 32, 8, b, [5.0 * b], [40.0 * b])
+                                    for b in (1, 2)])
+    b = write_rows(tmp_path / "b", [make_row("two", "tiny-llama2-13b", 32, 8, b, [10.0 * b], [80.0 * b])
+                                    for b in (1, 2)])
+    c = compare(t, b)
+    assert set(c.study["verdict"]) == {"too few repeats"}
+    assert c.study["ratio"].notna().all() and c.study["ratio_lo"].isna().all()

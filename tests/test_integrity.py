@@ -196,3 +196,21 @@ def test_a_damaged_probe_is_named_and_left_out(clean, text, fragment):
     assert r.returncode == 0, r.stderr
     [line] = _warnings(r.stderr)
     assert line.startswith(f"perfkit: warning: skipped {path}: ") and fragment in line
+
+
+def test_a_file_written_before_the_newer_columns_reads_whole_and_is_not_measured_again(tmp_path):
+    """Point files of an earlier perfkit lack the columns added since (attention kernels, cuDNN, host):
+    they read with those as null, stay in every table, and a resumed sweep does not measure them again."""
+    import pyarrow.parquet as pq
+
+    out = str(tmp_path / "out")
+    params = write_params(tmp_path / "p.yaml", grid={"input_lens": [8], "output_lens": [2], "batch_sizes": [1, 2]},
+                          repeats=1)
+    run_sweep(params, out_dir=out, progress=False)
+    newer = ("sdpa_prefill_backend", "sdpa_decode_backend", "cudnn_version", "host", "gpu_index")
+    for path in glob.glob(os.path.join(out, "points", "*.parquet")):
+        table = pq.read_table(path)
+        pq.write_table(table.drop_columns([c for c in newer if c in table.schema.names]), path)
+    df = load_results(out)
+    assert len(df) == 2 and not df.attrs.get("skipped_files") and df["cudnn_version"].isna().all()
+    assert run_sweep(params, out_dir=out, progress=False).measured == 0

@@ -233,19 +233,23 @@ def test_bootstrap_flips_a_batch_across_the_bound():
     assert r["met_fraction"] == 1.0 and r["verdict"] == NOISE
 
 
-def test_draws_without_a_batch_in_the_bound_are_left_out_and_temper_the_verdict():
-    # Without the safe B=1, 7/27 of the target's draws have no batch within the bound: those draws have no
-    # ratio; the interval covers the rest (all < 1), but a 95% verdict cannot rest on 74% of the draws.
+def test_draws_without_a_batch_in_the_bound_count_against_that_side():
+    # Without the safe B=1, 7/27 of the target's draws have no batch within the bound: there the baseline,
+    # which always meets it, is better (ratio +inf). The interval covers those draws too, so it reaches
+    # infinity and the 95% verdict is "within noise"; 20/27 of the draws have both sides within the bound.
     t, b = pd.DataFrame(flipping_rows(with_safe_batch=False)), pd.DataFrame(baseline_rows())
     r = compare_slo(t, b, [INTERACTIVE]).iloc[0]
     b8 = {tpot: out_tok_s(8, 200, tpot) for tpot in (25, 29)}
     assert r["ratio"] == pytest.approx(110.0 / b8[29])
-    assert r["ratio_lo"] == pytest.approx(110.0 / b8[25]) and r["ratio_hi"] == pytest.approx(110.0 / b8[29])
+    assert r["ratio_lo"] == pytest.approx(110.0 / b8[25]) and r["ratio_hi"] == math.inf
     assert r["met_fraction"] == pytest.approx(20 / 27, abs=0.04)
     assert r["verdict"] == NOISE
-    # at a confidence the existing draws do reach, the interval speaks
-    r70 = compare_slo(t, b, [INTERACTIVE], confidence=0.7).iloc[0]
-    assert r70["met_fraction"] >= 0.7 and r70["ratio_hi"] < 1 and r70["verdict"] == BETTER
+    # at a confidence whose interval stops short of the failing draws (30th to 70th percentile), it speaks
+    r40 = compare_slo(t, b, [INTERACTIVE], confidence=0.4).iloc[0]
+    assert r40["ratio_hi"] < 1 and r40["verdict"] == BETTER
+    # swapped sides: the draws where the baseline meets nothing count for the baseline's being worse
+    swapped = compare_slo(b.assign(system="t"), t.assign(system="b"), [INTERACTIVE]).iloc[0]
+    assert swapped["ratio_lo"] == 0.0 and swapped["verdict"] == NOISE
 
 
 def test_resampling_keeps_repeats_whole_and_batches_apart():

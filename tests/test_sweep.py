@@ -1,7 +1,6 @@
 import glob
 import math
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ from perfkit.results import load_results
 from perfkit.search import BatchSearch, SearchSpec
 from perfkit.sweep import FAULT_ENV, plan, run_sweep
 
-from helpers import ROOT, write_params
+from helpers import ROOT, sigkill_midway, write_params
 
 CPU = System("cpu", "hf-loop", "float32", "cpu", "sdpa")
 
@@ -356,17 +355,8 @@ def test_sigkill_midway_then_the_same_command_finishes_every_point_exactly_once(
                                                      "batch_sizes": [1, 2, 4]}, repeats=3)
     out = str(tmp_path / "out")
     cmd = [sys.executable, "-m", "perfkit", "sweep", params, "--out", out, "--no-progress"]
-    # one thread: on a shared 2-core machine OpenMP's spinning threads make a busy CPU crawl
+    sigkill_midway(cmd[3:], out)
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 120
-        while len(_point_files(out)) < 2 and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.002)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL
     before = load_results(out)
     assert 2 <= len(before) < 6, "the sweep was not killed midway"
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)

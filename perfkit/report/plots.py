@@ -130,7 +130,7 @@ def ratio_bars(study: pd.DataFrame, target: str, baseline: str, confidence: floa
     for ax, metric in zip(axes, metrics):
         s = study[study["metric"] == metric].reset_index(drop=True)
         x = np.arange(len(s))
-        colours = [VERDICT_BAR_COLOURS[v] for v in s["verdict"]]
+        colours = [VERDICT_BAR_COLOURS.get(v, VERDICT_BAR_COLOURS[NOISE]) for v in s["verdict"]]
         ax.bar(x, s["ratio"] - 1, bottom=1, color=colours, alpha=0.85, width=0.7)
         yerr = np.vstack([s["ratio"] - s["ratio_lo"], s["ratio_hi"] - s["ratio"]]).clip(min=0)
         ax.errorbar(x, s["ratio"], yerr=yerr, fmt="none", ecolor="black", capsize=3, lw=1)

@@ -88,11 +88,9 @@ def banner(text: str, css: str = "perfkit-banner") -> str:
 
 def load_for_report(results_dir: str, system: str | None = None):
     """The rows (and runs) a report shows; UsageError when there is nothing to show."""
-    from perfkit.results import load_runs, open_results, select_system
+    from perfkit.results import load_runs, open_results
 
-    every = open_results(results_dir)
-    df = select_system(every, system, results_dir)
-    df.attrs["skipped_files"] = list(every.attrs.get("skipped_files") or [])  # files the loader could not read
+    df = open_results(results_dir, system=system, where=results_dir)
     return df, load_runs(results_dir)
 
 
@@ -351,8 +349,9 @@ def publish_comparison(target: str, baseline: str, target_system: str | None = N
 
 
 def publish_sweep(params: str, systems: list[str] | None = None, out: str | None = None,
-                  reports_dir: str = DEFAULT_REPORTS, name: str | None = None) -> str:
-    """Run a sweep inside notebooks/sweep.ipynb (its progress is the notebook's log) and publish it."""
+                  reports_dir: str = DEFAULT_REPORTS, name: str | None = None, ray: str | None = None) -> str:
+    """Run a sweep inside notebooks/sweep.ipynb (its progress is the notebook's log) and publish it. `ray`:
+    as perfkit sweep --ray ("local" starts a local Ray instance; an address joins a cluster; None: serial)."""
     from perfkit.params import load_params
     from perfkit.results import check_out_dir
 
@@ -362,10 +361,15 @@ def publish_sweep(params: str, systems: list[str] | None = None, out: str | None
         p.system(label)
     out = out or os.path.join("results", p.name)
     check_out_dir(out)
+    if ray is not None:  # refused here, in one line, before a notebook starts: no Ray, a malformed address
+        from perfkit.sweep import ray_module
+
+        ray_module().parse_address(ray)
     name = name or _slug(f"sweep-{p.name}" + ("-" + "-".join(systems) if systems else ""))
     return _publish("sweep", name, reports_dir, {"params_path": _for_notebook(params),
                                                  "systems": list(systems or []),
-                                                 "out_dir": _for_notebook(out)}, log_output=True)
+                                                 "out_dir": _for_notebook(out), "ray_address": ray},
+                    log_output=True)
 
 
 def publish_all(results_root: str, reports_dir: str = DEFAULT_REPORTS, exclude: list[str] | None = None) -> list[str]:

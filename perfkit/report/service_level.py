@@ -43,7 +43,7 @@ def pareto_figures(df: pd.DataFrame, slos, hue: str = "system") -> list[tuple[st
         for t in (points, front, ooms):
             t[hue] = t["system"].map(series)
     for t in (points, front, ooms):  # legend entries are drawn text: one line, no mathtext
-        t[hue] = t[hue].map(label_text)
+        t[hue] = t[hue].map(lambda v: label_text(v, 120))
     order = sorted(points[hue].astype(str).unique())
     palette = dict(zip(order, SIDE_PALETTE * (len(order) // len(SIDE_PALETTE) + 1)))
     out = []
@@ -109,7 +109,7 @@ def slo_comparison_table(table: pd.DataFrame, target: str, baseline: str, confid
         "ratio": ["—" if pd.isna(r) else f"{r:.3f}" for r in table["ratio"]],
         f"{confidence:.0%} interval": ["—" if pd.isna(lo) else f"{lo:.3f} – {hi:.3f}"
                                        for lo, hi in zip(table["ratio_lo"], table["ratio_hi"])],
-        "draws with a ratio": [f"{f:.0%}" if pd.notna(f) else "—" for f in table["met_fraction"]],
+        "draws where both meet": [f"{f:.0%}" if pd.notna(f) else "—" for f in table["met_fraction"]],
         "verdict": table["verdict"],
     })
     verdicts = list(t["verdict"])

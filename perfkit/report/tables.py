@@ -280,7 +280,7 @@ def side_rows(results_dir: str, label: str) -> pd.DataFrame:
     from perfkit.results import load_results
 
     df = load_results(results_dir)
-    out = df[df["system"].isin([s.strip() for s in label.split(",")])]
+    out = df[df["system"] == label]  # the label as the comparison resolved it, commas and all
     out.attrs["skipped_files"] = list(df.attrs.get("skipped_files") or [])  # files the loader could not read
     return out
 
