@@ -17,6 +17,8 @@ from perfkit.registry import REGISTRY
 from helpers import call_cli, write_params
 
 
+pytestmark = pytest.mark.slow  # builds and saves models / starts processes: seconds
+
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory, tiny_models):
     """tiny-llama3-8b's weights saved as a checkpoint (model.safetensors + config.json)."""

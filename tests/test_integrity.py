@@ -34,6 +34,7 @@ def clean(tmp_path):
     return t, b, perfkit.summarize(load_results(t))
 
 
+@pytest.mark.slow  # every kind through every reader, one by one (test_every_hostile_file_at_once is the fast one)
 @pytest.mark.parametrize("kind", sorted(HOSTILE_POINTS))
 def test_a_bad_point_file_is_named_in_one_line_and_left_out_of_every_reader(clean, kind):
     t, b, tables = clean

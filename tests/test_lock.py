@@ -20,6 +20,8 @@ from perfkit.sweep import run_sweep
 
 from helpers import ROOT, call_cli, fake_measuring, write_params
 
+pytestmark = pytest.mark.slow  # builds and saves models / starts processes: seconds
+
 GRID = {"input_lens": [16], "output_lens": [4], "batch_sizes": [1, 2]}
 
 HOLD = ("import sys\n"

@@ -140,6 +140,7 @@ def _generate_traced_step(model, prompt, output_len, step):
     return backend, tokens
 
 
+@pytest.mark.slow  # torch.compile traces: seconds
 @pytest.mark.parametrize("name", ["tiny-llama3-8b", "tiny-llama2-13b", "tiny-mistral-7b"])
 def test_decode_step_is_capturable_and_replays_correctly(tiny_models, name):
     """What a CUDA graph needs of the decode step, checked on the CPU: traced whole at capture, never
@@ -170,6 +171,7 @@ def _rebinds_the_token(self, model):
     b.position.add_(1)
 
 
+@pytest.mark.slow  # torch.compile traces: seconds
 @pytest.mark.parametrize("wrong_step,caught_by,message", [
     (_reads_a_python_position, torch._dynamo.exc.RecompileError, "python_position"),
     (_rebinds_the_token, AssertionError, "the decode step moved token"),
