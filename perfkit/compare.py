@@ -1,6 +1,6 @@
 """Target vs baseline: ratios with bootstrap intervals and a verdict, at the point and the study level.
 
-Convention (DESIGN.md): Ratio_Latency = L_target / L_baseline and Ratio_Throughput = T_baseline / T_target,
+Convention: Ratio_Latency = L_target / L_baseline and Ratio_Throughput = T_baseline / T_target,
 so that every ratio reads the same way: **< 1 means the target is better**.
 
 Two levels of comparison:
@@ -167,7 +167,7 @@ def _side_value(rows: list, metric: str, kind: str, sample: str, rng, n_boot: in
 
 
 def ratio(kind: str, target: float, baseline: float) -> float:
-    """The DESIGN.md convention: < 1 means the target is better."""
+    """The kit's ratio convention: < 1 means the target is better."""
     return target / baseline if kind == "latency" else baseline / target
 
 

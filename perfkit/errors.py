@@ -30,3 +30,12 @@ def shown(value, limit: int = _SHOWN_MAX) -> str:
         text = f"<a {type(value).__name__}>"
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def one_line(exc: BaseException, limit: int = 2000, with_type: bool = False) -> str:
+    """An exception's message on one line (white space folded), at most `limit` characters; its type name
+    in front with `with_type`, or alone where the message is empty."""
+    text = " ".join(str(exc).split())
+    if with_type or not text:
+        text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return text[:limit]

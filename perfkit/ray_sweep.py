@@ -46,7 +46,7 @@ import time
 
 import ray
 
-from perfkit.errors import UsageError, shown
+from perfkit.errors import UsageError, one_line, shown
 
 UNIT_RETRIES = 3  # times Ray runs a unit's task again after its worker or node died
 CONNECT_TIMEOUT_S = 10.0  # the longest wait for a cluster's address to answer
@@ -92,14 +92,9 @@ def _auto_address() -> tuple[str, int]:
     try:
         found = services.canonicalize_bootstrap_address_or_die("auto")
     except (ConnectionError, ValueError) as exc:
-        raise UsageError(f"--ray auto: no running Ray cluster found on this machine ({_first_line(exc)[:160]}): "
+        raise UsageError(f"--ray auto: no running Ray cluster found on this machine ({one_line(exc, 160)}): "
                          "expected `ray start --head` here first, or an address (ray://HOST:PORT, HOST:PORT)") from None
     return parse_address(found)[1]
-
-
-def _first_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text[:300]
 
 
 def _client_mode() -> bool:
@@ -143,7 +138,7 @@ class Connection:
         try:
             ray.init(address=self.address, **kwargs)
         except Exception as exc:  # noqa: BLE001 - every way Ray can refuse is one line to the user
-            raise UsageError(f"--ray {shown(self.address, 80)}: Ray could not connect ({_first_line(exc)[:300]})") \
+            raise UsageError(f"--ray {shown(self.address, 80)}: Ray could not connect ({one_line(exc, 300)})") \
                 from None
         self.owned = True
         res = ray.cluster_resources()
@@ -238,7 +233,7 @@ class Connection:
         running: dict[int, tuple] = {}  # unit -> (ref, first_only)
         ending: set[int] = set()  # units whose task said it has ended
         hellos: dict[int, int] = {}  # unit -> attempts that started, for the task running now
-        session: list[dict] = []  # this session's measured rows (slim), for the budget of later tasks
+        measured_now: list[dict] = []  # rows measured by this invocation (slim), for the budget of later tasks
         proceed = False
         runner.run_extra["ray"] = {"cluster": self.where, "slots": dict(self.slots), "workers": {}}
 
@@ -247,7 +242,7 @@ class Connection:
             task = _unit_gpu if kinds[u] == "cuda" else _unit_cpu
             ref = task.options(max_retries=UNIT_RETRIES, retry_exceptions=False).remote(
                 u, runner.params, system, model, group, (True, False) if first_only else (False,), runner.run_id,
-                faults, deadline, learn_ref, list(session), list(runner.builds), _stored_of(runner.params, group, done),
+                faults, deadline, learn_ref, list(measured_now), list(runner.builds), _stored_of(runner.params, group, done),
                 measure, build, inbox, self.expected[kinds[u]], kinds[u])
             running[u] = (ref, first_only)
             hellos[u] = 0
@@ -268,7 +263,7 @@ class Connection:
                     ending.add(u)
                 else:
                     if event[0] == "job" and event[3]:
-                        session.extend(_slim(r) for r in event[2].values() if r["status"] == "ok")
+                        measured_now.extend(_slim(r) for r in event[2].values() if r["status"] == "ok")
                     if event[0] == "status":
                         event = ("status", f"{len(running)} running, last: {event[1]}")
                     runner.handle(event, group, remote=True)
@@ -313,7 +308,7 @@ class Connection:
                             raise UsageError(str(exc.cause)) from None
                         raise
                     except ray.exceptions.RayError as exc:  # its worker or node died more often than retried
-                        runner.lost.append(f"{system.label} {model}: {_first_line(exc)[:300]}")
+                        runner.lost.append(f"{system.label} {model}: {one_line(exc, 300)}")
                         continue
                     if first_only and not whole and any(not s.finished() for s in group):
                         queue2.append(u)
@@ -524,7 +519,7 @@ def _probe(kind: str) -> dict:
     return {"env": env, "nvml": sorted(set(nvml)), "pid": os.getpid()}
 
 
-def _run_unit(unit, params, system, model, searches, passes, run_id, faults, deadline, learn_rows, session_rows,
+def _run_unit(unit, params, system, model, searches, passes, run_id, faults, deadline, learn_rows, measured_rows,
               builds, stored, measure, build, inbox, expected, kind) -> bool:
     """One unit's task: its passes, with perfkit.sweep's _UnitRunner, each event sent to the inbox. Returns
     whether it ran every pass it was given (False: it stopped after pass 1, whose pass 2 is another task)."""
@@ -555,7 +550,7 @@ def _run_unit(unit, params, system, model, searches, passes, run_id, faults, dea
     runner = sweep._UnitRunner(params, run_id, lambda device: env, sweep._Faults(faults), deadline, time.time,
                                estimators, builds, stored, received, measure, build,
                                (lambda d: "cuda") if kind == "cuda" else None)
-    runner.learn(list(learn_rows) + list(session_rows))
+    runner.learn(list(learn_rows) + list(measured_rows))
     answer = {}
 
     def proceed() -> bool:

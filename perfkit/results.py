@@ -34,6 +34,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from perfkit.errors import one_line
 from perfkit.rows import COLUMNS, LATER_COLUMNS, SCHEMA, schema_for
 
 POINTS = "points"
@@ -354,12 +355,7 @@ def _conform(table: pa.Table) -> pa.Table:
     try:
         return table.cast(target)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-        raise DamagedFile(f"a column does not convert to the results schema ({_first_line(exc)})") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text[:160]
+        raise DamagedFile(f"a column does not convert to the results schema ({one_line(exc, 160)})") from None
 
 
 def _number(value) -> float:
@@ -443,14 +439,14 @@ def read_point(path: str) -> tuple[pa.Table, dict]:
         table = pq.ParquetFile(path, page_checksum_verification=True).read()
         row_count = table.num_rows
     except Exception as exc:  # noqa: BLE001 - whatever pyarrow raises on a damaged file, it is damage
-        raise DamagedFile(f"not readable as Parquet ({_first_line(exc)})") from None
+        raise DamagedFile(f"not readable as Parquet ({one_line(exc, 160)})") from None
     if row_count != 1:
         raise DamagedFile(f"holds {row_count} rows, expected exactly one")
     table = _conform(table)
     try:
         row = table.to_pylist()[0]
     except Exception as exc:  # noqa: BLE001 - a value pyarrow cannot decode
-        raise DamagedFile(f"not readable as Parquet ({_first_line(exc)})") from None
+        raise DamagedFile(f"not readable as Parquet ({one_line(exc, 160)})") from None
     name = os.path.basename(path)
     reason = check_row(row, name[: -len(".parquet")] if name.endswith(".parquet") else name)
     if reason:
@@ -530,13 +526,13 @@ def read_run(path: str) -> dict:
         with open(path, "rb") as fh:
             blob = fh.read()
     except OSError as exc:
-        raise DamagedFile(f"not readable ({_first_line(exc)})") from None
+        raise DamagedFile(f"not readable ({one_line(exc, 160)})") from None
     if not blob.strip():
         raise DamagedFile("empty file, expected a JSON object")
     try:
         record = json.loads(blob)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise DamagedFile(f"not valid JSON ({_first_line(exc)})") from None
+        raise DamagedFile(f"not valid JSON ({one_line(exc, 160)})") from None
     if not isinstance(record, dict):
         raise DamagedFile(f"holds a JSON {type(record).__name__}, expected an object")
     stem = os.path.basename(path)[: -len(".json")]

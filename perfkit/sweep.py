@@ -65,7 +65,7 @@ import torch
 from perfkit import hardware
 from perfkit import results as store
 from perfkit.budget import DurationEstimator, estimate_build_s
-from perfkit.errors import UsageError
+from perfkit.errors import UsageError, one_line
 from perfkit.measure import PointMeasurement, check_device, is_out_of_memory, measure_point
 from perfkit.metrics import truncate_e2e_s
 from perfkit.models import build_model, parse_dtype
@@ -440,13 +440,8 @@ def _free_memory(device: str) -> None:
         try:
             torch.cuda.empty_cache()
         except RuntimeError as exc:  # an allocator left unusable (a failed graph capture): the points go on
-            print(f"perfkit: warning: could not release cached CUDA memory ({_one_line(exc)[:200]})",
+            print(f"perfkit: warning: could not release cached CUDA memory ({one_line(exc, 200, with_type=True)})",
                   file=sys.stderr, flush=True)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}"[:2000]
 
 
 def _truncated(m: PointMeasurement, output_len: int) -> PointMeasurement:
@@ -477,14 +472,14 @@ def _truncated(m: PointMeasurement, output_len: int) -> PointMeasurement:
 #   ("wait", index)                   search `index` of the unit waits for a later invocation (time budget)
 #   ("job", index, rows, fresh)       one job of search `index`: {output_len: row}, each row complete with
 #                                     its provenance; `fresh`: measured now, to be written; else rows stored
-#                                     by an earlier session, judged again (stored past an error)
+#                                     by an earlier invocation, judged again (stored past an error)
 
 
 class _UnitRunner:
     """Runs units: builds a unit's model, measures its jobs, yields events (above).
 
     `env_for(device)` is the provenance of the machine that measures (the serial sweep's, a Ray worker's);
-    `done` the rows stored before this session (by key); `received` the rows this session's writer already
+    `done` the rows stored before this invocation (by key); `received` the rows this invocation's writer already
     has for the unit (a Ray task retried after its worker died: those jobs are judged from them, not
     measured again, and not sent again). `clock` and `deadline` (same clock) set the time budget; `measure`
     and `build` default to perfkit.sweep's measure_point and build_model as they are when a job runs.
@@ -509,7 +504,7 @@ class _UnitRunner:
         return self.estimators.get(system.device) if system else None
 
     def learn(self, rows) -> None:
-        """Seed the duration estimates from stored rows, so a resumed session budgets its first points too."""
+        """Seed the duration estimates from stored rows, so a resumed sweep budgets its first points too."""
         for row in sorted(rows, key=lambda r: r.get("created_utc") or ""):
             estimator = self.estimator(row.get("system"))
             if estimator is not None:
@@ -530,7 +525,7 @@ class _UnitRunner:
         return estimate_build_s(self.builds, model, system.dtype)
 
     def _catch_up(self, search: BatchSearch) -> None:
-        """Judge the jobs whose rows this session's writer already holds (a retried Ray task)."""
+        """Judge the jobs whose rows this invocation's writer already holds (a retried Ray task)."""
         while self.received and not search.finished():
             job = search.next_job()
             rows = {o: self.received.get(point_key(key_fields(self.params, job.spec, o, job.batch)))
@@ -572,7 +567,7 @@ class _UnitRunner:
                                            seed=self.params.seed)
                     except Exception as exc:  # out of memory, a broken checkpoint: failed points, not a failed sweep
                         build_failure = ("oom" if is_out_of_memory(exc) else "error",
-                                         f"building the model: {_one_line(exc)}")
+                                         f"building the model: {one_line(exc, with_type=True)}")
                     record = {"system": system.label, "model": model, "dtype": system.dtype,
                               "seconds": self.clock() - t}
                     self.builds.append(record)
@@ -599,7 +594,7 @@ class _UnitRunner:
         yield ("status", f"{u.system.label} {u.model} I={u.input_len} O={u.run_output_len} B={job.batch}")
         stored = {o: self.done.get(point_key(key_fields(p, u, o, job.batch))) for o in job.output_lens}
         if all(r is not None and r["status"] in ("ok", "oom") for r in stored.values()):
-            # Stored by an earlier session past an error that stopped the replay (errors are retried, the
+            # Stored by an earlier invocation past an error that stopped the replay (errors are retried, the
             # points after them are not): judge the stored rows, spend no device time on them again.
             rows = {o: dict(r) for o, r in stored.items()}
             search.judge(rows)
@@ -616,7 +611,7 @@ class _UnitRunner:
                 m = self.measure(model, system, Point(u.model, u.input_len, u.run_output_len, job.batch),
                                  warmup=p.warmup, repeats=p.repeats, seed=p.seed)
             except Exception as exc:
-                status, error = ("oom" if is_out_of_memory(exc) else "error"), _one_line(exc)
+                status, error = ("oom" if is_out_of_memory(exc) else "error"), one_line(exc, with_type=True)
             if status != "ok":  # outside the except block: the traceback no longer pins the tensors
                 _free_memory(device)
         rows = {}
@@ -725,7 +720,7 @@ def _by_model(searches: list[BatchSearch]) -> list[tuple[System, str, list[Batch
     """Group searches by what building the model depends on (model, dtype, device, attention).
 
     Systems that differ only in backend (hf-loop vs static) run on one build: the weights are the same,
-    and a full-size build costs seconds of device time that a budgeted session cannot spare. The first
+    and a full-size build costs seconds of device time that a sweep under a time budget cannot spare. The first
     system of a group stands for the build; each search still measures with its own system.
     """
     groups: dict[tuple, list[BatchSearch]] = {}
