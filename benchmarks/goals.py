@@ -35,7 +35,7 @@ from perfkit.hardware import by_name, lookup
 from perfkit.measure import is_out_of_memory, measure_point
 from perfkit.models import build_model
 from perfkit.provenance import environment, new_run_id
-from perfkit.rows import failed_row, to_row, with_provenance
+from perfkit.rows import failed_row, point_fields, to_row, with_provenance
 from perfkit.workload import Point, System
 
 MODEL = "llama3-8b"
@@ -75,7 +75,8 @@ class Runner:
             gc.collect()
             if self.device.startswith("cuda"):
                 torch.cuda.empty_cache()
-        key = {**vars(system), **vars(point), "warmup": warmup, "repeats": repeats, "seed": 0, "run_id": self.run_id}
+        key = {**point_fields(system, point.model, point.input_len, point.output_len, point.batch, warmup, repeats, 0),
+               "run_id": self.run_id}
         row = with_provenance(row, self.run_id, self.env, key)
         if self.out:
             from perfkit.results import write_point
@@ -212,7 +213,8 @@ def print_goals(device_name: str, decode: dict, ttft: tuple, best, ratios: list)
     if s1 and h1 and s1["status"] == h1["status"] == "ok":
         ratios = [("1 (I=128,O=128)", s1["ttft_ms"] / h1["ttft_ms"], s1["tpot_ms"] / h1["tpot_ms"],
                    h1["output_tok_s"] / s1["output_tok_s"])] + ratios
-    print("4. static vs hf-loop (< 1: static better)\n   B                 Ratio_ttft  Ratio_tpot  Ratio_Throughput(output)")
+    print("4. static vs hf-loop (< 1: static better)\n"
+          "   B                 Ratio_ttft  Ratio_tpot  Ratio_Throughput(output)")
     for b, rt, rp, rthr in ratios:
         print(f"   {str(b):<18}{rt:10.3f}  {rp:10.3f}  {rthr:10.3f}")
 
@@ -243,7 +245,8 @@ def cpu(args) -> int:
     print(f"  decode B=1 I=128 O=128: {step / 1e9:.2f} GB read per step -> at most "
           f"{h100.mem_bw_bytes_s / step:.0f} tok/s at {h100.mem_bw_bytes_s / 1e12:.2f} TB/s (goal 150)")
     print(f"  prefill B=1 I=2048: {roofline.prefill_flops(MODEL, 1, 2048) / 1e12:.2f} TFLOP -> at least "
-          f"{roofline.prefill_flops(MODEL, 1, 2048) / h100.bf16_flops * 1e3:.1f} ms at {h100.bf16_flops / 1e12:.0f} TFLOP/s")
+          f"{roofline.prefill_flops(MODEL, 1, 2048) / h100.bf16_flops * 1e3:.1f} ms "
+          f"at {h100.bf16_flops / 1e12:.0f} TFLOP/s")
     print("\nWhat this CPU can measure: tiny-llama3-8b, float32, static vs hf-loop (same tokens, no CUDA graphs):")
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     name = "tiny-llama3-8b"

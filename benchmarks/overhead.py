@@ -20,7 +20,7 @@ import torch
 from transformers import DynamicCache
 
 from perfkit.measure import Point, System, default_dtype, measure_point, synthetic_prompt
-from perfkit.models import build_model, parse_dtype
+from perfkit.models import build_model, cache_keyword, parse_dtype
 from perfkit.timing import clock_for
 
 
@@ -32,13 +32,13 @@ def bare_decode_s(model, prompt, output_len):
     """
     device = model.device
     with torch.inference_mode():
-        cache = DynamicCache(config=model.config)
+        step = {cache_keyword(model): DynamicCache(config=model.config), "use_cache": True}
         ids = prompt.to(device)
-        token = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1].argmax(-1)
+        token = model(input_ids=ids, logits_to_keep=1, **step).logits[:, -1].argmax(-1)
         clock = clock_for(device, 2)
         clock.mark()
         for _ in range(output_len - 1):
-            token = model(input_ids=token[:, None], past_key_values=cache, use_cache=True).logits[:, -1].argmax(-1)
+            token = model(input_ids=token[:, None], **step).logits[:, -1].argmax(-1)
         clock.mark()
         return clock.seconds()[1]
 

@@ -23,14 +23,14 @@ import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch: one thread here, and in the workers Ray starts
 
-import argparse  # noqa: E402
-import logging  # noqa: E402
-import shutil  # noqa: E402
-import statistics  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
+import argparse
+import logging
+import shutil
+import statistics
+import tempfile
+import time
 
-import yaml  # noqa: E402
+import yaml
 
 
 def zero_cost_measure(model, system, point, warmup, repeats, seed):
@@ -115,7 +115,7 @@ def main() -> int:
     import ray
     import torch
 
-    import perfkit.sweep as sweep
+    import perfkit.sweep.units as sweep_units
 
     torch.set_num_threads(1)
     root = tempfile.mkdtemp(prefix="perfkit-ray-speedup-")
@@ -138,12 +138,12 @@ def main() -> int:
         added_real = [(r - s / args.workers) / n for s, r, n in real]
 
         print("zero-cost points (measuring and building replaced by stand-ins that return at once):", flush=True)
-        real_measure, real_build = sweep.measure_point, sweep.build_model
-        sweep.measure_point, sweep.build_model = zero_cost_measure, zero_cost_build
+        real_measure, real_build = sweep_units.measure_point, sweep_units.build_model
+        sweep_units.measure_point, sweep_units.build_model = zero_cost_measure, zero_cost_build
         try:
             fake = pairs(params, root, args.pairs)
         finally:
-            sweep.measure_point, sweep.build_model = real_measure, real_build
+            sweep_units.measure_point, sweep_units.build_model = real_measure, real_build
         added_fake = [(r - s) / n for s, r, n in fake]
 
         print(f"serial / Ray wall time: median {statistics.median(ratios):.2f} (IQR {iqr(ratios):.2f}, "

@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from perfkit.paths import PROJECT_ROOT
 
 
 def main(argv: list[str]) -> int:
@@ -24,7 +24,7 @@ def main(argv: list[str]) -> int:
     from perfkit.sweep import run_sweep
 
     import_s = time.perf_counter() - t_import
-    params = argv[0] if argv else os.path.join(ROOT, "params", "smoke.yaml")
+    params = argv[0] if argv else os.path.join(PROJECT_ROOT, "params", "smoke.yaml")
     with tempfile.TemporaryDirectory(prefix="sweep-profile-") as out_dir:
         outcome = run_sweep(params, out_dir=out_dir, progress=False)
         df = load_results(out_dir)

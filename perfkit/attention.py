@@ -24,7 +24,7 @@ def sdpa_kernel_choice(query, key, value, attn_mask=None, dropout_p=0.0, is_caus
     try:
         choice = torch._fused_sdp_choice(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p,
                                          is_causal=is_causal, scale=scale, enable_gqa=enable_gqa)
-    except Exception:  # a torch without the selector, or arguments it refuses: say we do not know
+    except Exception:  # noqa: BLE001 - a torch without the selector, or arguments it refuses: say we do not know
         return "unknown"
     return _KERNEL_NAMES.get(int(choice), "unknown")
 
@@ -106,5 +106,5 @@ def decode_phase():
 def cudnn_version() -> int | None:
     try:
         return torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
-    except Exception:
+    except RuntimeError:  # a cuDNN library that does not match the one torch was built with
         return None

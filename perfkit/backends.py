@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import torch
 
+from perfkit.models import cache_keyword
+
 
 class HFLoop:
     """An explicit prefill + decode loop over transformers' DynamicCache: the reference eager path."""
@@ -26,19 +28,21 @@ class HFLoop:
     def run(self, model, input_ids_host: torch.Tensor, output_len: int, clock) -> torch.Tensor:
         from transformers import DynamicCache
 
+        keyword = cache_keyword(model)  # `cache` or `past_key_values`, looked up once per model class
         clock.mark()
         input_ids = input_ids_host.to(model.device)
         cache = DynamicCache(config=model.config)
+        step = {keyword: cache, "use_cache": True}
         # logits_to_keep=1: the prompt forward projects only the last position onto the vocabulary,
         # as any serving stack does; the other positions' logits are never used.
-        logits = model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+        logits = model(input_ids=input_ids, logits_to_keep=1, **step).logits
         token = logits[:, -1].argmax(dim=-1)
         clock.mark()
         # Each step's token tensor is kept as it is (a list append, no device op) and stacked after the
         # last mark, so the timed loop holds nothing but the model's own work and the clock.
         generated = [token]
         for _ in range(1, output_len):
-            logits = model(input_ids=token[:, None], past_key_values=cache, use_cache=True).logits
+            logits = model(input_ids=token[:, None], **step).logits
             token = logits[:, -1].argmax(dim=-1)
             generated.append(token)
             clock.mark()

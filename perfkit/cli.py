@@ -17,8 +17,8 @@ import os
 import sys
 
 from perfkit.errors import UsageError, shown
+from perfkit.paths import DEFAULT_REPORTS
 
-DEFAULT_REPORTS = "reports"
 MAX_N_BOOT = 100_000  # beyond this the intervals do not move, and memory grows with draws × repeats
 
 
@@ -111,7 +111,7 @@ def _cmd_run(args) -> int:
     from perfkit.models import build_model, parse_dtype
     from perfkit.provenance import environment, new_run_id
     from perfkit.results import check_out_dir, write_point, write_run
-    from perfkit.rows import to_row, with_provenance
+    from perfkit.rows import point_fields, to_row, with_provenance
     from perfkit.workload import Point, System, canonical_dtype, check_seed
 
     device = args.device or default_device()
@@ -148,8 +148,9 @@ def _cmd_run(args) -> int:
 
     env = environment(device)
     run_id = new_run_id()
-    key_fields = {**vars(system), **vars(point), "warmup": args.warmup, "repeats": args.repeats,
-                  "seed": args.seed, "run_id": run_id}  # a `run` always appends: its key includes the run
+    # A `run` always appends: its key is a sweep point's plus the run.
+    key_fields = {**point_fields(system, point.model, point.input_len, point.output_len, point.batch,
+                                 args.warmup, args.repeats, args.seed), "run_id": run_id}
     row = with_provenance(to_row(measurement), run_id, env, key_fields)
     if args.out:
         write_run(args.out, run_id, {**env, "run_id": run_id, "command": sys.argv})
@@ -187,17 +188,18 @@ def _check_run_joins(out: str, system, warmup: int, repeats: int, seed: int) -> 
 
 def _cmd_sweep(args) -> int:
     from perfkit.console import outcome_text, plan_text
-    from perfkit.sweep import _as_params, _select, plan, ray_module, run_sweep
+    from perfkit.sweep import as_params, plan, require_ray, run_sweep, select
 
     if args.isolation_check:
         if args.ray is None:
             raise UsageError("--isolation-check measures how a Ray sweep's parallel workers disturb each other: "
                              "expected --ray [ADDRESS] with it")
-        ray_sweep = ray_module()
-        ray_sweep.parse_address(args.ray)
-        params = _as_params(args.params, args.yes)
-        _select(params, args.systems)  # an unknown --system label: one line, before Ray starts
-        print(ray_sweep.isolation_text(ray_sweep.isolation_check(params, args.systems, args.ray)))
+        require_ray().parse_address(args.ray)
+        from perfkit.sweep.isolation import isolation_check, isolation_text
+
+        params = as_params(args.params, args.yes)
+        select(params, args.systems)  # an unknown --system label: one line, before Ray starts
+        print(isolation_text(isolation_check(params, args.systems, args.ray)))
         return 0
     if args.dry_run:
         print(plan_text(plan(args.params, args.systems, args.out, discard_stale=args.discard_stale, yes=args.yes)))
@@ -274,8 +276,7 @@ def _write_tables_csv(tables: dict, directory: str) -> None:
 def _cmd_summary(args) -> int:
     from perfkit.console import results_header, table_text
     from perfkit.results import check_out_dir, open_results
-    from perfkit.summary import IDENTITY, POINT_COLUMNS, TABLE_TITLES, latest_per_point, speed_of_light_table, \
-        summarize
+    from perfkit.summary import IDENTITY, POINT_COLUMNS, TABLE_TITLES, latest_per_point, speed_of_light_table, summarize
 
     if args.csv:
         check_out_dir(args.csv, "--csv", "a directory for the tables' CSV files", subdirs=(),
@@ -319,8 +320,14 @@ def _check_bootstrap(args) -> None:
 
 def _cmd_compare(args) -> int:
     from perfkit.compare import compare, resolve_side
-    from perfkit.console import frontier_ratio_text, ratio_table_text, side_text, slo_ratio_text, slos_text, \
-        verdicts_text
+    from perfkit.console import (
+        frontier_ratio_text,
+        ratio_table_text,
+        side_text,
+        slo_ratio_text,
+        slos_text,
+        verdicts_text,
+    )
     from perfkit.results import check_out_dir
 
     t_dir, t_sys = resolve_side(args.target, args.target_system, "target")
@@ -433,7 +440,8 @@ def _add_publish(sub) -> None:
 # ---- the parser ----------------------------------------------------------------------------------
 
 def _add_system_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: bfloat16 on cuda, float32 on cpu)")
+    p.add_argument("--dtype", default=None,
+                   help="float32 | bfloat16 | float16 (default: bfloat16 on cuda, float32 on cpu)")
     p.add_argument("--backend", default="hf-loop", help="hf-loop (default) | hf-generate | static")
     p.add_argument("--attn", default="sdpa", dest="attn_implementation", help="attention implementation: sdpa | eager")
     p.add_argument("--device", default=None, help="cpu | cuda[:N] (default: cuda if available)")

@@ -1,38 +1,21 @@
 """Target vs baseline: ratios with bootstrap intervals and a verdict, at the point and the study level.
 
-Convention: Ratio_Latency = L_target / L_baseline and Ratio_Throughput = T_baseline / T_target,
-so that every ratio reads the same way: **< 1 means the target is better**.
-
-Two levels of comparison:
-
-* point level — the same workload (model, input_len, output_len, batch) on both sides: ttft, tpot and e2e
-  (latencies) and prefill, decode and output throughput. At a fixed workload a throughput is work over a
-  latency, so its ratio equals its latency's ratio (prefill_tok_s ↔ ttft, decode_tok_s ↔ tpot,
-  output_tok_s ↔ e2e): the convention was chosen so that this holds.
-* study level — what the study reports per model: ttft at batch 1 by input length, single-user throughput
-  and tpot at batch 1 by (input, output), and each side's *max* throughput over batches > 1 (prompt phase by
-  input length, multi-user by (input, output)), where the two sides may reach their max at different batches.
-
-Uncertainty. Each metric is a median over R raw repeats (or work over it). The interval resamples the raw
-repeats of each side independently (percentile bootstrap), recomputes the medians — and for a max
-throughput the max over batches, so the search's noise is in the interval too — and takes the 2.5% and
-97.5% quantiles of the ratio. The generator is seeded per (seed, metric, workload), so a report rebuilt
-from the same results shows the same intervals whatever order it computes them in. The verdict is
-"within noise" when the interval contains 1. With 3 repeats the interval is coarse; it is honest about that.
-
-This module imports numpy and pandas only (no plotting), so it runs wherever results are read.
+Ratio_Latency = L_target / L_baseline and Ratio_Throughput = T_baseline / T_target, so that every ratio
+reads the same way: **< 1 means the target is better**. The intervals resample each side's raw repeats
+(perfkit.bootstrap), seeded, so a rebuilt report shows the same intervals. numpy and pandas only (no
+plotting), so it runs wherever results are read. See docs/comparisons.md.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import zlib
 
 import numpy as np
 import pandas as pd
 
 from perfkit import metrics
+from perfkit.bootstrap import boot_medians, rng_for
 from perfkit.errors import UsageError
 from perfkit.summary import latest_per_point, prompt_phase_rows
 
@@ -137,15 +120,6 @@ def _work(row, metric: str) -> float:
     return tokens(int(row["batch"]), int(row["input_len"]), int(row["output_len"]))
 
 
-def _rng(seed: int, *key) -> np.random.Generator:
-    return np.random.default_rng([seed, zlib.crc32(repr(key).encode())])
-
-
-def _boot_medians(x: np.ndarray, rng: np.random.Generator, n_boot: int) -> np.ndarray:
-    idx = rng.integers(0, x.size, size=(n_boot, x.size))
-    return np.median(x[idx], axis=1)
-
-
 def _side_value(rows: list, metric: str, kind: str, sample: str, rng, n_boot: int):
     """(value, batch, bootstrap draws) of one side: a median latency, a throughput, or a max throughput."""
     values, batches, draws = [], [], []
@@ -153,7 +127,7 @@ def _side_value(rows: list, metric: str, kind: str, sample: str, rng, n_boot: in
         x = samples_ms(row, sample)
         if x.size == 0 or not np.all(np.isfinite(x)):
             continue  # a row without usable samples has no figure (and no say in the max)
-        med, boot = float(np.median(x)), _boot_medians(x, rng, n_boot)
+        med, boot = float(np.median(x)), boot_medians(x, rng, n_boot)
         if kind == "throughput":
             w = _work(row, metric)
             med, boot = w / (med / 1e3), w / (boot / 1e3)
@@ -190,7 +164,7 @@ def verdict(lo: float, hi: float) -> str:
 
 
 def _ratio_row(kind, metric, t_rows, b_rows, sample, seed, key, n_boot, alpha):
-    rng_t, rng_b = _rng(seed, "target", metric, key), _rng(seed, "baseline", metric, key)
+    rng_t, rng_b = rng_for(seed, "target", metric, key), rng_for(seed, "baseline", metric, key)
     t, t_batch, t_draws = _side_value(t_rows, metric, kind, sample, rng_t, n_boot)
     b, b_batch, b_draws = _side_value(b_rows, metric, kind, sample, rng_b, n_boot)
     if t_draws is None or b_draws is None:
@@ -221,7 +195,8 @@ def _mismatch_message(t: pd.DataFrame, b: pd.DataFrame) -> str:
     differ = [name for col, name in (("model", "models"), ("input_len", "input lengths"),
                                      ("output_len", "output lengths"), ("batch", "batches"))
               if not set(t[col]) & set(b[col])]
-    why = f"they share no {', no '.join(differ)}" if differ else "no combination of model, lengths and batch is on both sides"
+    why = (f"they share no {', no '.join(differ)}" if differ
+           else "no combination of model, lengths and batch is on both sides")
     return (f"nothing to compare: {why}. target has {_describe(t)}. baseline has {_describe(b)}. "
             f"Measure both systems on the same params grid.")
 
@@ -311,7 +286,8 @@ def _rows_for(df: pd.DataFrame, keys: list, key: tuple, rule: str) -> list:
 def _study_rows(t: pd.DataFrame, b: pd.DataFrame, seed: int, n_boot: int, alpha: float) -> list[dict]:
     out = []
     for metric, kind, unit, keys, sample, rule in STUDY_METRICS:
-        groups = sorted(set(map(tuple, t[keys].itertuples(index=False))) & set(map(tuple, b[keys].itertuples(index=False))))
+        groups = sorted(set(map(tuple, t[keys].itertuples(index=False)))
+                        & set(map(tuple, b[keys].itertuples(index=False))))
         for key in groups:
             t_rows, b_rows = _rows_for(t, keys, key, rule), _rows_for(b, keys, key, rule)
             if not t_rows or not b_rows:

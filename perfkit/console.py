@@ -14,7 +14,6 @@ import pandas as pd
 
 from perfkit.metrics import geometric_mean
 
-
 # ---- JSON ------------------------------------------------------------------------------------------
 
 def _clean(value):
@@ -71,7 +70,8 @@ def format_row(row: dict) -> str:
         head,
         f"  ttft {row['ttft_ms']:.2f} ms (IQR {row['ttft_iqr_ms']:.2f})   prefill {row['prefill_tok_s']:.1f} tok/s",
         f"  tpot {row['tpot_ms']:.2f} ms   decode {row['decode_tok_s']:.1f} tok/s",
-        f"  e2e  {row['e2e_ms']:.2f} ms   output {row['output_tok_s']:.1f} tok/s   total {row['total_tok_s']:.1f} tok/s",
+        f"  e2e  {row['e2e_ms']:.2f} ms   output {row['output_tok_s']:.1f} tok/s   "
+        f"total {row['total_tok_s']:.1f} tok/s",
         f"  peak memory {mem / 2**20:.1f} MiB ({row.get('peak_mem_scope', '')})   repeats {row['repeats']}"
         if mem is not None else f"  repeats {row['repeats']}",
     ]
@@ -101,7 +101,8 @@ def plan_text(pl, limit: int = PLAN_LINES) -> str:
     for pass_, c in sorted(counts.items()):
         if c:
             lines.append(f"pass {pass_}: {c.get('done', 0):,} done, {c.get('todo', 0):,} to measure"
-                         + (f", up to {c['search']:,} more if the batch searches keep gaining" if c.get("search") else ""))
+                         + (f", up to {c['search']:,} more if the batch searches keep gaining"
+                            if c.get("search") else ""))
     lines.append(f"already done: {pl.count('done'):,}; to measure: {pl.count('todo'):,}; "
                  f"up to {pl.count('search'):,} more if the batch searches keep gaining")
     if pl.other_points:
@@ -183,7 +184,8 @@ def ratio_table_text(table: pd.DataFrame, confidence: float) -> str:
         out[side] = [format_number(v) + (f" @B={int(b)}" if at is not None and "max" in m and pd.notna(b) else "")
                      for v, m, b in zip(table[side], table["metric"], at if at is not None else [None] * len(table))]
     out["ratio"] = table["ratio"].map(lambda r: f"{r:.3f}")
-    out[f"{confidence:.0%} interval"] = [f"[{lo:.3f}, {hi:.3f}]" for lo, hi in zip(table["ratio_lo"], table["ratio_hi"])]
+    out[f"{confidence:.0%} interval"] = [f"[{lo:.3f}, {hi:.3f}]"
+                                         for lo, hi in zip(table["ratio_lo"], table["ratio_hi"])]
     out["verdict"] = table["verdict"]
     return out.to_string(index=False)
 

@@ -32,6 +32,16 @@ def shown(value, limit: int = _SHOWN_MAX) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def did_you_mean(word, allowed) -> str:
+    """` (did you mean 'x'?)` naming the allowed word closest to a misspelt `word` (difflib's, at its 0.6
+    cutoff), or "" where none is close or `word` is not a string. Only its first 100 characters are
+    compared: difflib's cost grows with the square of a word's length, and no longer word is close to a key."""
+    import difflib
+
+    close = difflib.get_close_matches(word[:100], allowed, n=1) if isinstance(word, str) else []
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def one_line(exc: BaseException, limit: int = 2000, with_type: bool = False) -> str:
     """An exception's message on one line (white space folded), at most `limit` characters; its type name
     in front with `with_type`, or alone where the message is empty."""

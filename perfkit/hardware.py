@@ -1,37 +1,8 @@
 """Vendor peak figures of the GPUs people run LLM inference on, matched from the device's name.
 
-Only dense peaks are listed: NVIDIA's datasheets print the Tensor Core figures "with sparsity" (2:4
-structured sparsity, twice the dense figure), and a dense transformer never gets that factor, so every
-matrix figure below is the datasheet's sparse figure halved (or its dense figure where it prints one).
-`fp32` is the plain (non-Tensor-Core) FP32 rate: PyTorch runs float32 matmuls without TF32 unless told to.
-
-Sources (checked 2026-11):
-  H100 SXM / PCIe: NVIDIA H100 Tensor Core GPU datasheet
-      https://resources.nvidia.com/en-us-tensor-core/nvidia-tensor-core-gpu-datasheet
-      (SXM 3.35 TB/s, BF16/FP16 1,979 TF sparse, FP32 67 TF; PCIe 2.0 TB/s, 1,513 TF sparse, FP32 51 TF;
-      also glennklockwood.com/garden/processors/h100: dense BF16 989.4 TF)
-  H200 SXM: NVIDIA H200 Tensor Core GPU datasheet https://www.nvidia.com/en-us/data-center/h200/
-      (4.8 TB/s, BF16/FP16 1,979 TF sparse, FP32 67 TF)
-  A100 40/80 GB SXM and PCIe: NVIDIA A100 datasheet
-      https://www.nvidia.com/content/dam/en-zz/Solutions/Data-Center/a100/pdf/nvidia-a100-datasheet-us-nvidia-1758950-r4-web.pdf
-      (40GB 1,555 GB/s; 80GB SXM 2,039 GB/s; 80GB PCIe 1,935 GB/s; BF16/FP16 312 TF dense; FP32 19.5 TF)
-  L40S: NVIDIA L40S datasheet https://resources.nvidia.com/en-us-l40s/l40s-datasheet-28413
-      (864 GB/s, BF16/FP16 362.05 TF dense / 733 sparse, FP32 91.6 TF)
-  L4: NVIDIA L4 datasheet https://resources.nvidia.com/en-us-data-center-overview/l4-gpu-datasheet
-      (300 GB/s, BF16/FP16 242 TF sparse, FP32 30.3 TF)
-
-Adding a device: put entries in a YAML file and point PERFKIT_HARDWARE at it (or call `register`):
-
-    - name: RTX 4090                  # shown in results as hw_name
-      match: ["RTX 4090"]             # substrings of torch.cuda.get_device_name(), case-insensitive
-      exclude: []                     # substrings that must NOT appear (e.g. "NVL" for an SXM entry)
-      mem_bw_bytes_s: 1.008e12
-      bf16_flops: 165.2e12            # dense
-      fp16_flops: 165.2e12
-      fp32_flops: 82.6e12
-
-Entries from the file are tried before the built-in table, so they can also correct it.
-A device that matches nothing has unknown peaks: speed-of-light columns are NaN, never a guess.
+Dense peaks only (a dense transformer never gets the datasheets' 2:4-sparsity factor); `fp32` is the plain
+(non-Tensor-Core) rate. A PERFKIT_HARDWARE YAML file, or `register`, adds or corrects devices; a device that
+matches nothing has unknown peaks, never a guess. See docs/fast-path.md (peak table).
 """
 
 from __future__ import annotations
@@ -40,6 +11,7 @@ import dataclasses
 import os
 
 from perfkit.errors import UsageError
+
 
 @dataclasses.dataclass(frozen=True)
 class HardwareSpec:
@@ -61,6 +33,22 @@ class HardwareSpec:
         return all(m.lower() in name for m in self.match) and not any(x.lower() in name for x in self.exclude)
 
 
+# Sources (checked 2026-11). Every matrix figure is the datasheet's sparse figure halved, or its dense figure
+# where it prints one.
+#   H100 SXM / PCIe: NVIDIA H100 Tensor Core GPU datasheet
+#       https://resources.nvidia.com/en-us-tensor-core/nvidia-tensor-core-gpu-datasheet
+#       (SXM 3.35 TB/s, BF16/FP16 1,979 TF sparse, FP32 67 TF; PCIe 2.0 TB/s, 1,513 TF sparse, FP32 51 TF;
+#       also glennklockwood.com/garden/processors/h100: dense BF16 989.4 TF)
+#   H200 SXM: NVIDIA H200 Tensor Core GPU datasheet https://www.nvidia.com/en-us/data-center/h200/
+#       (4.8 TB/s, BF16/FP16 1,979 TF sparse, FP32 67 TF)
+#   A100 40/80 GB SXM and PCIe: NVIDIA A100 datasheet
+#       https://www.nvidia.com/content/dam/en-zz/Solutions/Data-Center/a100/pdf/nvidia-a100-datasheet-us-nvidia-1758950-r4-web.pdf
+#       (40GB 1,555 GB/s; 80GB SXM 2,039 GB/s; 80GB PCIe 1,935 GB/s; BF16/FP16 312 TF dense; FP32 19.5 TF)
+#   L40S: NVIDIA L40S datasheet https://resources.nvidia.com/en-us-l40s/l40s-datasheet-28413
+#       (864 GB/s, BF16/FP16 362.05 TF dense / 733 sparse, FP32 91.6 TF)
+#   L4: NVIDIA L4 datasheet https://resources.nvidia.com/en-us-data-center-overview/l4-gpu-datasheet
+#       (300 GB/s, BF16/FP16 242 TF sparse, FP32 30.3 TF)
+#
 # Order matters: the first entry that matches wins, so more specific names come first.
 # torch.cuda.get_device_name examples: "NVIDIA H100 80GB HBM3" (SXM), "NVIDIA H100 PCIe", "NVIDIA H100 NVL",
 # "NVIDIA H200", "NVIDIA A100-SXM4-80GB", "NVIDIA A100-SXM4-40GB", "NVIDIA A100 80GB PCIe",

@@ -65,9 +65,11 @@ def check_device(device: str) -> torch.device:
         raise UsageError(f"unknown device {shown(device)}: expected cpu or cuda[:N]") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise UsageError(f"device {device!r} asked for, but CUDA is not available on this machine: use --device cpu")
+            raise UsageError(f"device {device!r} asked for, but CUDA is not available on this machine: "
+                             "use --device cpu")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise UsageError(f"device {device!r} does not exist: this machine has {torch.cuda.device_count()} CUDA device(s)")
+            raise UsageError(f"device {device!r} does not exist: this machine has {torch.cuda.device_count()} "
+                             "CUDA device(s)")
     elif dev.type != "cpu":
         raise UsageError(f"unsupported device {shown(device)}: expected cpu or cuda[:N]")
     return dev
@@ -107,7 +109,8 @@ def _one_repeat(backend, model, prompt, output_len, device):
     return marks[1], marks[-1], steps, tokens
 
 
-def measure_point(model, system: System, point: Point, warmup: int = 1, repeats: int = 3, seed: int = 0) -> PointMeasurement:
+def measure_point(model, system: System, point: Point, warmup: int = 1, repeats: int = 3,
+                  seed: int = 0) -> PointMeasurement:
     """Time `point` on an already built `model`. Raises torch.OutOfMemoryError as is (a sweep records it)."""
     if repeats < 1 or warmup < 0:
         raise UsageError(f"need repeats >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")

@@ -1,24 +1,15 @@
 """The study's metrics, computed from raw per-repeat samples. Every formula lives here, once.
 
 Per repeat a point yields `ttft_s` (start → first token of every sequence) and `e2e_s` (start → last
-token); everything else derives from them and the workload (batch B, input_len I, output_len O):
-
-    ttft_ms        median ttft                                   prompt phase latency
-    prefill_tok_s  B·I / median ttft                             prompt phase throughput
-    e2e_ms         median e2e
-    output_tok_s   B·O / median e2e        B = 1: single user throughput; B > 1: multi user total throughput
-    tpot_ms        median over repeats of (e2e − ttft)/(O − 1)   time per output token after the first
-    decode_tok_s   B / tpot = B·(O − 1)/(e2e − ttft)             token phase throughput alone
-    total_tok_s    B·(I + O) / median e2e                        every processed token
-
-Throughputs are work over the median latency (not the median of per-repeat throughputs) so that each
-throughput and its latency describe the same repeat. With O = 1 there is no decode step: tpot_ms and
-decode_tok_s are NaN.
+token); every other figure derives from them and the workload (batch B, input_len I, output_len O). A
+throughput is work over the median latency, not the median of per-repeat throughputs, so that it and its
+latency describe the same repeats; with O = 1 there is no decode step, so tpot_ms and decode_tok_s are NaN.
+See docs/metrics.md.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -68,7 +59,8 @@ def point_metrics(batch: int, input_len: int, output_len: int, ttft_s: Sequence[
     """Every derived column of a results row, from the raw per-repeat ttft and e2e (seconds)."""
     ttft = np.asarray(ttft_s, dtype=float)
     e2e = np.asarray(e2e_s, dtype=float)
-    medians = {"ttft": summary(ttft * 1e3), "e2e": summary(e2e * 1e3), "tpot": summary(tpot(ttft, e2e, output_len) * 1e3)}
+    medians = {"ttft": summary(ttft * 1e3), "e2e": summary(e2e * 1e3),
+               "tpot": summary(tpot(ttft, e2e, output_len) * 1e3)}
     ttft_ms, e2e_ms, tpot_ms = medians["ttft"], medians["e2e"], medians["tpot"]
 
     return {

@@ -8,13 +8,14 @@ A local checkpoint directory (config.json + *.safetensors) loads the real weight
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
 import torch
 
 from perfkit.errors import UsageError, shown
-from perfkit.registry import REGISTRY, ModelSpec, check_model_name, is_checkpoint_dir  # noqa: F401 (re-exported)
+from perfkit.registry import REGISTRY, ModelSpec, check_model_name, is_checkpoint_dir
 from perfkit.workload import ATTN_IMPLEMENTATIONS, DTYPE_NAMES, canonical_dtype
 
 DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in DTYPE_NAMES}
@@ -36,14 +37,14 @@ def resolve_model(model: str):
         try:
             is_checkpoint = is_checkpoint_dir(model)
         except OSError as exc:  # a directory that cannot be listed
-            raise UsageError(f"{shown(model)} cannot be read ({exc.strerror}): expected a checkpoint directory") from None
+            raise UsageError(f"{shown(model)} cannot be read ({exc.strerror}): expected a checkpoint "
+                             "directory") from None
         if not is_checkpoint:
             raise UsageError(
                 f"{shown(model)} is a directory but not a checkpoint: expected config.json and *.safetensors in it"
             )
-        from transformers import AutoConfig
-
         from safetensors import safe_open
+        from transformers import AutoConfig
         from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
         try:
@@ -79,7 +80,8 @@ def _weight_problems(model: str, config, missing, unexpected, mismatched) -> Non
     for keys, what in ((mismatched, "of another shape"), (missing, "missing from the weights"),
                        (unexpected, "in the weights but not in the model")):
         if keys:
-            problems.append(f"{len(keys)} tensor{'s' if len(keys) > 1 else ''} {what} ({', '.join(map(str, list(keys)[:2]))}"
+            problems.append(f"{len(keys)} tensor{'s' if len(keys) > 1 else ''} {what} "
+                            f"({', '.join(map(str, list(keys)[:2]))}"
                             f"{', ...' if len(keys) > 2 else ''})")
     if problems:
         described = (f"a {config.model_type} model, {getattr(config, 'num_hidden_layers', '?')} layers, hidden size "
@@ -120,7 +122,8 @@ def _check_weights(model: str, config) -> None:
             built = AutoModelForCausalLM.from_config(config)
     except Exception as exc:  # noqa: BLE001 - a config transformers cannot build from
         raise UsageError(f"checkpoint {model!r}: its config.json does not build a model "
-                         f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]}): expected a valid config") from None
+                         f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]}): "
+                         "expected a valid config") from None
     expected, optional, first = {}, set(getattr(built, "all_tied_weights_keys", None) or {}), {}
     for key, tensor in built.state_dict(keep_vars=True).items():
         expected[key] = tuple(tensor.shape)
@@ -171,7 +174,8 @@ def build_model(model: str, dtype: torch.dtype, device: str | torch.device, attn
 
     if attn_implementation not in ATTN_IMPLEMENTATIONS:
         raise UsageError(
-            f"unknown attention implementation {shown(attn_implementation)}: expected one of {', '.join(ATTN_IMPLEMENTATIONS)}"
+            f"unknown attention implementation {shown(attn_implementation)}: expected one of "
+            f"{', '.join(ATTN_IMPLEMENTATIONS)}"
         )
     spec = resolve_model(model)
     if isinstance(spec, ModelSpec):
@@ -211,6 +215,30 @@ def build_model(model: str, dtype: torch.dtype, device: str | torch.device, attn
         if not placement:
             m = m.to(device)
     return m.eval()
+
+
+@functools.cache
+def _cache_keyword(model_class) -> str:
+    import inspect
+
+    named = inspect.signature(model_class.forward).parameters  # through transformers' wrappers (__wrapped__)
+    for keyword in ("cache", "past_key_values"):
+        if keyword in named:
+            return keyword
+    raise TypeError(f"{model_class.__name__}.forward names neither `cache` nor `past_key_values`: perfkit cannot "
+                    "hand it a KV cache")
+
+
+def cache_keyword(model) -> str:
+    """The keyword under which `model`'s forward takes the KV cache: `cache` from transformers 5.24 on (which
+    still takes `past_key_values`, with a FutureWarning on every call, until 5.40), `past_key_values` before.
+
+    Read off the forward's signature, once per model class, not off transformers' version: a forward that
+    does not name the keyword it is given swallows it into **kwargs without a word (5.17 takes `cache=`
+    so, and 5.40, which drops the old name, will take `past_key_values=` so) and builds a fresh empty cache
+    on every call: decode would run, and be timed, attending to nothing but its own token. The backends
+    build their keyword arguments from it outside the timed loops."""
+    return _cache_keyword(type(model))
 
 
 def describe(name: str) -> dict[str, Any]:

@@ -1,43 +1,31 @@
 """Sweep definitions: `params/*.yaml`, validated in full before any model is built.
 
-A params file is the only place a sweep is described:
-
-    name: smoke                       # optional label (default: the file's stem); names results/<name>
-    models: [tiny-llama3-8b, tiny-llama2-13b]        # registry names or checkpoint directories
-    systems:
-      - {label: cpu-fp32, backend: hf-loop, dtype: float32, device: cpu, attn_implementation: sdpa}
-    grid: {input_lens: [32, 64], output_lens: [8], batch_sizes: [1, 2, 4]}
-    warmup: 1
-    repeats: 3
-    seed: 0
-    search: {min_gain: 0.03, patience: 1}   # batch search stops after `patience` batches in a row that
-                                            # gain less than min_gain in throughput (null: never)
-    derive_output_lens: false         # true: measure the longest O once, derive the shorter ones
-    beyond_context: error             # error | skip: an input + output beyond a model's context
-    max_minutes: null                 # optional time budget (the CLI's --max-minutes overrides it)
-    max_points: 5000                  # optional: the most points the grid may have (perfkit sweep --yes: more)
-
-Every problem is one `UsageError("<file>: <key>: <what is wrong>, expected <what>")`: an unknown or
-misspelt key is an error, never silently ignored; so is a key given twice, a number that is not finite,
-and a count past its bound (MAX_* below). Messages show values only through errors.shown, so a hostile
-file (an alias bomb, a megabyte string) is refused at once in a short line. Whether a CUDA device is present is checked when a
-sweep starts, not here, so a GPU study can be planned (`--dry-run`) on a CPU machine.
+Every problem is one `UsageError("<file>: <key>: <what is wrong>, expected <what>")`, and messages show
+values only through errors.shown, so a hostile file (an alias bomb, a megabyte string) is refused at once
+in a short line. Whether a CUDA device is present is checked when a sweep starts, not here, so a GPU study
+can be planned (`--dry-run`) on a CPU machine. The keys and their bounds (MAX_* below): docs/sweeps.md.
 """
 
 from __future__ import annotations
 
 import bisect
 import dataclasses
-import difflib
 import math
 import os
 
 import yaml
 
-from perfkit.errors import UsageError, shown
+from perfkit.errors import UsageError, did_you_mean, shown
 from perfkit.registry import REGISTRY, check_model_name
-from perfkit.workload import ATTN_IMPLEMENTATIONS, BACKEND_NAMES, DTYPE_ALIASES, DTYPE_NAMES, System, \
-    SEED_MAX, canonical_dtype
+from perfkit.workload import (
+    ATTN_IMPLEMENTATIONS,
+    BACKEND_NAMES,
+    DTYPE_ALIASES,
+    DTYPE_NAMES,
+    SEED_MAX,
+    System,
+    canonical_dtype,
+)
 
 TOP_KEYS = ("name", "models", "systems", "grid", "warmup", "repeats", "seed", "search", "derive_output_lens",
             "beyond_context", "max_minutes", "max_points", "slos")
@@ -57,7 +45,10 @@ MAX_LENGTH = 1 << 31  # tokens of an input or output length (each is also checke
 MAX_LIST = 1000  # entries of any list: models, systems, input_lens, output_lens, batch_sizes
 MAX_NAME = 100  # characters of a name or a system label (they name directories and report files)
 DEFAULT_MAX_POINTS = 5000  # a larger grid needs `max_points:` or `perfkit sweep --yes`
-MAX_POINTS = 10_000_000  # the most points any grid may have, --yes or not: beyond this even planning is slow
+# The most points any grid may have, --yes or not. A study is a few hundred points and a fleet sweep a few
+# thousand; at this bound a dry run still enumerates every point in seconds, and a larger grid is several
+# params files (or one --system at a time).
+MAX_POINTS = 100_000
 MAX_FILE_BYTES = 1 << 20  # a params file is a few hundred bytes; one of a megabyte is not one
 
 
@@ -121,9 +112,8 @@ class _Checker:
             self.fail(key or "(top level)", f"is a {type(value).__name__}", f"a mapping with keys {', '.join(allowed)}")
         for k in value:
             if k not in allowed:
-                close = difflib.get_close_matches(str(k)[:100], allowed, n=1) if isinstance(k, str) else []
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                self.fail(f"{key}.{_key(k)}" if key else _key(k), f"unknown key{hint}", f"one of {', '.join(allowed)}")
+                self.fail(f"{key}.{_key(k)}" if key else _key(k), f"unknown key{did_you_mean(k, allowed)}",
+                          f"one of {', '.join(allowed)}")
         for k in required:
             if k not in value:
                 self.fail(f"{key}.{k}" if key else k, "missing", "a value")
@@ -216,20 +206,17 @@ def _slos(value, source: str):
     """`slos:` as a list of {name, ttft_ms, tpot_ms}; absent or null: the defaults (perfkit.slo)."""
     if value is None:
         return None
-    from perfkit.slo import parse_slo_params
+    from perfkit.slo import parse_slo_params, slo_entries
 
     # Shape and size first, each value shown bounded (an alias bomb here must not reach a repr): the
     # rules of an SLO itself are perfkit.slo's.
     c = _Checker(source)
-    c.list_(value, "slos", "{name, ttft_ms, tpot_ms} mappings")
-    for i, item in enumerate(value):
-        if not isinstance(item, dict):
-            c.fail(f"slos[{i}]", f"{shown(item)} is not a mapping", "{name, ttft_ms, tpot_ms}")
+    for at, item in slo_entries(value, source, "slos", MAX_LIST):
         for k, v in item.items():
             plain = (isinstance(v, str) and len(v) <= MAX_NAME) or (
                 isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) < 2**63)
             if not plain:
-                c.fail(f"slos[{i}].{_key(k)}", f"{shown(v)} is not a short name or a number",
+                c.fail(f"{at}.{_key(k)}", f"{shown(v)} is not a short name or a number",
                        "a name, or a finite number of milliseconds > 0")
     return parse_slo_params(value, source, "slos")
 

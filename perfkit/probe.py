@@ -1,20 +1,9 @@
 """`perfkit probe`: what this device actually achieves, as opposed to what its datasheet promises.
 
-Two figures, with the same definitions on a GPU and on a CPU, so that MBU and MFU against the probed
-peaks mean the same thing everywhere:
-
-    copy_bandwidth_bytes_s  2 · N / t for `dst.copy_(src)` of N bytes: every byte read once and written
-                            once (STREAM's "Copy"). N is large (1 GiB on a GPU, far beyond its L2 cache;
-                            256 MiB on a CPU, beyond its last-level cache), so this is DRAM/HBM bandwidth.
-    matmul_flops[dtype]     2 · n³ / t for `a @ b` of two n × n matrices in that dtype (n = 8192 on a GPU
-                            for 16-bit types, 4096 for float32; 1024 on a CPU), i.e. dense matrix
-                            throughput as a large GEMM sees it. float32 runs as PyTorch runs it by default
-                            (TF32 off unless torch.backends.cuda.matmul.allow_tf32 says otherwise; recorded).
-
-Each figure is timed over repeats after a warm-up (CUDA events on a GPU, perf_counter on a CPU) until
-`repeats` are done or its time budget is spent; the best repeat is the "achievable" peak (as STREAM
-reports) and the median is kept beside it. The whole probe takes a few seconds on a GPU and well under a
-minute on a CPU. The record carries the run's provenance (perfkit.provenance.environment).
+Two figures, with the same definitions on a GPU and on a CPU so that MBU and MFU against the probed peaks
+mean the same everywhere: copy bandwidth (STREAM's "Copy", 2·N / t, N beyond the caches) and dense matmul
+FLOP/s per dtype (2·n³ / t). The best repeat is the achievable peak, the median is kept beside it.
+See docs/fast-path.md (the probe).
 """
 
 from __future__ import annotations

@@ -11,8 +11,7 @@ import subprocess
 import torch
 
 from perfkit.attention import cudnn_version
-
-PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from perfkit.paths import PROJECT_ROOT
 
 
 def utc_now() -> str:
@@ -61,7 +60,7 @@ def _nvml_driver() -> str | None:
             return v.decode() if isinstance(v, bytes) else v
         finally:
             pynvml.nvmlShutdown()
-    except Exception:
+    except Exception:  # noqa: BLE001 - no pynvml, no driver, an NVML error: ask nvidia-smi instead
         return None
 
 

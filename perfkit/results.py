@@ -1,20 +1,10 @@
 """The results store: one Parquet file per finished point, written atomically, plus run provenance.
 
-Layout of a results directory:
-
     DIR/points/<point_key>.parquet   one row: identity, metrics, provenance and the raw samples
     DIR/runs/<run_id>.json           the full provenance of each run that wrote here
 
-A point is written to a temporary file, flushed to disk and renamed into place, so a crash at any
-moment leaves either the whole point or nothing. `load_results(DIR)` returns every point as one pandas
-DataFrame; DuckDB reads the same files directly: SELECT * FROM 'DIR/points/*.parquet'.
-
-Every point file is checked when it is read (`read_point`): readable Parquet (page checksums verified),
-exactly one row, every column of rows.SCHEMA with a compatible type, its point_key equal to its file name,
-a known status, and for an `ok` row figures that follow from its raw samples. A file that fails is left
-out with a one-line reason (`load_results(...).attrs["skipped_files"]`), never read as a figure.
-`open_results` (summary, compare, reports) names those files on stderr and refuses a directory where one
-system label holds several definitions. `lock(DIR)` is the sweep's exclusive lock on a directory.
+Every point file is checked when it is read (`read_point`); a file that fails is left out with a one-line
+reason, never read as a figure. `lock(DIR)` is the sweep's exclusive lock on a directory. See docs/results.md.
 """
 
 from __future__ import annotations
@@ -60,7 +50,12 @@ def atomic_write(path: str, write) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    dir_fd = os.open(directory, os.O_RDONLY)
+    fsync_dir(directory)
+
+
+def fsync_dir(path: str) -> None:
+    """Make a rename or new file in directory `path` durable: until its entry is synced, a crash may lose it."""
+    dir_fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
@@ -212,7 +207,7 @@ def definitions(df: pd.DataFrame) -> dict[str, dict[str, list[str]]]:
             if col not in g:
                 continue
             rows = g[g["status"] == "ok"] if col == "repeats" and "status" in g else g
-            values = sorted({_shown(v) for v in rows[col] if not _missing(v)})
+            values = sorted({shown_value(v) for v in rows[col] if not is_missing(v)})
             if len(values) > 1:
                 out.setdefault(label, {})[col] = values
     return out
@@ -235,11 +230,12 @@ def check_definitions(df: pd.DataFrame, where: str) -> None:
                      f"DIR/{STALE}/)")
 
 
-def _missing(value) -> bool:
+def is_missing(value) -> bool:
+    """None, NaN or pd.NA: a cell that holds no value (how a null reads back depends on its column's type)."""
     return value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA
 
 
-def _shown(value) -> str:
+def shown_value(value) -> str:
     """A definition value as the messages show it (3.0 read back through pandas is 3)."""
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
@@ -285,20 +281,6 @@ def write_run(out_dir: str, run_id: str, provenance: dict) -> str:
     return path
 
 
-def done_keys(out_dir: str) -> set[str]:
-    """Keys of the points persisted in `out_dir` whose files pass `read_point` (a damaged one is not done)."""
-    return set(scan_points(out_dir).rows)
-
-
-def devices_by_system(out_dir: str) -> dict[str, set[str]]:
-    """The device names each system label of `out_dir` was measured on (damaged files left out)."""
-    seen: dict[str, set[str]] = {}
-    for row in scan_points(out_dir).rows.values():
-        if row["device_name"] is not None:
-            seen.setdefault(row["system"], set()).add(row["device_name"])
-    return seen
-
-
 # ---- reading a point file: every file checked ------------------------------------------------------
 
 class DamagedFile(Exception):
@@ -342,7 +324,8 @@ def _conform(table: pa.Table) -> pa.Table:
     present = set(table.schema.names)
     for name in LATER_COLUMNS:  # a file written before the column existed: it reads as null
         if name not in present:
-            table = table.append_column(pa.field(name, _SCHEMA_TYPES[name]), pa.nulls(table.num_rows, _SCHEMA_TYPES[name]))
+            table = table.append_column(pa.field(name, _SCHEMA_TYPES[name]),
+                                        pa.nulls(table.num_rows, _SCHEMA_TYPES[name]))
             fields.append(pa.field(name, _SCHEMA_TYPES[name]))
             present.add(name)
     missing = [c for c in SCHEMA.names if c not in present]
@@ -597,7 +580,8 @@ def lock(out_dir: str):
             holder = _lock_holder(fd)
             os.close(fd)
             raise UsageError(f"results directory {out_dir!r} is in use by another sweep ({holder}): expected one "
-                             "sweep at a time per results directory; wait for it to end, or use another --out")
+                             "sweep at a time per results directory; wait for it to end, or use another "
+                             "--out") from None
         except OSError as exc:  # a filesystem without flock (some NFS and Lustre mounts)
             os.close(fd)
             raise UsageError(f"results directory {out_dir!r} cannot be locked ({exc.strerror or exc}): expected a "
@@ -693,9 +677,5 @@ def move_aside(out_dir: str, paths: list[str]) -> str:
         dest, n = os.path.join(root, f"{stamp}-{n}"), n + 1
     os.rename(gather, dest)
     for d in (os.path.join(out_dir, POINTS), root):
-        dir_fd = os.open(d, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        fsync_dir(d)
     return dest

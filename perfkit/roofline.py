@@ -1,45 +1,9 @@
 """The speed of light: how fast a point could possibly run on this hardware, and how close it came.
 
-Every formula lives here, once. Notation: L layers, H hidden size, n_q query heads, n_kv key/value heads,
-d head dim (H / n_q unless the config says otherwise), F MLP intermediate size, V vocabulary, s bytes per
-element of the dtype (2 for bf16/fp16, 4 for fp32), W the sliding window (∞ without one), B batch,
-I input_len, O output_len.
-
-Parameters (Llama/Mistral layout, no biases):
-    per layer   P_layer = H·n_q·d + 2·H·n_kv·d + n_q·d·H    (q, k, v, o projections)
-                        + 3·H·F                             (gate, up, down)
-                        + 2·H                               (two RMSNorm weights)
-    total       P = V·H (embedding) + V·H (lm_head, unless tied) + L·P_layer + H (final norm)
-    weight_bytes = P · s            llama3-8b bf16: 8,030,261,248 · 2 = 16.06 GB
-
-KV cache: kv_bytes_per_token = 2 (K and V) · L · n_kv · d · s
-    llama3-8b bf16: 2·32·8·128·2 = 131,072 B = 128 KiB;  llama2-13b bf16: 2·40·40·128·2 = 800 KiB
-
-Decode (token phase) is bound by memory bandwidth: each step must read every weight it multiplies by and
-the KV cache of every sequence. The embedding table is NOT counted: a step reads one row per sequence
-(B·H·s bytes, negligible), not the table. The lm_head is counted in full (every step multiplies by all of
-it); with tied embeddings the shared table is therefore counted once, as the lm_head.
-    decode_weight_bytes = (P − V·H [if untied]) · s
-    step k = 1 … O−1 attends to min(I + k, W) cached positions per sequence, so on average over the steps
-    decode_kv_bytes     = B · kv_bytes_per_token · mean_k min(I + k, W)        (= I + O/2 without a window)
-    decode_bytes_per_step = decode_weight_bytes + decode_kv_bytes
-    decode_bound_ms     = decode_bytes_per_step / memory bandwidth
-    MBU                 = decode_bound_ms / tpot_ms  (achieved bytes/s over the peak bytes/s)
-Only useful bytes count: a static cache sized I + O that is read in full (masked) wastes bandwidth, and
-that waste shows as lower MBU, as it should. Activations, norms and the logits are ignored (< 0.1 %).
-
-Prefill (prompt phase) is bound by matrix throughput (2 FLOPs per multiply-add):
-    linear   2 · B · I · L · (P_layer − 2·H)        every prompt token through every layer's matrices
-    lm_head  2 · B · H · V                          only the last position (logits_to_keep=1)
-    attention 4 · B · L · n_q · d · Σ_{i=1..I} min(i, W)   QKᵀ and A·V over the causal (and windowed) keys
-    prefill_bound_ms = prefill_flops / peak matrix FLOP/s of the dtype
-    MFU              = prefill_bound_ms / ttft_ms
-The causal attention count is the work a causal kernel must do (half the I² square), not the full square
-that some papers count; ttft also includes moving the prompt to the device and the first argmax.
-
-Peaks come from two places: the vendor's dense spec (perfkit.hardware, matched from the device name) and
-what `perfkit probe` measured on this very device. Either may be unknown: the columns are then NaN
-("unknown"), never a guess.
+Every formula lives here, once: decode is bound by memory bandwidth (MBU = decode_bound_ms / tpot_ms),
+prefill by matrix throughput (MFU = prefill_bound_ms / ttft_ms), for the Llama/Mistral layout (no biases).
+Peaks come from the vendor's dense spec (perfkit.hardware) and from `perfkit probe` on this very device;
+where one is unknown the columns are NaN ("unknown"), never a guess. See docs/fast-path.md (speed of light).
 """
 
 from __future__ import annotations
@@ -139,12 +103,17 @@ def mean_decode_context(input_len: int, output_len: int, window: int | None = No
 
 
 def decode_bytes_per_step(model: str | Arch, dtype: str, batch: int, input_len: int, output_len: int) -> float:
+    """Bytes one decode step must read: its weights and the KV cache of every sequence at the mean context
+    over the steps. Only useful bytes: a static cache read in full (masked) shows as a lower MBU."""
     a = _arch(model)
     ctx = mean_decode_context(input_len, output_len, a.sliding_window)
     return decode_weight_bytes(a, dtype) + batch * kv_bytes_per_token(a, dtype) * ctx
 
 
 def prefill_flops(model: str | Arch, batch: int, input_len: int) -> float:
+    """FLOPs of the prompt pass (2 per multiply-add): every prompt token through every layer's matrices, the
+    lm_head at the last position only (logits_to_keep=1), and attention over the causal (and windowed) keys:
+    the half of the I² square a causal kernel must do, not the full square."""
     a = _arch(model)
     linear = 2.0 * batch * input_len * a.layers * (a.layer_params - 2 * a.hidden)
     lm_head = 2.0 * batch * a.hidden * a.vocab
@@ -236,8 +205,8 @@ SOL_COLUMNS = [
 
 def speed_of_light_row(row: dict, hardware=None, probes: list[dict] | None = None) -> dict:
     """The speed-of-light columns of one results row (a dict with model, dtype, batch, input_len, ...)."""
-    from perfkit.hardware import HardwareSpec, by_name, lookup
     from perfkit.errors import UsageError
+    from perfkit.hardware import HardwareSpec, by_name, lookup
 
     out = {c: NAN for c in SOL_COLUMNS}
     out["hw_name"] = None

@@ -67,11 +67,20 @@ REQUIRED_COLUMNS = tuple(COLUMNS) + (
 LATER_COLUMNS = tuple(c for c in SCHEMA.names if c not in REQUIRED_COLUMNS)
 
 
+def point_fields(system: System, model: str, input_len: int, output_len: int, batch: int, warmup: int,
+                 repeats: int, seed: int, derived_from_output_len: int | None = None) -> dict:
+    """Everything that defines a point, as `point_key` hashes it. Its fields and their names are the keys
+    of every stored point: a change here re-measures every results directory."""
+    return {"system": system.label, "backend": system.backend, "dtype": system.dtype, "device": system.device,
+            "attn_implementation": system.attn_implementation, "model": model, "input_len": input_len,
+            "output_len": output_len, "batch": batch, "warmup": warmup, "repeats": repeats, "seed": seed,
+            "derived_from_output_len": derived_from_output_len}
+
+
 def point_key(fields: dict) -> str:
     """A stable key for everything that defines a point (sorted JSON, hashed)."""
     blob = json.dumps(fields, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:20]
-
 
 
 def schema_for(row: dict) -> pa.Schema:

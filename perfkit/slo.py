@@ -1,84 +1,25 @@
 """Throughput at a service level: the interactivity/throughput frontier and the best throughput within an SLO.
 
-The domain layer only (numpy, pandas and perfkit's core modules): no command line, no plots.
-
-Definitions
------------
-Per point (a results row with status "ok"):
-
-    interactivity_tok_s = 1000 / tpot_ms     tokens per second that each user sees after the first token
-    output_tok_s                             total throughput, B·O / median e2e (prompt phase included)
-    decode_tok_s                             token phase alone, B / tpot = batch × interactivity_tok_s
-
-Pareto frontier, per (system, model, input_len, output_len): the measured points (status ok, finite
-tpot_ms > 0 and finite output_tok_s) that no other measured point of the group beats on both
-interactivity_tok_s and output_tok_s, where "beats" means >= on both and > on at least one. Ties: two
-points with identical interactivity_tok_s and output_tok_s (at different batches) are both on the
-frontier, since neither strictly beats the other. Only measured points, no interpolation between them.
-Rows that ran out of memory or failed are never on the frontier; `oom_batches` lists them so a plot can
-mark them.
-
-SLOs: named pairs (name, ttft_ms_max, tpot_ms_max). The defaults are MLPerf Inference's Llama-3.1-8B
-scenarios: `server` (ttft <= 2000 ms, tpot <= 100 ms) and `interactive` (ttft <= 500 ms, tpot <= 30 ms).
-On the command line an SLO is written NAME:TTFT_MS:TPOT_MS; in a params file, a list of
-{name, ttft_ms, tpot_ms} mappings.
-
-Bounded max, per (system, model, input_len, output_len, slo): the largest output_tok_s among the ok
-points whose MEDIAN ttft_ms and MEDIAN tpot_ms both meet the bound (<=), with its batch; where no point
-meets it, batch is missing (<NA>) and output_tok_s is NaN ("none meets it"). Two points with the same
-output_tok_s: the smaller batch is reported.
-
-Comparison at a service level, per SLO and workload (model, input_len, output_len) measured on both
-sides: Ratio_Throughput = baseline's bounded max / target's bounded max (< 1: the target is better, the
-perfkit.compare convention), with a percentile bootstrap interval and a perfkit.compare verdict.
-
-Measurement choices
--------------------
-* Rows. As the study tables (perfkit.summary) do: the newest row of each
-  point wins (`latest_per_point`), and rows derived from a longer output length
-  (`derived_from_output_len`) are legitimate points here, as they are for the multi-user throughput table. The study tables leave derived rows out only where
-  ttft samples are pooled over output lengths (`not_derived`, `prompt_phase_rows`), so that no sample
-  counts twice; nothing here pools, each point is judged on its own medians (a derived row's ttft is
-  its longer run's, which is the same prompt phase).
-* Medians, not percentiles. The bound applies to the point's median over its repeats (one repeat = one
-  batch of B sequences decoded in lockstep, ttft = until every sequence has its first token). MLPerf
-  applies the same numbers to the 99th percentile over requests under a load generator: a point that
-  meets an SLO here is not an MLPerf result, and the table says "at the median" by construction.
-* O = 1 has no decode step, so no tpot: such a point has no interactivity (never on the frontier) and
-  never meets an SLO (a tpot bound cannot be checked without one).
-* The bootstrap resamples each side's raw repeats per batch (ttft_ms_samples and e2e_ms_samples; tpot of
-  a repeat = (e2e − ttft)/(O − 1), perfkit.compare.samples_ms). The repeats are resampled as pairs, the
-  same indices for ttft, tpot and e2e, because a repeat's ttft and tpot come from the same run; each
-  draw recomputes the medians, which batches meet the bound, and the max. The generator is seeded per
-  (seed, side, workload, batch) (perfkit.compare._rng), so the result is deterministic for a seed
-  whatever else is computed, and every SLO judges the same draws.
-* A draw in which one side meets the bound at no batch has the other side better there: its ratio is
-  +inf (only the target fails) or 0 (only the baseline fails), and the percentile interval is taken over
-  those draws too. A draw in which both fail decides nothing (NaN) and is left out; the verdict leaves
-  "within noise" only when at least `confidence` of the draws decide. `met_fraction` is the share of
-  draws in which both sides meet the bound.
-* Where a side meets the bound at no batch on its full medians, there is no ratio: ratio, ratio_lo and
-  ratio_hi are NaN and the verdict is "none meets it (target)", "(baseline)" or "(both)".
-* The point estimate is read off the results columns (ttft_ms, tpot_ms, output_tok_s: the full medians),
-  exactly as `bounded_max` shows it; a row without usable samples (none, unpaired, or non-finite) has no
-  say in a comparison, neither in its point estimate nor in its draws (as in perfkit.compare).
+The domain layer only (numpy, pandas and perfkit's core modules): no command line, no plots. Only measured
+points count, never an interpolated batch, and a bound applies to a point's medians over its repeats (MLPerf
+applies the same limits to p99 over requests). Ratios follow perfkit.compare (< 1: the target is better).
+See docs/service-levels.md.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import os
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 
 from perfkit import metrics
-from perfkit.compare import MIN_REPEATS_FOR_VERDICT, NOISE, TOO_FEW, _rng, load_side, ratio, samples_ms, verdict
-from perfkit.errors import UsageError, shown
-
+from perfkit.bootstrap import boot_indices, rng_for
+from perfkit.compare import MIN_REPEATS_FOR_VERDICT, NOISE, TOO_FEW, load_side, ratio, samples_ms, verdict
+from perfkit.errors import UsageError, did_you_mean, shown
 from perfkit.summary import latest_per_point
 
 GROUP = ["system", "model", "input_len", "output_len"]
@@ -124,6 +65,13 @@ def _plain_name(name: str) -> bool:
     return bool(name) and ":" not in name and not any(ch.isspace() for ch in name)
 
 
+def _bound_problem(ms: float) -> str | None:
+    """What keeps a number from being a latency bound (finite, > 0), or None."""
+    if not math.isfinite(ms):
+        return "is not finite"
+    return "is not positive" if ms <= 0 else None
+
+
 def parse_slo(text: str) -> SLO:
     """An SLO from its command-line form NAME:TTFT_MS:TPOT_MS (e.g. `interactive:500:30`).
 
@@ -148,10 +96,9 @@ def parse_slo(text: str) -> SLO:
             value = float(part)
         except ValueError:
             raise _slo_problem(text, f"{field} {shown(part)} is not a number") from None
-        if not math.isfinite(value):
-            raise _slo_problem(text, f"{field} {shown(part)} is not finite")
-        if value <= 0:
-            raise _slo_problem(text, f"{field} {shown(part)} is not positive")
+        problem = _bound_problem(value)
+        if problem:
+            raise _slo_problem(text, f"{field} {shown(part)} {problem}")
         values.append(value)
     return SLO(name, *values)
 
@@ -177,14 +124,28 @@ def parse_slos(texts: Iterable[str]) -> tuple[SLO, ...]:
 
 
 def _params_number(value, source: str, key: str) -> float:
-    expected = "a finite number of milliseconds > 0"
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise UsageError(f"{source}: {key}: {shown(value)} is not a number, expected {expected}")
-    if not math.isfinite(value):
-        raise UsageError(f"{source}: {key}: {shown(value)} is not finite, expected {expected}")
-    if value <= 0:
-        raise UsageError(f"{source}: {key}: {shown(value)} is not positive, expected {expected}")
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    problem = _bound_problem(value) if number else "is not a number"
+    if problem:
+        raise UsageError(f"{source}: {key}: {shown(value)} {problem}, expected a finite number of milliseconds > 0")
     return float(value)
+
+
+def slo_entries(value, source: str = "params", key: str = "slos", max_entries: int | None = None):
+    """The shape of a params file's SLO list: yields (`key[i]`, mapping) for each entry, once the list is
+    known to be a non-empty list (of at most `max_entries`) and each entry, as it is reached, a mapping.
+    Raises UsageError("<source>: <key>[i]: <what is wrong>, expected <what>"); values shown bounded."""
+    form = "{name, ttft_ms, tpot_ms}"
+    if not isinstance(value, list) or not value:
+        what = "is empty" if value in ([], None) else f"{shown(value)} is not a list"
+        raise UsageError(f"{source}: {key}: {what}, expected a non-empty list of {form} mappings")
+    if max_entries is not None and len(value) > max_entries:
+        raise UsageError(f"{source}: {key}: has {len(value):,} entries, expected at most {max_entries:,} {form} "
+                         "mappings")
+    for i, item in enumerate(value):
+        if not isinstance(item, dict):
+            raise UsageError(f"{source}: {key}[{i}]: {shown(item)} is not a mapping, expected {form}")
+        yield f"{key}[{i}]", item
 
 
 def parse_slo_params(value, source: str = "params", key: str = "slos") -> tuple[SLO, ...]:
@@ -192,21 +153,12 @@ def parse_slo_params(value, source: str = "params", key: str = "slos") -> tuple[
 
     Raises UsageError("<source>: <key>[i].<field>: <what is wrong>, expected <what>"), as perfkit.params does.
     """
-    form = "a non-empty list of {name, ttft_ms, tpot_ms} mappings"
-    if not isinstance(value, list) or not value:
-        what = "is empty" if value in ([], None) else f"{shown(value)} is not a list"
-        raise UsageError(f"{source}: {key}: {what}, expected {form}")
     slos = []
-    for i, item in enumerate(value):
-        at = f"{key}[{i}]"
-        if not isinstance(item, dict):
-            raise UsageError(f"{source}: {at}: {shown(item)} is not a mapping, "
-                             "expected {name, ttft_ms, tpot_ms}")
+    for at, item in slo_entries(value, source, key):
         for k in item:
             if k not in SLO_PARAMS_KEYS:
-                close = difflib.get_close_matches(str(k), SLO_PARAMS_KEYS, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise UsageError(f"{source}: {at}.{k}: unknown key{hint}, expected one of {', '.join(SLO_PARAMS_KEYS)}")
+                raise UsageError(f"{source}: {at}.{k}: unknown key{did_you_mean(str(k), SLO_PARAMS_KEYS)}, "
+                                 f"expected one of {', '.join(SLO_PARAMS_KEYS)}")
         for k in SLO_PARAMS_KEYS:
             if k not in item:
                 raise UsageError(f"{source}: {at}.{k}: missing, expected a value")
@@ -232,7 +184,12 @@ def _frame(df) -> pd.DataFrame:
 
 
 def _ok_points(df: pd.DataFrame) -> pd.DataFrame:
-    """The ok rows (newest row per point wins), with interactivity_tok_s; derived rows included."""
+    """The ok rows (newest row per point wins), with interactivity_tok_s; derived rows included.
+
+    The study tables leave rows derived from a longer output length out only where they pool ttft samples
+    over output lengths (perfkit.summary.prompt_phase_rows); nothing here pools, each point is judged on
+    its own medians (a derived row's ttft is its longer run's, the same prompt phase).
+    """
     if df.empty:
         return pd.DataFrame({c: pd.Series(dtype=float if c.endswith(("_ms", "_tok_s")) else object)
                              for c in POINT_COLUMNS})
@@ -263,7 +220,8 @@ def frontier(df) -> pd.DataFrame:
     """The Pareto frontier of interactivity_tok_s vs output_tok_s per (system, model, input_len, output_len).
 
     Columns: system, model, input_len, output_len, batch, interactivity_tok_s, output_tok_s; sorted by
-    group, then interactivity_tok_s ascending (then batch). Only measured ok points; see the module docstring.
+    group, then interactivity_tok_s ascending (then batch). Only measured ok points with a finite
+    interactivity_tok_s and output_tok_s (no point with O = 1); see docs/service-levels.md.
     """
     ok = _ok_points(_frame(df))
     ok = ok[np.isfinite(ok["interactivity_tok_s"].astype(float)) & np.isfinite(ok["output_tok_s"].astype(float))]
@@ -355,12 +313,6 @@ def _usable_samples(row) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     return ttft, tpot_ms, e2e
 
 
-def _resample_repeats(rng: np.random.Generator, n_repeats: int, n_boot: int) -> np.ndarray:
-    # Drawn as perfkit.compare._boot_medians draws, but the indices are kept: one draw picks whole repeats,
-    # so ttft, tpot and e2e of a repeat stay together (_boot_medians resamples one metric on its own).
-    return rng.integers(0, n_repeats, size=(n_boot, n_repeats))
-
-
 @dataclasses.dataclass
 class _Side:
     """One side's rows of one workload that can be compared, in ascending batch order, and their draws."""
@@ -381,7 +333,8 @@ def _side_draws(rows: pd.DataFrame, side: str, seed: int, n_boot: int) -> _Side:
             continue
         ttft, tpot_ms, e2e = samples
         b, i, o = int(row["batch"]), int(row["input_len"]), int(row["output_len"])
-        idx = _resample_repeats(_rng(seed, "slo", side, str(row["model"]), i, o, b), ttft.size, n_boot)
+        # One draw picks whole repeats, so ttft, tpot and e2e of a repeat stay together
+        idx = boot_indices(ttft.size, rng_for(seed, "slo", side, str(row["model"]), i, o, b), n_boot)
         ttft_d.append(np.median(ttft[idx], axis=1))
         tpot_d.append(np.median(tpot_ms[idx], axis=1))
         out_d.append(metrics.rate(tokens(b, i, o), np.median(e2e[idx], axis=1)))
@@ -449,7 +402,7 @@ def compare_slo(target, baseline, slos: Sequence[SLO] = DEFAULT_SLOS, target_sys
     picks a system, the newest row of a point wins). One row per (workload on both sides, SLO):
     model, input_len, output_len, slo, ttft_ms_max, tpot_ms_max, target_output_tok_s, target_batch,
     baseline_output_tok_s, baseline_batch, ratio (= baseline / target: < 1 the target is better),
-    ratio_lo, ratio_hi, met_fraction, verdict. See the module docstring for the bootstrap's rules.
+    ratio_lo, ratio_hi, met_fraction, verdict. The bootstrap's rules: docs/service-levels.md.
     Raises UsageError when the sides share no workload.
     """
     t = load_side(target, target_system, "target")

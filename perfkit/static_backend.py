@@ -47,8 +47,8 @@ import time
 import torch
 
 from perfkit.attention import decode_phase, forget_kernels
+from perfkit.models import cache_keyword
 from perfkit.timing import synchronize
-
 
 GROUPED_DECODE_SDPA = "perfkit-grouped-decode-sdpa"
 
@@ -132,6 +132,7 @@ class _Buffers:
     def __init__(self, model, cache, batch: int, max_len: int):
         device = model.device
         self.cache = cache
+        self.cache_kwargs = {cache_keyword(model): cache, "use_cache": True}  # every forward's, built once
         self.token = torch.zeros((batch, 1), dtype=torch.long, device=device)  # token fed to the step
         self.position = torch.zeros((1, 1), dtype=torch.long, device=device)  # its position in the sequence
         self.kv_index = torch.arange(max_len, device=device).view(1, 1, 1, max_len)
@@ -297,8 +298,7 @@ class StaticBackend:
             mask = torch.zeros((), dtype=b.dtype, device=allowed.device).masked_fill(
                 ~allowed, torch.finfo(b.dtype).min)
         try:
-            logits = model(input_ids=b.token, position_ids=b.position, attention_mask=mask,
-                           past_key_values=b.cache, use_cache=True).logits
+            logits = model(input_ids=b.token, position_ids=b.position, attention_mask=mask, **b.cache_kwargs).logits
         finally:
             config._attn_implementation = b.attn_implementation
         b.token.copy_(logits[:, -1].argmax(dim=-1, keepdim=True))
@@ -306,8 +306,7 @@ class StaticBackend:
 
     def _prefill(self, model, input_ids) -> torch.Tensor:
         # logits_to_keep=1: only the last position is projected onto the vocabulary (as hf-loop does).
-        logits = model(input_ids=input_ids, past_key_values=self.buffers.cache, use_cache=True,
-                       logits_to_keep=1).logits
+        logits = model(input_ids=input_ids, logits_to_keep=1, **self.buffers.cache_kwargs).logits
         return logits[:, -1].argmax(dim=-1)
 
     def run(self, model, input_ids_host: torch.Tensor, output_len: int, clock) -> torch.Tensor:
@@ -337,7 +336,7 @@ class StaticBackend:
         if not self.graph_ready:
             # The model's own masks and positions, over the static cache (sliding window exceeded).
             for i in range(1, output_len):
-                logits = model(input_ids=token[:, None], past_key_values=b.cache, use_cache=True).logits
+                logits = model(input_ids=token[:, None], **b.cache_kwargs).logits
                 token = logits[:, -1].argmax(dim=-1)
                 tokens[:, i] = token
                 clock.mark()

@@ -1,23 +1,8 @@
 """The study's headline tables from a results DataFrame: `perfkit.summarize(df)` (defined here).
 
-The command line prints them with `perfkit summary DIR`; the reports render them.
-
-Returns a dict of pandas DataFrames, one row per model and configuration, ready for a report:
-
-    ttft            system, model, input_len, ttft_ms, ttft_iqr_ms             (batch 1)
-    prefill_max     system, model, input_len, max_prefill_tok_s, batch         (best over B > 1)
-    single_user     system, model, input_len, output_len, output_tok_s, e2e_ms, tpot_ms, decode_tok_s   (B = 1)
-    multi_user_max  system, model, input_len, output_len, max_output_tok_s, batch, stop_reason  (best over B > 1)
-    oom             system, model, input_len, output_len, batch                (first batch out of memory)
-
-Measurement choices. The prompt phase of (model, I, B) does not depend on the output length, so its
-ttft samples from every O measured there are pooled before taking the median; rows derived from a longer
-run (`derived_from_output_len`) share that run's ttft and are left out of the pooling so that no sample
-counts twice. Throughput is B·I over the pooled median ttft, as in perfkit.metrics. When a point was
-measured more than once (a re-run under another key) the newest row wins.
-`stop_reason` says why the batch search ended: oom, plateau (gain below the sweep's min_gain), grid_end,
-grid_end_noisy (the grid's end, after a plateau was passed over because its measurement was noisy), or
-incomplete (a time budget, crash or error stopped the sweep first); "not searched" for rows not from a sweep.
+The command line prints them with `perfkit summary DIR`; the reports render them. The newest row of a point
+wins, and a prompt phase's ttft samples are pooled over the output lengths measured there (rows derived from
+a longer run left out, so that no sample counts twice). See docs/metrics.md (the figures) and docs/results.md.
 """
 
 from __future__ import annotations
@@ -106,7 +91,7 @@ def _single_user(ok: pd.DataFrame) -> pd.DataFrame:
     return su.sort_values(IDENTITY)[columns].reset_index(drop=True)
 
 
-# How a finished search ends (perfkit.search.BatchSearch); any other last row means it did not finish.
+# How a finished search ends (perfkit.sweep.search.BatchSearch); any other last row means it did not finish.
 SEARCH_ENDS = ("plateau", "grid_end", "grid_end_noisy")
 
 
@@ -152,7 +137,17 @@ def _oom(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def summarize(df) -> dict[str, pd.DataFrame]:
-    """The headline tables of a results DataFrame (or a results path): see the module docstring."""
+    """The headline tables of a results DataFrame (or a results path), one DataFrame each:
+
+        ttft            system, model, input_len, ttft_ms, ttft_iqr_ms, ...          (batch 1)
+        prefill_max     system, model, input_len, max_prefill_tok_s, batch, ...      (best over B > 1)
+        single_user     system, model, input_len, output_len, output_tok_s, e2e_ms, tpot_ms, ...  (B = 1)
+        multi_user_max  system, model, input_len, output_len, max_output_tok_s, batch, stop_reason, ...
+        oom             system, model, input_len, output_len, batch                  (first batch out of memory)
+
+    `stop_reason`: why the batch search ended (oom, plateau, grid_end, grid_end_noisy), "incomplete" where
+    it has not, "not searched" for rows not from a sweep (docs/sweeps.md).
+    """
     if isinstance(df, (str, os.PathLike)):
         from perfkit.results import load_results
 
@@ -181,8 +176,8 @@ TABLE_TITLES = {
 }
 POINT_COLUMNS = ["system", "model", "input_len", "output_len", "batch", "status", "backend_mode", "ttft_ms",
                  "tpot_ms", "output_tok_s", "peak_mem_bytes", "noisy"]
-SPEED_OF_LIGHT_TABLE_COLUMNS = ["system", "model", "input_len", "output_len", "batch", "ttft_ms", "prefill_tflop_s", "mfu_spec",
-               "mfu_probed", "tpot_ms", "decode_gb_s", "mbu_spec", "mbu_probed"]
+SPEED_OF_LIGHT_TABLE_COLUMNS = ["system", "model", "input_len", "output_len", "batch", "ttft_ms", "prefill_tflop_s",
+                                "mfu_spec", "mfu_probed", "tpot_ms", "decode_gb_s", "mbu_spec", "mbu_probed"]
 
 
 def speed_of_light_table(df: pd.DataFrame, probe=None) -> pd.DataFrame:

@@ -9,9 +9,10 @@ generation each with:
 It passes when the static backend captured (backend mode "cuda-graph"), its tokens equal the eager static
 step's (the graph replays the same kernels), its first token equals hf-loop's (the same prompt forward),
 and both of the static step's decode attention functions give transformers' sdpa result (which repeats
-K/V heads) on the model's own decode shapes, in its dtype, with a partly filled cache mask. Later tokens of hf-loop are compared and reported, not required: with random weights the
-logits of a bf16 model are near ties, and hf-loop's attention kernels differ from the static step's, so
-a flip there says nothing about correctness. Prints one verdict line first, then the details; writes
+K/V heads) on the model's own decode shapes, in its dtype, with a partly filled cache mask. Later tokens
+of hf-loop are compared and reported, not required: with random weights the logits of a bf16 model are
+near ties, and hf-loop's attention kernels differ from the static step's, so a flip there says nothing
+about correctness. Prints one verdict line first, then the details; writes
 them as JSON to --out; exit 1 on failure.
 
     python3 scripts/graph_check.py --out graph-check.json                 # on the GPU

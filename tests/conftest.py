@@ -42,7 +42,8 @@ def tiny_models():
 
     from perfkit.models import build_model
 
-    return {name: build_model(name, torch.float32, "cpu") for name in ("tiny-llama3-8b", "tiny-llama2-13b", "tiny-mistral-7b")}
+    return {name: build_model(name, torch.float32, "cpu")
+            for name in ("tiny-llama3-8b", "tiny-llama2-13b", "tiny-mistral-7b")}
 
 
 @pytest.fixture(scope="session")

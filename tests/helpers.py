@@ -143,12 +143,13 @@ def write_params(path, **overrides) -> str:
 
 
 def fake_measuring(monkeypatch) -> list:
-    """Make perfkit.sweep measure instantly: no model is built, each point gets made-up timings that grow
-    with the batch (ttft 2·B ms, each decode step 1 + B/8 ms, the same on every repeat). Returns the list
-    of measured points, (system label, model, I, O, B), that the sweep appends to as it goes."""
+    """Make a sweep (perfkit.sweep.units) measure instantly: no model is built, each point gets made-up
+    timings that grow with the batch (ttft 2·B ms, each decode step 1 + B/8 ms, the same on every repeat).
+    Returns the list of measured points, (system label, model, I, O, B), that the sweep appends to as it
+    goes."""
     import torch
 
-    import perfkit.sweep as sweep_mod
+    import perfkit.sweep.units as units
     from perfkit.measure import PointMeasurement
 
     calls = []
@@ -161,8 +162,8 @@ def fake_measuring(monkeypatch) -> list:
                                 [[step] * (point.output_len - 1)] * repeats, warmup * e2e, 0.0, None, "none",
                                 torch.zeros((point.batch, point.output_len), dtype=torch.long))
 
-    monkeypatch.setattr(sweep_mod, "measure_point", measure)
-    monkeypatch.setattr(sweep_mod, "build_model", lambda *a, **kw: object())
+    monkeypatch.setattr(units, "measure_point", measure)
+    monkeypatch.setattr(units, "build_model", lambda *a, **kw: object())
     return calls
 
 

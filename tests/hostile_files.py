@@ -18,7 +18,6 @@ import shutil
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-
 from helpers import make_row
 
 _counter = itertools.count(1)
@@ -240,6 +239,7 @@ RUN_DAMAGE = {"empty": run_empty, "truncated": run_truncated, "list": run_not_an
 
 def _run_file(out_dir: str, run_id: str) -> str:
     from helpers import ENV
+
     from perfkit.results import write_run
 
     return write_run(str(out_dir), run_id, {**ENV, "run_id": run_id})

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import os
 
-from helpers import ENV as PLAIN_ENV, make_row
+from helpers import ENV as PLAIN_ENV
+from helpers import make_row
 
 SCRIPT = "<script>alert(1)</script>"
 IMG = "<img src=x onerror=alert(1)>"

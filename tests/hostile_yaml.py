@@ -77,7 +77,7 @@ HOSTILE: dict[str, tuple[str, str]] = {
               "batch_sizes: [1]}", replacing="grid:"), "grid.input_lens: has 1,001 entries"),
     "1,001 models": (_with("models: [" + ", ".join(["tiny-llama2-13b"] * 1001) + "]", replacing="models:"),
                      "models: has 1,001 entries"),
-    "max_points above the ceiling": (_with("max_points: 100000000"), "max_points: 100000000 is too large"),
+    "max_points above the ceiling": (_with("max_points: 1000000"), "max_points: 1000000 is too large"),
     "max_points not an integer": (_with("max_points: 1.5"), "max_points: 1.5 is not an integer"),
     # ---- grids too large to be meant ----
     "10,000 points without max_points": (
@@ -89,7 +89,7 @@ HOSTILE: dict[str, tuple[str, str]] = {
         _with("grid: {input_lens: [" + ", ".join(str(i) for i in range(1, 1001)) + "], output_lens: ["
               + ", ".join(str(i) for i in range(1, 1001)) + "], batch_sizes: [1, 2, 4, 8, 16, 32, 64, 128, 256, "
               "512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072, 262144, 524288, 1048576, 3, 5, 6, 7, "
-              "9, 10, 11, 12, 13]}", replacing="grid:") + "max_points: 10000000\n",
+              "9, 10, 11, 12, 13]}", replacing="grid:") + "max_points: 100000\n",
         "more than one sweep can take"),
     # ---- alias bombs: a value no message may repr, no check may walk ----
     "alias bomb in seed": (_bomb_at("seed: BOMB"), "seed: [[[...], [...], [...], [...], ...]"),

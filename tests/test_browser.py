@@ -18,7 +18,6 @@ import subprocess
 import tempfile
 
 import pytest
-
 from helpers import ROOT, make_row, publish, study_rows, write_rows
 
 pytestmark = pytest.mark.slow  # papermill to publish the pages, then a headless browser
@@ -37,13 +36,17 @@ window.addEventListener("error", function (e) {
 }, true);
 ["error", "warn"].forEach(function (k) {
   var f = console[k];
-  console[k] = function () { __perfkitErrors.push(k + ": " + Array.prototype.join.call(arguments, " ")); f.apply(console, arguments); };
+  console[k] = function () {
+    __perfkitErrors.push(k + ": " + Array.prototype.join.call(arguments, " ")); f.apply(console, arguments);
+  };
 });
 window.addEventListener("load", function () {
   var imgs = Array.prototype.slice.call(document.images);
   var r = {tables: document.querySelectorAll("table").length, rows: document.querySelectorAll("table tr").length,
-           images: imgs.length, rendered: imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length,
-           links: Array.prototype.map.call(document.querySelectorAll("a[href]"), function (a) { return a.getAttribute("href"); }),
+           images: imgs.length,
+           rendered: imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length,
+           links: Array.prototype.map.call(document.querySelectorAll("a[href]"),
+                                           function (a) { return a.getAttribute("href"); }),
            errors: __perfkitErrors, title: document.title,
            pwned: window.__pwned === undefined ? null : String(window.__pwned)};
   var pre = document.createElement("pre"); pre.id = "perfkit-probe"; pre.textContent = JSON.stringify(r);

@@ -9,13 +9,11 @@ import time
 
 import pytest
 import torch
+from helpers import call_cli, write_params
 
 from perfkit.errors import UsageError
 from perfkit.models import build_model, resolve_model
 from perfkit.registry import REGISTRY
-
-from helpers import call_cli, write_params
-
 
 pytestmark = pytest.mark.slow  # builds and saves models / starts processes: seconds
 

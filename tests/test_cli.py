@@ -4,8 +4,8 @@ import subprocess
 import sys
 
 import pytest
-
 from helpers import ROOT, call_cli, run_cli
+
 from perfkit.results import COLUMNS
 
 
@@ -105,7 +105,8 @@ def test_measuring_core_imports_no_notebook_or_plotting_machinery():
         "import sys, perfkit, perfkit.cli, perfkit.measure, perfkit.results, perfkit.backends, perfkit.provenance\n"
         "import importlib.util\n"
         "for extra in ('perfkit.sweep', 'perfkit.params', 'perfkit.summary', 'perfkit.compare', "
-        "'perfkit.console', 'perfkit.search', 'perfkit.rows', 'perfkit.budget', 'perfkit.attention', 'perfkit.roofline', 'perfkit.static_backend', 'perfkit.energy', 'perfkit.hardware'):\n"
+        "'perfkit.console', 'perfkit.sweep.search', 'perfkit.rows', 'perfkit.sweep.budget', 'perfkit.attention', "
+        "'perfkit.roofline', 'perfkit.static_backend', 'perfkit.energy', 'perfkit.hardware'):\n"
         "    if importlib.util.find_spec(extra): importlib.import_module(extra)\n"
         "import importlib\n"
         "bad = [m for m in sys.modules if m.split('.')[0] in "

@@ -3,11 +3,10 @@
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import make_row, modules_loaded_by, study_rows, write_rows
 
 from perfkit.compare import BETTER, NOISE, WORSE, compare, load_side, ratio, verdict
 from perfkit.errors import UsageError
-
-from helpers import make_row, modules_loaded_by, study_rows, write_rows
 
 
 @pytest.fixture
@@ -101,8 +100,9 @@ def test_worse_target_is_worse(tmp_path):
 
 def test_one_sided_points_are_listed(two_sides):
     c = compare(*two_sides)
-    assert c.only_target[["model", "input_len", "output_len", "batch"]].values.tolist() == [["tiny-llama2-13b", 64, 8, 1]]
-    assert c.only_baseline[["model", "input_len", "output_len", "batch"]].values.tolist() == [["tiny-mistral-7b", 16, 8, 1]]
+    cols = ["model", "input_len", "output_len", "batch"]
+    assert c.only_target[cols].values.tolist() == [["tiny-llama2-13b", 64, 8, 1]]
+    assert c.only_baseline[cols].values.tolist() == [["tiny-mistral-7b", 16, 8, 1]]
 
 
 def test_oom_on_one_side_is_listed_not_compared(tmp_path):

@@ -5,10 +5,9 @@ asked for 2**60 bytes, more than any address space holds, and refuses at once; o
 import pyarrow.parquet as pq
 import pytest
 import torch
+from helpers import call_cli, write_params
 
 from perfkit.measure import is_out_of_memory
-
-from helpers import call_cli, write_params
 
 
 def _host_allocation_failure() -> RuntimeError:
@@ -40,18 +39,19 @@ def _rows(out):
 
 def _sweep_with(tmp_path, monkeypatch, fail):
     """A sweep of batches 1, 2, 4 whose measurement at batch >= 2 calls `fail`."""
-    from perfkit import sweep
+    import perfkit.sweep.units as units
+    from perfkit.sweep import run_sweep
 
-    real = sweep.measure_point
+    real = units.measure_point
 
     def measure(model, system, point, **kw):
         if point.batch >= 2:
             fail()
         return real(model, system, point, **kw)
 
-    monkeypatch.setattr(sweep, "measure_point", measure)
+    monkeypatch.setattr(units, "measure_point", measure)
     out = str(tmp_path / "out")
-    outcome = sweep.run_sweep(write_params(tmp_path / "p.yaml", repeats=1), out_dir=out, progress=False)
+    outcome = run_sweep(write_params(tmp_path / "p.yaml", repeats=1), out_dir=out, progress=False)
     return outcome, _rows(out)
 
 

@@ -7,13 +7,12 @@ import glob
 import os
 
 import pytest
+from helpers import CPU, call_cli, fake_measuring, make_row, study_rows, write_params, write_rows
 
 from perfkit.errors import UsageError
 from perfkit.report.publish import load_for_report
 from perfkit.results import load_results, write_point
 from perfkit.sweep import plan, run_sweep
-
-from helpers import CPU, call_cli, fake_measuring, make_row, study_rows, write_params, write_rows
 
 GRID = {"input_lens": [16], "output_lens": [4], "batch_sizes": [1, 2, 4]}
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from perfkit.measure import measure_point
-from perfkit.workload import Point, System
 from perfkit.timing import CudaClock
+from perfkit.workload import Point, System
 
 pytestmark = pytest.mark.gpu  # skipped without CUDA by tests/conftest.py
 

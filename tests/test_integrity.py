@@ -7,14 +7,13 @@ import os
 
 import pandas as pd
 import pytest
+from helpers import ROOT, call_cli, fake_measuring, study_rows, write_params, write_rows
+from hostile_files import HOSTILE_POINTS, HOSTILE_RUNS, POINT_DAMAGE, RUN_DAMAGE, write_every_hostile_file
 
 import perfkit
 from perfkit.compare import compare
-from perfkit.results import done_keys, load_results, load_runs, read_point
+from perfkit.results import DamagedFile, load_results, load_runs, read_point, scan_points
 from perfkit.sweep import plan, run_sweep
-
-from helpers import ROOT, call_cli, fake_measuring, study_rows, write_params, write_rows
-from hostile_files import HOSTILE_POINTS, HOSTILE_RUNS, POINT_DAMAGE, RUN_DAMAGE, write_every_hostile_file
 
 
 def _warnings(stderr: str) -> list[str]:
@@ -44,8 +43,8 @@ def test_a_bad_point_file_is_named_in_one_line_and_left_out_of_every_reader(clea
     assert len(df) == 6 and set(df["batch"]) == {1, 2, 4}  # the bad file's batch 64 never enters
     [(skipped, reason)] = df.attrs["skipped_files"]
     assert skipped == path and fragment in reason and "\n" not in reason
-    assert os.path.basename(path)[: -len(".parquet")] not in done_keys(t)
-    with pytest.raises(Exception):
+    assert os.path.basename(path)[: -len(".parquet")] not in set(scan_points(t).rows)
+    with pytest.raises(DamagedFile):
         read_point(path)
     _tables_equal(perfkit.summarize(df), tables)
 

@@ -12,13 +12,12 @@ import time
 
 import pytest
 import torch
+from helpers import ROOT, call_cli, fake_measuring, write_params
 
-import perfkit.sweep as sweep_mod
+import perfkit.sweep.units as units
 from perfkit.errors import UsageError
 from perfkit.results import LOCK, load_results, lock, remove_interrupted_writes
 from perfkit.sweep import run_sweep
-
-from helpers import ROOT, call_cli, fake_measuring, write_params
 
 pytestmark = pytest.mark.slow  # builds and saves models / starts processes: seconds
 
@@ -76,14 +75,14 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path, holder, monkeypat
         assert json.load(f)["pid"] == child.pid
     calls = fake_measuring(monkeypatch)
     seen = []
-    measure = sweep_mod.measure_point
+    measure = units.measure_point
 
     def measure_and_look(*a, **kw):
         with open(os.path.join(out, LOCK)) as f:
             seen.append(json.load(f))
         return measure(*a, **kw)
 
-    monkeypatch.setattr(sweep_mod, "measure_point", measure_and_look)
+    monkeypatch.setattr(units, "measure_point", measure_and_look)
     assert run_sweep(write_params(tmp_path / "p.yaml", grid=GRID), out_dir=out, progress=False).measured == 2
     assert len(calls) == 2
     assert {(s["pid"], s["host"]) for s in seen} == {(os.getpid(), socket.gethostname())}  # the new holder

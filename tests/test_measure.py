@@ -8,9 +8,10 @@ from transformers import DynamicCache, GenerationConfig
 from perfkit.backends import BACKENDS, get_backend
 from perfkit.errors import UsageError
 from perfkit.measure import measure_point, synthetic_prompt, validate
+from perfkit.models import cache_keyword
 from perfkit.rows import to_row
-from perfkit.workload import Point, System
 from perfkit.timing import CpuClock
+from perfkit.workload import Point, System
 
 FAMILIES = ["tiny-llama3-8b", "tiny-llama2-13b", "tiny-mistral-7b"]
 
@@ -97,8 +98,8 @@ def test_ttft_agrees_with_an_independent_timing(tiny_models):
     def bare_prefill_s():
         with torch.inference_mode():
             start = time.perf_counter()
-            logits = model(input_ids=prompt, past_key_values=DynamicCache(config=model.config), use_cache=True,
-                           logits_to_keep=1).logits
+            logits = model(input_ids=prompt, **{cache_keyword(model): DynamicCache(config=model.config)},
+                           use_cache=True, logits_to_keep=1).logits
             logits[:, -1].argmax(-1)
             return time.perf_counter() - start
 

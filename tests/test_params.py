@@ -2,11 +2,10 @@ import os
 
 import pytest
 import yaml
+from helpers import ROOT, call_cli, params_dict, write_params
 
 from perfkit.errors import UsageError
 from perfkit.params import load_params
-
-from helpers import ROOT, call_cli, params_dict, write_params
 
 
 def test_shipped_params_files_are_valid():

@@ -6,11 +6,10 @@ import os
 import sys
 
 import pytest
+from helpers import call_cli, study_rows, write_params, write_rows
 
 from perfkit.errors import UsageError
 from perfkit.results import check_out_dir, check_out_file
-
-from helpers import call_cli, study_rows, write_params, write_rows
 
 LINUX = sys.platform.startswith("linux")
 

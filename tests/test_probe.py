@@ -6,10 +6,9 @@ import os
 
 import pytest
 import torch
+from helpers import call_cli, run_cli
 
 from perfkit import probe, roofline
-
-from helpers import call_cli, run_cli
 
 
 def test_definitions_with_a_fixed_timer(monkeypatch):

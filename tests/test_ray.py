@@ -15,12 +15,11 @@ import threading
 import time
 
 import pytest
+from helpers import CPU, call_cli, fake_measuring, modules_loaded_by, sigkill_midway, write_params
 
-import perfkit.sweep as sweep_mod
+import perfkit.sweep.units as units
 from perfkit.results import load_results, load_runs
 from perfkit.sweep import run_sweep
-
-from helpers import CPU, call_cli, fake_measuring, modules_loaded_by, sigkill_midway, write_params
 
 pytestmark = pytest.mark.slow
 
@@ -48,7 +47,7 @@ def _logged_measuring(monkeypatch, log, sleep_s=0.0):
     """fake_measuring, whose stand-ins (they run in the Ray workers) also append a line per build and per
     measured point to the file `log`: time, pid, what, model, I, O, B."""
     fake_measuring(monkeypatch)
-    fake_measure, path = sweep_mod.measure_point, str(log)
+    fake_measure, path = units.measure_point, str(log)
 
     def measure(model, system, point, warmup, repeats, seed):
         import os
@@ -68,8 +67,8 @@ def _logged_measuring(monkeypatch, log, sleep_s=0.0):
             f.write(f"{time.time()} {os.getpid()} build {name} 0 0 0\n")
         return object()
 
-    monkeypatch.setattr(sweep_mod, "measure_point", measure)
-    monkeypatch.setattr(sweep_mod, "build_model", build)
+    monkeypatch.setattr(units, "measure_point", measure)
+    monkeypatch.setattr(units, "build_model", build)
 
 
 def _log_lines(log):
@@ -83,7 +82,7 @@ def _log_lines(log):
 def test_a_ray_sweep_stores_exactly_the_points_of_a_serial_sweep_batch_one_first(ray_cluster, tmp_path,
                                                                                   monkeypatch):
     # four units (two models x two attention implementations) on two workers, out-of-memory rows included
-    monkeypatch.setenv(sweep_mod.FAULT_ENV, "oom:2:tiny-mistral-7b")
+    monkeypatch.setenv(units.FAULT_ENV, "oom:2:tiny-mistral-7b")
     log = tmp_path / "log"
     _logged_measuring(monkeypatch, log)
     params = write_params(tmp_path / "p.yaml", models=MODELS, grid=GRID,
@@ -187,7 +186,7 @@ def _files(root):
 
 
 def test_the_measuring_core_and_the_command_line_never_import_ray():
-    """A GPU machine has no Ray: only `--ray` imports it (perfkit.sweep.ray_module)."""
+    """A GPU machine has no Ray: only `--ray` imports it (perfkit.sweep.ray_runner)."""
     assert modules_loaded_by("perfkit.cli, perfkit.sweep, perfkit.measure, perfkit.results", ("ray",)) == []
 
 
@@ -256,14 +255,14 @@ def test_the_serial_sweeps_refusals_and_repairs_hold_for_a_ray_sweep(ray_cluster
 
 def test_a_cluster_whose_devices_differ_is_refused_naming_them():
     from perfkit.errors import UsageError
-    from perfkit.ray_sweep import _check_one_device
+    from perfkit.sweep.ray_runner import check_one_device
 
     def node(host, name, nvml=()):
         return {"env": {"hostname": host, "device_name": name}, "nvml": list(nvml)}
 
     h100, a100 = "NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-80GB"
-    _check_one_device("cuda", [node("a", h100, [h100]), node("b", h100, [h100])])  # one model: fine
+    check_one_device("cuda", [node("a", h100, [h100]), node("b", h100, [h100])])  # one model: fine
     with pytest.raises(UsageError, match=rf"GPUs differ: '{a100}' on b; '{h100}' on a: expected one device model"):
-        _check_one_device("cuda", [node("a", h100), node("b", a100)])
+        check_one_device("cuda", [node("a", h100), node("b", a100)])
     with pytest.raises(UsageError, match=rf"'{a100}' on a; '{h100}' on a"):  # one node, two models (NVML sees all)
-        _check_one_device("cuda", [node("a", h100, [h100, a100])])
+        check_one_device("cuda", [node("a", h100, [h100, a100])])

@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 import pytest
-
 from helpers import CPU, ROOT, write_params
 
 README = os.path.join(ROOT, "README.md")

@@ -14,9 +14,9 @@ import re
 import nbformat
 import pandas as pd
 import pytest
-
 from helpers import call_cli, make_row, publish, study_rows, write_rows
 from hostile_text import ERROR, MD_BOLD, MODELS, PAYLOADS, RAW_MARKUP, SCRIPT, SHOWN, TARGET, hostile_rows
+
 from perfkit.errors import UsageError
 from perfkit.report import publish as pub
 from perfkit.report import tables

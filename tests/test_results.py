@@ -4,10 +4,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from perfkit.measure import measure_point
+from perfkit.provenance import environment
+from perfkit.results import COLUMNS, load_results, scan_points, write_point
 from perfkit.rows import failed_row, to_row, with_provenance
 from perfkit.workload import Point, System
-from perfkit.provenance import environment
-from perfkit.results import COLUMNS, done_keys, load_results, write_point
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def test_rows_round_trip_with_every_contract_column(tmp_path, rows):
     oom = df[df.status == "oom"].iloc[0]
     assert oom.batch == 64 and oom.error.startswith("CUDA out of memory")
     assert df.device_name.notna().all() and df.torch_version.notna().all() and df.created_utc.notna().all()
-    assert done_keys(str(tmp_path)) == set(df.point_key)
+    assert set(scan_points(str(tmp_path)).rows) == set(df.point_key)
 
 
 def test_duckdb_reads_the_files_directly(tmp_path, rows):

@@ -71,7 +71,8 @@ def test_prefill_flops_by_hand():
     m = roofline.arch("mistral-7b")
     keys = 4096 * 4097 // 2 + (5000 - 4096) * 4096
     attn = 4 * 32 * 32 * 128 * keys
-    assert roofline.prefill_flops("mistral-7b", 1, 5000) == 2 * 5000 * 32 * (m.layer_params - 2 * 4096) + 2 * 4096 * 32000 + attn
+    assert (roofline.prefill_flops("mistral-7b", 1, 5000)
+            == 2 * 5000 * 32 * (m.layer_params - 2 * 4096) + 2 * 4096 * 32000 + attn)
 
 
 def test_unknown_peak_is_nan_never_a_guess():

@@ -5,14 +5,24 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-
 from helpers import modules_loaded_by
 
 from perfkit.compare import BETTER, NOISE
 from perfkit.errors import UsageError
 from perfkit.metrics import point_metrics
-from perfkit.slo import (DEFAULT_SLOS, SLO, bounded_max, compare_slo, frontier, frontier_ratios,
-                         interactivity_points, oom_batches, parse_slo, parse_slo_params, parse_slos)
+from perfkit.slo import (
+    DEFAULT_SLOS,
+    SLO,
+    bounded_max,
+    compare_slo,
+    frontier,
+    frontier_ratios,
+    interactivity_points,
+    oom_batches,
+    parse_slo,
+    parse_slo_params,
+    parse_slos,
+)
 
 O = 11  # ten decode steps per repeat: tpot = (e2e - ttft) / 10 and output_tok_s = B·11 / e2e
 INTERACTIVE = SLO("interactive", 500.0, 30.0)

@@ -5,7 +5,6 @@ import json
 import os
 
 import pytest
-
 from helpers import call_cli, study_rows, write_rows
 
 # study_rows: ttft = 10·B·scale ms, tpot = (5 + B)·scale ms, O = 8, batches 1, 2, 4. At scale 1 ("slow"):

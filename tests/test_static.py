@@ -5,14 +5,13 @@ import json
 
 import pytest
 import torch
+from helpers import run_cli
 
 from perfkit.backends import BACKENDS, get_backend
 from perfkit.measure import measure_point, synthetic_prompt
 from perfkit.rows import to_row
-from perfkit.workload import Point, System
 from perfkit.timing import CpuClock
-
-from helpers import run_cli
+from perfkit.workload import Point, System
 
 B, I, O = 2, 24, 10
 
@@ -166,7 +165,7 @@ def _reads_a_python_position(self, model):
 
 def _rebinds_the_token(self, model):
     b = self.buffers
-    logits = model(input_ids=b.token, position_ids=b.position, past_key_values=b.cache, use_cache=True).logits
+    logits = model(input_ids=b.token, position_ids=b.position, **b.cache_kwargs).logits
     b.token = logits[:, -1].argmax(dim=-1, keepdim=True)  # a new tensor, not a copy into the captured one
     b.position.add_(1)
 

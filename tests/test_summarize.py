@@ -91,7 +91,7 @@ def test_a_search_that_only_ran_out_of_memory_still_has_its_row():
 
 
 def test_summarize_works_after_the_tables_module_is_imported(tmp_path):
-    import perfkit.summary  # noqa: F401  (a submodule import must not shadow perfkit.summarize)
+    import perfkit.summary  # a submodule import must not shadow perfkit.summarize
 
     assert set(perfkit.summarize(frame())) == {"ttft", "prefill_max", "single_user", "multi_user_max", "oom"}
     from perfkit.results import COLUMNS
@@ -128,8 +128,8 @@ def _results_on_an_h100(tmp_path):
     """A results directory of llama3-8b bf16 rows on an H100 (by name), with a probe of that device."""
     import json
 
-    from perfkit.rows import with_provenance
     from perfkit.results import write_point
+    from perfkit.rows import with_provenance
 
     env = {"device": "cuda", "device_name": "NVIDIA H100 80GB HBM3", "torch_version": "2.11.0"}
     out = tmp_path / "res"

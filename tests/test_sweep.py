@@ -8,16 +8,17 @@ import types
 
 import pytest
 import torch
+from helpers import ROOT, sigkill_midway, write_params
 
-import perfkit.sweep as sweep_mod
+import perfkit.sweep.budget
+import perfkit.sweep.units as units
 from perfkit.cli import main as cli_main
 from perfkit.errors import UsageError
 from perfkit.measure import Point, System, measure_point
 from perfkit.results import load_results
-from perfkit.search import BatchSearch, SearchSpec
-from perfkit.sweep import FAULT_ENV, plan, run_sweep
-
-from helpers import ROOT, sigkill_midway, write_params
+from perfkit.sweep import plan, run_sweep
+from perfkit.sweep.search import BatchSearch, SearchSpec
+from perfkit.sweep.units import FAULT_ENV
 
 CPU = System("cpu", "hf-loop", "float32", "cpu", "sdpa")
 
@@ -47,7 +48,7 @@ def test_sweep_measures_every_point_then_a_rerun_skips_them(tmp_path):
 def spy(monkeypatch):
     """Records every measure_point call (system label, model, I, B) and every model build of a sweep."""
     record = types.SimpleNamespace(calls=[], builds=[])
-    real_measure, real_build = sweep_mod.measure_point, sweep_mod.build_model
+    real_measure, real_build = units.measure_point, units.build_model
 
     def measure(model, system, point, **kw):
         record.calls.append((system.label, point.model, point.input_len, point.batch))
@@ -57,8 +58,8 @@ def spy(monkeypatch):
         record.builds.append(name)
         return real_build(name, *a, **kw)
 
-    monkeypatch.setattr(sweep_mod, "measure_point", measure)
-    monkeypatch.setattr(sweep_mod, "build_model", build)
+    monkeypatch.setattr(units, "measure_point", measure)
+    monkeypatch.setattr(units, "build_model", build)
     return record
 
 
@@ -190,8 +191,8 @@ def test_patience_lets_the_search_past_a_stall():
 
 def test_oom_is_recorded_memory_freed_and_the_search_stops(tmp_path, monkeypatch):
     freed = []
-    real_free = sweep_mod._free_memory
-    monkeypatch.setattr(sweep_mod, "_free_memory", lambda device: (freed.append(device), real_free(device)))
+    real_free = units.free_memory
+    monkeypatch.setattr(units, "free_memory", lambda device: (freed.append(device), real_free(device)))
     monkeypatch.setenv(FAULT_ENV, "oom:4")
     params = write_params(tmp_path / "p.yaml", grid={"input_lens": [16], "output_lens": [4],
                                                      "batch_sizes": [1, 2, 4, 8]})
@@ -242,7 +243,7 @@ def test_derived_output_lens_match_a_direct_run(tmp_path, tiny_models):
                  for _ in range(3)]
     finally:
         torch.set_num_threads(threads)
-    derived = [sweep_mod._truncated(long, 5) for long, _ in pairs]
+    derived = [units.truncated(long, 5) for long, _ in pairs]
     for d, (long, direct) in zip(derived, pairs):
         assert torch.equal(d.tokens, direct.tokens)  # the same greedy work: the same tokens
         assert all(len(s) == 4 for s in d.step_s)
@@ -373,36 +374,31 @@ def test_sigkill_midway_then_the_same_command_finishes_every_point_exactly_once(
 def test_budget_estimates_scale_each_phase_from_stored_points(tmp_path):
     """A batch-1 point at I = 2048 costs about what one at I = 128 does when decode dominates: the estimate
     scales the measured prompt pass and decode step separately (not the whole job by B·(I + O))."""
-    from tqdm import tqdm
-
     from perfkit.params import load_params
-    from perfkit.search import BatchRun
-    from perfkit.sweep import _Faults, _SweepRunner
+    from perfkit.sweep.budget import Budget, DurationEstimator
+    from perfkit.sweep.search import BatchRun
 
     params = load_params(write_params(tmp_path / "p.yaml", repeats=2))  # warmup 1 + 2 repeats = 3 runs
     stored = {"k": {"status": "ok", "derived_from_output_len": None, "system": "cpu", "model": "tiny-llama2-13b",
                     "dtype": "float32", "batch": 1, "input_len": 128, "output_len": 128, "ttft_ms": 10.0,
                     "tpot_ms": 50.0, "setup_ms": 0.0, "warmup": 1, "repeats": 2}}
-    with tqdm(disable=True) as bar:
-        runner = _SweepRunner(params, str(tmp_path / "out"), {"cpu": {"device_name": "a CPU"}}, _Faults(None), 1.0,
-                         bar, time.perf_counter())
-        runner.learn(stored)
-        same = runner._estimate_job(BatchRun(SearchSpec(CPU, "tiny-llama2-13b", 128, 128, (128,)), 1, (128,)))
-        assert same == pytest.approx(3 * (0.010 + 127 * 0.050))
-        long_prompt = runner._estimate_job(BatchRun(SearchSpec(CPU, "tiny-llama2-13b", 2048, 128, (128,)), 1, (128,)))
-        # the prompt pass scales with its FLOPs (~16x), a decode step with the bytes it reads (~1x here)
-        assert 1.0 < long_prompt / same < 2.0  # the old B·(I + O) scaling said 13x
-        assert runner._fits(30.0) and not runner._fits(61.0)  # a 1-minute budget
-        assert not runner.stopped  # asking is not skipping
+    t0 = time.perf_counter()
+    budget = Budget(params, t0 + 60.0, {"cpu": DurationEstimator(None)}, time.perf_counter)  # a 1-minute budget
+    budget.learn(stored.values())
+    same = budget.estimate_job(BatchRun(SearchSpec(CPU, "tiny-llama2-13b", 128, 128, (128,)), 1, (128,)))
+    assert same == pytest.approx(3 * (0.010 + 127 * 0.050))
+    long_prompt = budget.estimate_job(BatchRun(SearchSpec(CPU, "tiny-llama2-13b", 2048, 128, (128,)), 1, (128,)))
+    # the prompt pass scales with its FLOPs (~16x), a decode step with the bytes it reads (~1x here)
+    assert 1.0 < long_prompt / same < 2.0  # the old B·(I + O) scaling said 13x
+    assert budget.fits(30.0) and not budget.fits(61.0)
 
 
 def _fake_timings(monkeypatch, ttft_s, step_s, build_s=1.0):
     """Replace measuring and building with injected timings on a fake clock that they advance."""
-    import perfkit.sweep as sweep_mod
     from perfkit.measure import PointMeasurement
 
     now = [0.0]
-    monkeypatch.setattr(sweep_mod, "_now", lambda: now[0])
+    monkeypatch.setattr(perfkit.sweep.budget, "clock", lambda: now[0])
 
     def measure(model, system, point, warmup, repeats, seed):
         ttft, step = ttft_s(point), step_s(point)
@@ -416,8 +412,8 @@ def _fake_timings(monkeypatch, ttft_s, step_s, build_s=1.0):
         now[0] += build_s
         return object()
 
-    monkeypatch.setattr(sweep_mod, "measure_point", measure)
-    monkeypatch.setattr(sweep_mod, "build_model", build)
+    monkeypatch.setattr(units, "measure_point", measure)
+    monkeypatch.setattr(units, "build_model", build)
     return now
 
 
@@ -439,12 +435,11 @@ def test_a_job_over_the_budget_is_skipped_and_the_sweep_goes_on(tmp_path, monkey
 def test_a_long_prompt_no_longer_ends_the_sweep(tmp_path, monkeypatch):
     """Decode-dominated points (the GPU's case at batch 1): after I = 128 the sweep measures I = 2048 and the
     next model, then the batch climbs while they fit; what does not fit is left, not the whole rest."""
-    import perfkit.sweep as sweep_mod
     from perfkit.hardware import by_name
 
     now = _fake_timings(monkeypatch, ttft_s=lambda p: 0.0001 * p.batch * p.input_len, step_s=lambda p: 0.05)
     # a device whose peaks are known, as on a GPU: a decode step's estimate follows the bytes it reads
-    monkeypatch.setattr(sweep_mod.hardware, "lookup", lambda name: by_name("H100 SXM"))
+    monkeypatch.setattr("perfkit.hardware.lookup", lambda name: by_name("H100 SXM"))
     params = write_params(tmp_path / "p.yaml", models=["tiny-llama2-13b", "tiny-mistral-7b"],
                           grid={"input_lens": [128, 2048], "output_lens": [32], "batch_sizes": [1, 2]})
     out = str(tmp_path / "out")

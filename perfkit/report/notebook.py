@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from perfkit.paths import PROJECT_ROOT
 
 
 def work_from_project_root() -> None:

@@ -13,9 +13,9 @@ import math
 import warnings
 
 import matplotlib.pyplot as plt
-from matplotlib.ticker import FuncFormatter
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import FuncFormatter
 
 from perfkit.compare import BETTER, NOISE, STUDY_TITLES, WORSE
 
@@ -137,7 +137,8 @@ def ratio_bars(study: pd.DataFrame, target: str, baseline: str, confidence: floa
         ax.axhline(1, color="black", lw=1)
         ax.set_yscale("log")
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:g}"[-1] in "2468" or v in (0.5, 1.5) else ""))
+        ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:g}"[-1] in "2468" or v in (0.5, 1.5)
+                                                   else ""))
         ax.tick_params(axis="y", which="both", labelsize=7)
         lo = min(s["ratio_lo"].min(), s["ratio"].min(), 0.9)
         hi = max(s["ratio_hi"].max(), s["ratio"].max(), 1.1)
@@ -150,8 +151,8 @@ def ratio_bars(study: pd.DataFrame, target: str, baseline: str, confidence: floa
         ax.grid(axis="y", alpha=0.3, which="both")
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in VERDICT_BAR_COLOURS.values()]
     fig.legend(handles, list(VERDICT_BAR_COLOURS), loc="upper right", fontsize=8, ncols=3)
-    fig.suptitle(f"{label_text(target, 30)} (target) vs {label_text(baseline, 30)} (baseline): ratios with {confidence:.0%} "
-                 "bootstrap intervals",
+    fig.suptitle(f"{label_text(target, 30)} (target) vs {label_text(baseline, 30)} (baseline): "
+                 f"ratios with {confidence:.0%} bootstrap intervals",
                  x=0.02,
                  ha="left")
     tidy_layout(fig, rect=(0, 0, 1, 0.95))

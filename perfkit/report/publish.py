@@ -1,20 +1,9 @@
 """Run the notebooks with papermill and publish them as self-contained HTML, plus an index.html.
 
-The command line is `perfkit publish sweep|report|compare|all|index` (perfkit.cli); these functions are
-what it calls. Executed notebooks and their HTML land in the reports folder (default reports/); the index
-at reports/index.html (or in the reports folder given, when that is outside reports/) links every report
-found below it with its date, device and systems, read from the metadata each notebook publishes. HTML is
-rendered without code cells, with images embedded as data URIs and no external script (no MathJax, no
-require.js), so a report opens offline.
-
-Inputs are checked before any notebook runs: bad input is a UsageError (one line, exit 2), nothing
-written. A notebook works from the project's root (perfkit.report.notebook), wherever the command was
-run, so the paths handed to it are made relative to that root (or absolute, outside the project).
-
-A report's name is a file name inside the reports folder (safe_name), whatever --name or a label holds. A
-notebook runs into a hidden temporary file; notebook and page move into place only once the page is done,
-and a failure removes what it wrote. Text from results is escaped wherever a page shows it (tables.py,
-plots.py, the index here).
+These functions are what `perfkit publish sweep|report|compare|all|index` (perfkit.cli) calls. Inputs are
+checked before any notebook runs (a UsageError, nothing written); a notebook works from the project's root
+(perfkit.report.notebook), so the paths handed to it are made relative to that root (or absolute, outside
+the project). See docs/reports.md.
 """
 
 from __future__ import annotations
@@ -28,16 +17,14 @@ import sys
 import warnings
 
 from perfkit.errors import UsageError
+from perfkit.paths import DEFAULT_REPORTS, PROJECT_ROOT, default_out_dir
 from perfkit.results import atomic_write
 
 # Inside a kernel tqdm.auto asks for ipywidgets; a published page wants neither widgets nor the warning.
 warnings.filterwarnings("ignore", message="IProgress not found")
 
-from perfkit.report.notebook import PROJECT_ROOT
-
 NOTEBOOKS = os.path.join(PROJECT_ROOT, "notebooks")
 META_MIME = "application/vnd.perfkit.meta+json"
-DEFAULT_REPORTS = "reports"
 
 # The lab template without its external scripts (MathJax, require.js, mermaid: all CDN links), and a
 # narrower, report-like page.
@@ -235,7 +222,8 @@ def build_index(root: str = DEFAULT_REPORTS) -> str:
             f"<td>{esc(meta.get('kind'))}</td><td>{esc(meta.get('systems'))}</td><td>{esc(meta.get('devices'))}</td>"
             f"<td>{esc(meta.get('models'))}</td><td>{esc(meta.get('measured_utc'))}</td>"
             f"<td>{esc(meta.get('rendered_utc'))}</td></tr>")
-    body = "\n".join(rows) or "<tr><td colspan='7'>No reports yet: run <code>make demo</code> or <code>make report RESULTS=…</code>.</td></tr>"
+    body = "\n".join(rows) or ("<tr><td colspan='7'>No reports yet: run <code>make demo</code> or "
+                               "<code>make report RESULTS=…</code>.</td></tr>")
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>perfkit reports</title>
 <style>
@@ -359,12 +347,12 @@ def publish_sweep(params: str, systems: list[str] | None = None, out: str | None
     p = load_params(params)
     for label in systems or []:
         p.system(label)
-    out = out or os.path.join("results", p.name)
+    out = out or default_out_dir(p.name)
     check_out_dir(out)
     if ray is not None:  # refused here, in one line, before a notebook starts: no Ray, a malformed address
-        from perfkit.sweep import ray_module
+        from perfkit.sweep import require_ray
 
-        ray_module().parse_address(ray)
+        require_ray().parse_address(ray)
     name = name or _slug(f"sweep-{p.name}" + ("-" + "-".join(systems) if systems else ""))
     return _publish("sweep", name, reports_dir, {"params_path": _for_notebook(params),
                                                  "systems": list(systems or []),

@@ -25,6 +25,10 @@ def _workloads(points: pd.DataFrame) -> list[tuple]:
     return sorted({(m, int(i), int(o)) for m, i, o in zip(points["model"], points["input_len"], points["output_len"])})
 
 
+def _of_workload(t: pd.DataFrame, model, input_len: int, output_len: int) -> pd.DataFrame:
+    return t[(t["model"] == model) & (t["input_len"] == input_len) & (t["output_len"] == output_len)]
+
+
 def pareto_figures(df: pd.DataFrame, slos, hue: str = "system") -> list[tuple[str, object]]:
     """One figure per model: a panel per (I, O) with interactivity (tok/s per user) on x and total output
     throughput on y; every measured batch labelled, each system's frontier drawn through its measured
@@ -55,8 +59,7 @@ def pareto_figures(df: pd.DataFrame, slos, hue: str = "system") -> list[tuple[st
         for ax in axes.flat[len(keys):]:
             ax.set_visible(False)
         for ax, (m, i, o) in zip(axes.flat, keys):
-            sel = lambda t: t[(t["model"] == m) & (t["input_len"] == i) & (t["output_len"] == o)]  # noqa: E731
-            p, f, oom = sel(points), sel(front), sel(ooms)
+            p, f, oom = (_of_workload(t, m, i, o) for t in (points, front, ooms))
             sns.scatterplot(data=p, x="interactivity_tok_s", y="output_tok_s", hue=hue, hue_order=order,
                             palette=palette, ax=ax, s=28, legend=ax is axes.flat[0])
             for label, g in f.groupby(hue):

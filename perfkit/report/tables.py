@@ -10,6 +10,7 @@ commit, error messages, paths) is shown as text, never as markup: Stylers escape
 
 from __future__ import annotations
 
+import functools
 import html
 import math
 import re
@@ -98,20 +99,22 @@ def stand_in_note(df: pd.DataFrame) -> str | None:
             "differ on this machine; they say nothing about full-size models on a GPU.")
 
 
+def _values(g: pd.DataFrame, col: str, absent_on_cpu: bool = False) -> str:
+    """The distinct values of `col` in one system's rows `g`, joined."""
+    if col in g:
+        v = sorted({str(x) for x in g[col].dropna().unique()})
+        if v:
+            return ", ".join(v)
+    # A CPU run has no CUDA and no GPU driver: say so rather than "unknown".
+    on_cpu = "device" in g and set(g["device"].dropna()) == {"cpu"}
+    return "none (CPU)" if absent_on_cpu and on_cpu else "unknown"
+
+
 def provenance(df: pd.DataFrame, runs: list[dict] | None = None) -> pd.DataFrame:
     """Where each system's numbers came from: one row per system."""
     rows = []
     for system, g in df.groupby("system", sort=True):
-        on_cpu = "device" in g and set(g["device"].dropna()) == {"cpu"}
-
-        def vals(col, absent_on_cpu=False):
-            if col in g:
-                v = sorted({str(x) for x in g[col].dropna().unique()})
-                if v:
-                    return ", ".join(v)
-            # A CPU run has no CUDA and no GPU driver: say so rather than "unknown".
-            return "none (CPU)" if absent_on_cpu and on_cpu else "unknown"
-
+        vals = functools.partial(_values, g)
         run_ids = sorted(g["run_id"].dropna().unique()) if "run_id" in g else []
         threads = sorted({str(r.get("torch_threads")) for r in (runs or []) if r.get("run_id") in run_ids
                           and r.get("torch_threads") is not None})
@@ -140,6 +143,10 @@ def _fmt(df: pd.DataFrame, precision: dict | None = None):
     return escaped(out.style.format(fmt, na_rep="—", escape="html")).hide(axis="index")
 
 
+def _of_model(t: pd.DataFrame, model) -> pd.DataFrame:
+    return t[t["model"] == model].drop(columns="model").reset_index(drop=True)
+
+
 OOM_TITLE = "Out-of-memory boundary (first batch that did not fit)"
 EMPTY = {OOM_TITLE: "_none: every batch measured fit in memory_",
          "Max prefill throughput (batch > 1)": "_none: no batch above 1 was measured_",
@@ -155,7 +162,7 @@ def model_tables(df: pd.DataFrame) -> dict[str, dict[str, pd.DataFrame]]:
     ok["peak_mem_mib"] = ok["peak_mem_bytes"].astype(float) / MIB
     out = {}
     for model in sorted(df["model"].unique()):
-        pick = lambda t: t[t["model"] == model].drop(columns="model").reset_index(drop=True)  # noqa: E731
+        pick = functools.partial(_of_model, model=model)
         m = ok[ok["model"] == model]
         tables = {
             "Time to first token, batch 1": pick(s["ttft"])[["system", "input_len", "ttft_ms", "ttft_iqr_ms"]],
@@ -263,7 +270,8 @@ def headline(df: pd.DataFrame) -> str:
     parts = []
     for system, g in df.groupby("system", sort=True):
         ok = g[g["status"] == "ok"]
-        dev = ", ".join(sorted({str(d) for d in g.get("device_name", pd.Series(dtype=str)).dropna()})) or "unknown device"
+        dev = (", ".join(sorted({str(d) for d in g.get("device_name", pd.Series(dtype=str)).dropna()}))
+               or "unknown device")
         best = ok.loc[ok["output_tok_s"].idxmax()] if len(ok) else None
         s = (f"{system} ({', '.join(sorted(g['dtype'].astype(str).unique()))}, "
              f"{', '.join(sorted(g['backend'].astype(str).unique()))}) on {dev}: {len(g)} points, "
@@ -314,7 +322,8 @@ def systems_table(c: Comparison):
 def how_to_read(c: Comparison) -> str:
     return (f"**How to read this.** Every ratio reads the same way: **below 1 means the target "
             f"({md_escape(c.target)}) is better** than the baseline ({md_escape(c.baseline)}). Latency ratio = "
-            f"target / baseline, throughput ratio = baseline / target; 0.5 means the target is twice as good, 2 half as good. Each ratio carries a "
+            f"target / baseline, throughput ratio = baseline / target; 0.5 means the target is twice as good, "
+            f"2 half as good. Each ratio carries a "
             f"{c.confidence:.0%} bootstrap interval from the raw repeats ({c.n_boot} resamples, seed {c.seed}); "
             f"the verdict is *within noise* when that interval contains 1. Green: target better, red: target worse, "
             f"grey: within noise.")

@@ -1,34 +1,16 @@
-"""How long a sweep job will take, estimated from what the sweep has already measured.
-
-A job is one point run: set-up, W warm-up runs and R timed repeats, each a prompt pass and O − 1 decode
-steps. Its duration is estimated phase by phase from a measured reference job, scaled by how each phase's
-cost grows (the cost model of perfkit.roofline):
-
-    prefill  ~ max(weight bytes / bandwidth, prefill FLOPs / matrix peak)    grows with B·I once compute-bound
-    a decode step ~ max(weights + B·KV-cache bytes / bandwidth, 2·params·B FLOPs / matrix peak)
-
-    seconds = setup_ref + (W + R) · (ttft_ref · r_prefill + (O − 1) · tpot_ref · r_step)
-
-where r_* is the cost of the new job's phase over the reference's. With the device's peaks known
-(perfkit.hardware) the cost is the roofline time; unknown (a CPU), each ratio is the larger of the bytes
-ratio and the FLOPs ratio, which never under-estimates whichever bound the phase is under. A batch-1 point
-at I = 2048 therefore costs about what one at I = 128 does (decode dominates), not 16 times as much.
-
-References, in order of preference: the last measured job of the same (system, model); any system's jobs
-of the same model (the largest estimate); the same system's jobs of other models (scaled across
-architectures by the same cost model) — each only among jobs that, like the new one, decode (O > 1) or do
-not. No reference: no estimate (0 s): the job runs, and teaches. A model's build is estimated from its
-last build, or from another model's scaled by weight bytes.
-
-The ratios are those of the bounds, so a reference far from its bound (launch overhead at batch 1) scales
-as if the overhead grew with the work too: estimates err long, which leaves a job for later rather than
-overrunning the budget.
+"""How long a sweep job will take, estimated from what the sweep has already measured, and the budget that
+decides what still fits. A job's duration is a measured reference job's, phase by phase, scaled by how
+each phase's cost grows (perfkit.roofline's cost model: prefill by FLOPs or weight bytes, a decode step by
+the bytes it reads); with no reference there is no estimate and the job runs. See docs/sweeps.md.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import time
+
+clock = time.perf_counter  # a serial sweep's clock (a test replaces it to inject timings)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +67,7 @@ class _Costs:
         try:
             new = self._phases(model, ref.dtype, batch, input_len, output_len)
             old = self._phases(ref.model, ref.dtype, ref.batch, ref.input_len, ref.output_len)
-        except Exception:  # a checkpoint whose config the cost model cannot read
+        except Exception:  # noqa: BLE001 - a checkpoint whose config the cost model cannot read: no estimate
             return None
         return tuple(self._ratio(n, o, ref.dtype) for n, o in zip(new, old))
 
@@ -142,6 +124,42 @@ def estimate_build_s(builds: list[dict], model: str, dtype: str) -> float:
     for b in builds:
         try:
             scaled.append(b["seconds"] * rl.weight_bytes(model, dtype) / rl.weight_bytes(b["model"], b["dtype"]))
-        except Exception:  # a checkpoint whose config the cost model cannot read
+        except Exception:  # noqa: BLE001 - a checkpoint whose config the cost model cannot read: left out
             continue
     return max(scaled, default=0.0)
+
+
+class Budget:
+    """A sweep's time budget as one unit sees it: a deadline on `clock` (None: no budget), a duration
+    estimator per device (each with that device's peaks where known), and every model build so far."""
+
+    def __init__(self, params, deadline: float | None, estimators: dict[str, DurationEstimator], clock,
+                 builds: list[dict] | None = None):
+        self.params, self.deadline, self.estimators, self.clock = params, deadline, estimators, clock
+        self.builds = builds if builds is not None else []
+        self.device_of = {s.label: s.device for s in params.systems}
+
+    def estimator(self, label: str) -> DurationEstimator | None:
+        return self.estimators.get(self.device_of.get(label))
+
+    def learn(self, rows) -> None:
+        """Take measured rows as references, oldest first (a resumed sweep budgets its first points too)."""
+        for row in sorted(rows, key=lambda r: r.get("created_utc") or ""):
+            estimator = self.estimator(row.get("system"))
+            if estimator is not None:
+                estimator.learn(row)
+
+    def fits(self, seconds: float) -> bool:
+        return self.deadline is None or self.clock() + seconds <= self.deadline
+
+    def estimate_job(self, job) -> float:
+        """Seconds of one batch search's job (perfkit.sweep.search.BatchRun), 0.0 where nothing is known."""
+        u, p = job.spec, self.params
+        estimator = self.estimator(u.system.label)
+        if estimator is None:
+            return 0.0
+        return estimator.estimate(u.system.label, u.model, job.batch, u.input_len, u.run_output_len,
+                                  p.warmup + p.repeats)
+
+    def estimate_build(self, system, model: str) -> float:
+        return estimate_build_s(self.builds, model, system.dtype)
