@@ -16,7 +16,7 @@ import math
 import os
 import sys
 
-from perfkit.errors import UsageError, shown
+from perfkit.errors import UsageError, one_line, printable, shown
 from perfkit.paths import DEFAULT_REPORTS
 
 MAX_N_BOOT = 100_000  # beyond this the intervals do not move, and memory grows with draws × repeats
@@ -76,7 +76,7 @@ def _cmd_env(args) -> int:
         print_json(env)
     else:
         for k, v in env.items():
-            print(f"{k:<22}{v}")
+            print(f"{k:<22}{printable(v)}")
     return 0
 
 
@@ -110,6 +110,7 @@ def _cmd_run(args) -> int:
     from perfkit.measure import default_device, default_dtype, measure_point, validate
     from perfkit.models import build_model, parse_dtype
     from perfkit.provenance import environment, new_run_id
+    from perfkit.registry import checkpoint_fingerprint
     from perfkit.results import check_out_dir, write_point, write_run
     from perfkit.rows import point_fields, to_row, with_provenance
     from perfkit.workload import Point, System, canonical_dtype, check_seed
@@ -135,10 +136,11 @@ def _cmd_run(args) -> int:
         check_out_dir(args.out)
     system = System(system.label, system.backend, canonical_dtype(system.dtype), system.device,
                     system.attn_implementation)
+    checkpoint = checkpoint_fingerprint(args.model)  # what a checkpoint directory holds now, before it is loaded
     if args.out:
-        _check_run_joins(args.out, system, args.warmup, args.repeats, args.seed)
+        _check_run_joins(args.out, system, args.warmup, args.repeats, args.seed, args.model, checkpoint)
 
-    print(f"building {args.model} ({system.dtype}) on {device}...", file=sys.stderr, flush=True)
+    print(printable(f"building {args.model} ({system.dtype}) on {device}..."), file=sys.stderr, flush=True)
     with _out_of_memory_exits("building the model"):
         model = build_model(args.model, parse_dtype(system.dtype), device, system.attn_implementation,
                             seed=args.seed)
@@ -150,23 +152,30 @@ def _cmd_run(args) -> int:
     run_id = new_run_id()
     # A `run` always appends: its key is a sweep point's plus the run.
     key_fields = {**point_fields(system, point.model, point.input_len, point.output_len, point.batch,
-                                 args.warmup, args.repeats, args.seed), "run_id": run_id}
+                                 args.warmup, args.repeats, args.seed, checkpoint=checkpoint), "run_id": run_id}
     row = with_provenance(to_row(measurement), run_id, env, key_fields)
     if args.out:
-        write_run(args.out, run_id, {**env, "run_id": run_id, "command": sys.argv})
-        write_point(args.out, row)
+        record = write_run(args.out, run_id, {**env, "run_id": run_id, "command": sys.argv})
+        try:
+            write_point(args.out, row)
+        except OSError:  # a full disk (errors.WriteError): no run record stays behind without its point
+            with contextlib.suppress(OSError):
+                os.unlink(record)
+            raise
     if args.json:
         print_json(row)
     else:
         print(format_row(row))
         if args.out:
-            print(f"appended to {args.out}")
+            print(printable(f"appended to {args.out}"))
     return 0
 
 
-def _check_run_joins(out: str, system, warmup: int, repeats: int, seed: int) -> None:
+def _check_run_joins(out: str, system, warmup: int, repeats: int, seed: int, model: str,
+                     checkpoint: str | None) -> None:
     """Before measuring: a point appended to `out` must share its label's definition there (readers refuse
-    a label with several), so a run that would poison the directory is refused, not written."""
+    a label with several; a checkpoint directory that now holds another model is another definition), so a
+    run that would poison the directory is refused, not written."""
     import pandas as pd
 
     from perfkit.provenance import device_name
@@ -177,7 +186,8 @@ def _check_run_joins(out: str, system, warmup: int, repeats: int, seed: int) -> 
     stored = load_results(out)
     if stored.empty or system.label not in set(stored["system"]):
         return
-    mine = {"system": system.label, "status": "ok", "dtype": system.dtype, "backend": system.backend,
+    mine = {"system": system.label, "model": model, "checkpoint": checkpoint, "status": "ok",
+            "dtype": system.dtype, "backend": system.backend,
             "attn_implementation": system.attn_implementation, "device_name": device_name(system.device),
             "warmup": warmup, "repeats": repeats, "seed": seed}
     check_definitions(pd.concat([stored[stored["system"] == system.label], pd.DataFrame([mine])],
@@ -218,7 +228,7 @@ def _cmd_sweep(args) -> int:
         print(errors, file=sys.stderr)
     if out.interrupted:
         return 130  # as a shell reports a process that SIGINT ended
-    return 1 if out.failures or out.lost else 0
+    return 1 if out.failures or out.lost or out.write_error else 0
 
 
 # ---- perfkit probe -------------------------------------------------------------------------------
@@ -247,7 +257,7 @@ def _cmd_probe(args) -> int:
     print(f"probing {device}...", file=sys.stderr, flush=True)
     record = probe(device, dtypes, budget_s=args.budget_s)
     if args.out:
-        print(f"wrote {write_probe(args.out, record)}", file=sys.stderr)
+        print(printable(f"wrote {write_probe(args.out, record)}"), file=sys.stderr)
     if args.json:
         print_json(record)
     else:
@@ -266,11 +276,68 @@ def _csv_names(directory: str) -> tuple[str, ...]:
 
 
 def _write_tables_csv(tables: dict, directory: str) -> None:
-    from perfkit.results import atomic_write
+    """Each table as DIRECTORY/<name>.csv, the whole set or none of it: written into a temporary folder beside
+    DIRECTORY, then moved into place (the folder renamed where DIRECTORY is new, else each file renamed in,
+    which takes no space). A write the file system refuses (errors.WriteError, naming the CSV file) leaves
+    DIRECTORY as it was."""
+    import shutil
+    import tempfile
 
-    for name, table in tables.items():
-        atomic_write(os.path.join(directory, f"{name}.csv"),
-                     lambda f, t=table: f.write(t.to_csv(index=False).encode()))
+    from perfkit.console import csv_text
+    from perfkit.errors import WriteError
+    from perfkit.results import TMP_PREFIX, atomic_write, fsync_dir
+
+    target = os.path.abspath(directory)
+    parent, made = os.path.dirname(target), []  # the folders this call creates, deepest first
+    folder = parent
+    while not os.path.exists(folder):
+        made.append(folder)
+        folder = os.path.dirname(folder)
+    gather = None
+    try:
+        try:
+            os.makedirs(parent, exist_ok=True)
+            gather = tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-", dir=parent)
+        except OSError as exc:
+            raise WriteError(directory, exc) from None
+        for name, table in tables.items():
+            try:
+                atomic_write(os.path.join(gather, f"{name}.csv"),
+                             lambda f, t=table: f.write(csv_text(t).encode()))
+            except WriteError as exc:  # named as the user will look for it
+                raise WriteError(os.path.join(directory, f"{name}.csv"), exc) from None
+        umask = os.umask(0)
+        os.umask(umask)
+        try:
+            if not os.path.exists(target):
+                os.chmod(gather, 0o777 & ~umask)  # mkdtemp's folder is 0700; a made folder is not
+                os.rename(gather, target)
+                gather = None
+            else:
+                for name in tables:
+                    os.replace(os.path.join(gather, f"{name}.csv"), os.path.join(target, f"{name}.csv"))
+            for d in (target, parent):
+                fsync_dir(d)
+        except OSError as exc:
+            raise WriteError(directory, exc) from None
+    except BaseException:
+        if gather is not None:
+            shutil.rmtree(gather, ignore_errors=True)
+            gather = None
+        with contextlib.suppress(OSError):  # each only while empty: nothing else was put there
+            for folder in made:
+                os.rmdir(folder)
+        raise
+    if gather is not None:  # emptied by the renames
+        os.rmdir(gather)
+
+
+def _given_slos(args):
+    """The --slo bounds, checked before any work (a results directory read, a bootstrap drawn), so that a bad
+    one is refused before anything prints; None where none is given."""
+    from perfkit.slo import parse_slos
+
+    return parse_slos(args.slo) if args.slo else None
 
 
 def _cmd_summary(args) -> int:
@@ -278,6 +345,7 @@ def _cmd_summary(args) -> int:
     from perfkit.results import check_out_dir, open_results
     from perfkit.summary import IDENTITY, POINT_COLUMNS, TABLE_TITLES, latest_per_point, speed_of_light_table, summarize
 
+    given = _given_slos(args)
     if args.csv:
         check_out_dir(args.csv, "--csv", "a directory for the tables' CSV files", subdirs=(),
                       files=_csv_names(args.csv))
@@ -286,7 +354,7 @@ def _cmd_summary(args) -> int:
     from perfkit.results import load_runs
     from perfkit.slo import bounded_max, frontier, slos_for
 
-    slos = slos_for(args.slo, load_runs(args.results))
+    slos = given or slos_for(None, load_runs(args.results))
     tables = summarize(df)
     tables["speed_of_light"] = speed_of_light_table(df, probe=args.results)
     print(results_header(args.results, df))
@@ -302,7 +370,7 @@ def _cmd_summary(args) -> int:
         tables["pareto"] = frontier(df)  # the measured points no other point beats on tok/s per user and in all
         tables["slo"] = bounded
         _write_tables_csv(tables, args.csv)
-        print(f"\nwrote {len(tables)} tables as CSV to {args.csv}")
+        print(f"\nwrote {len(tables)} tables as CSV to {printable(args.csv)}")
     return 0
 
 
@@ -326,6 +394,7 @@ def _cmd_compare(args) -> int:
         side_text,
         slo_ratio_text,
         slos_text,
+        table_text,
         verdicts_text,
     )
     from perfkit.results import check_out_dir
@@ -333,6 +402,7 @@ def _cmd_compare(args) -> int:
     t_dir, t_sys = resolve_side(args.target, args.target_system, "target")
     b_dir, b_sys = resolve_side(args.baseline, args.baseline_system, "baseline")
     _check_bootstrap(args)
+    given = _given_slos(args)
     if args.csv:
         check_out_dir(args.csv, "--csv", "a directory for study.csv and points.csv", subdirs=(),
                       files=_csv_names(args.csv))
@@ -340,12 +410,12 @@ def _cmd_compare(args) -> int:
     from perfkit.results import load_runs
     from perfkit.slo import compare_slo, frontier_ratios, slos_for
 
-    slos = slos_for(args.slo, load_runs(b_dir) + load_runs(t_dir))
+    slos = given or slos_for(None, load_runs(b_dir) + load_runs(t_dir))
     at_slo = compare_slo(t_dir, b_dir, slos, t_sys, b_sys, n_boot=args.n_boot, confidence=args.confidence,
                          seed=args.seed)
     at_interactivity = frontier_ratios(t_dir, b_dir, t_sys, b_sys)
-    print(f"target   {c.target}: " + side_text(c, "target"))
-    print(f"baseline {c.baseline}: " + side_text(c, "baseline"))
+    print(f"target   {printable(c.target)}: " + side_text(c, "target"))
+    print(f"baseline {printable(c.baseline)}: " + side_text(c, "baseline"))
     print(verdicts_text(c))
     print("\nstudy ratios (Ratio_Latency = target/baseline, Ratio_Throughput = baseline/target; < 1: target better)")
     print(ratio_table_text(c.study, c.confidence))
@@ -363,11 +433,11 @@ def _cmd_compare(args) -> int:
                         ("on both sides, but without timings on one", c.not_ok)):
         if len(table):
             print(f"\n{len(table)} workload(s) {name}:")
-            print(table.to_string(index=False))
+            print(table_text(table))
     if args.csv:
         _write_tables_csv({"study": c.study, "points": c.points, "slo": at_slo, "frontier": at_interactivity},
                           args.csv)
-        print(f"\nwrote {os.path.join(args.csv, 'study.csv')}, points.csv, slo.csv and frontier.csv")
+        print(f"\nwrote {printable(os.path.join(args.csv, 'study.csv'))}, points.csv, slo.csv and frontier.csv")
     return 0
 
 
@@ -399,12 +469,12 @@ def _cmd_publish(args) -> int:
             raise
         # The executed notebook keeps the traceback; the terminal gets the cause in one line.
         if exc.ename == "UsageError":  # a refusal inside the notebook (a locked or mixed results directory)
-            print(f"perfkit publish: error: {exc.evalue}", file=sys.stderr)
+            print(f"perfkit publish: error: {printable(exc.evalue)}", file=sys.stderr)
             return 2
-        print(f"perfkit publish: notebook failed: {exc.ename}: {exc.evalue}", file=sys.stderr)
+        print(printable(f"perfkit publish: notebook failed: {exc.ename}: {exc.evalue}"), file=sys.stderr)
         return 1
     for path in made:
-        print(path)
+        print(printable(path))
     return 0
 
 
@@ -545,11 +615,16 @@ def build_parser() -> argparse.ArgumentParser:
 def restore_interrupt() -> None:
     """Let SIGINT raise KeyboardInterrupt even where the parent started us with it ignored (a shell's
     background job inherits SIGINT ignored): `timeout --signal=INT` then stops a sweep between points,
-    with its summary, instead of waiting for the SIGKILL that follows."""
+    with its summary, instead of waiting for the SIGKILL that follows. Also ignore SIGXFSZ: a write past
+    `ulimit -f` then fails with EFBIG, which a command reports in one line, instead of killing the process
+    mid-sweep."""
     import signal
 
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    if hasattr(signal, "SIGXFSZ"):
+        with contextlib.suppress(ValueError):  # not the main thread: signals are the main thread's to set
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -560,19 +635,47 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         return args.func(args)
     except UsageError as exc:
-        msg = " ".join(str(exc).splitlines())  # one line whatever a message holds; bounded as a last resort
+        # one line whatever a message holds, nothing a terminal would act on; bounded as a last resort
+        msg = printable(" ".join(str(exc).splitlines()))
         msg = msg if len(msg) <= 2000 else msg[:1997] + "..."
         print(msg if msg.startswith("perfkit") else f"perfkit: error: {msg}", file=sys.stderr)
         return 2
     except _OutOfMemory as exc:
-        print(f"perfkit: {exc}", file=sys.stderr)
+        print(f"perfkit: {printable(exc)}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # output piped into `head` and the like: stop quietly
+        sys.stderr.close()
+        return 1
+    except OSError as exc:  # a write the file system refused: a full disk, the file size limit
+        from perfkit.errors import NO_ROOM, WriteError
+
+        if not isinstance(exc, WriteError) and exc.errno not in NO_ROOM:
+            raise
+        if not isinstance(exc, WriteError):  # written past perfkit's own writes (a notebook's by papermill)
+            exc = WriteError(exc.filename or "a file", exc)
+        print(f"perfkit: error: {printable(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("perfkit: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # output piped into `head` and the like: stop quietly
-        sys.stderr.close()
+    except Exception as exc:  # out of memory outside a measurement (a sweep records one inside as an `oom` row)
+        if not _is_out_of_memory(exc):
+            raise
+        print(f"perfkit: out of memory ({printable(one_line(exc, 300, with_type=True))}): expected enough free "
+              "memory for this command; free some, or ask for less (fewer points, smaller files)", file=sys.stderr)
         return 1
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    """Python's MemoryError (importing a module, reading a huge file), or, once torch is loaded, whatever
+    perfkit.measure.is_out_of_memory calls out of memory (torch's own error, the host allocator's)."""
+    if isinstance(exc, MemoryError):
+        return True
+    if "torch" not in sys.modules:  # nothing has allocated through torch: no other kind of out of memory
+        return False
+    from perfkit.measure import is_out_of_memory
+
+    return is_out_of_memory(exc)
 
 
 if __name__ == "__main__":

@@ -89,6 +89,9 @@ def load_side(source, system: str | None = None, side: str = "target") -> pd.Dat
     if not system and len(labels) > 1:
         raise UsageError(f"{side} results hold several systems ({', '.join(labels)}): name the {side} system")
     df = latest_per_point(df, WORKLOAD)
+    # The loader's notes (skipped files, already said) would be deep-copied by pandas into every slice of
+    # the thousands a comparison takes: the side's rows travel without them.
+    df.attrs = {}
     return df.sort_values(WORKLOAD, kind="stable").reset_index(drop=True)
 
 
@@ -236,10 +239,12 @@ def compare(target, baseline, target_system: str | None = None, baseline_system:
     not_ok = pd.DataFrame({"target_status": tc["status"][bad], "baseline_status": bc["status"][bad]}).reset_index()
 
     points = []
-    for key in tc.index[~bad.to_numpy()]:
-        tr, br = tc.loc[key].copy(), bc.loc[key].copy()
-        for k, v in zip(WORKLOAD, key):
-            tr[k] = br[k] = v
+    # rows as dicts, once: a comparison of 10,000 points must not index a frame of raw samples per point
+    good = ~bad.to_numpy()
+    t_rows = tc[good].reset_index().to_dict("records")
+    b_rows = bc[good].reset_index().to_dict("records")
+    for tr, br in zip(t_rows, b_rows):
+        key = tuple(tr[k] for k in WORKLOAD)
         for metric, (kind, unit, sample) in POINT_METRICS.items():
             res = _ratio_row(kind, metric, [tr], [br], sample, seed, key, n_boot, alpha)
             if res is None:
@@ -249,7 +254,11 @@ def compare(target, baseline, target_system: str | None = None, baseline_system:
     points = pd.DataFrame(points, columns=WORKLOAD + ["metric", "kind", "unit", "target", "baseline", "ratio",
                                                       "ratio_lo", "ratio_hi", "verdict"])
 
-    study = pd.DataFrame(_study_rows(t[t["status"] == "ok"], b[b["status"] == "ok"], seed, n_boot, alpha),
+    # what the study's figures read, without the rest of each row (pandas copies every column it slices)
+    read = [c for c in ("system", "model", "input_len", "output_len", "batch", "backend", "derived_from_output_len",
+                        "ttft_ms_samples", "e2e_ms_samples") if c in t.columns and c in b.columns]
+    study = pd.DataFrame(_study_rows(t.loc[t["status"] == "ok", read], b.loc[b["status"] == "ok", read], seed,
+                                     n_boot, alpha),
                          columns=["model", "input_len", "output_len", "metric", "kind", "unit", "target",
                                   "target_batch", "baseline", "baseline_batch", "ratio", "ratio_lo", "ratio_hi",
                                   "verdict"])
@@ -262,23 +271,28 @@ def _label(df, given):
     return given or ", ".join(sorted(df["system"].dropna().unique()))
 
 
-def _rows_for(df: pd.DataFrame, keys: list, key: tuple, rule: str) -> list:
-    sel = df
-    for k, v in zip(keys, key):
-        sel = sel[sel[k] == v]
+def side_names(target: str, baseline: str) -> tuple[str, str]:
+    """The two sides as a table's columns, a plot's series or a terminal line name them: their labels, each
+    followed by its side where the two are the same (one system measured on two machines, or before and
+    after an upgrade), so that no two columns or series share a name."""
+    if target != baseline:
+        return target, baseline
+    return f"{target} (target)", f"{baseline} (baseline)"
+
+
+def _rows_for(sel: pd.DataFrame, keys: list, rule: str) -> list:
+    """The rows of one group of a study metric (`sel`: the group's rows), in ascending batch order."""
     sel = sel[sel["batch"] == 1] if rule == "b1" else sel[sel["batch"] > 1]
     if "output_len" in keys:
-        return [r for _, r in sel.sort_values("batch").iterrows()]
+        return sel.sort_values("batch").to_dict("records")
     # Prompt-phase metrics do not depend on output_len: as perfkit.summarize does, pool the ttft samples of
     # every output length measured at a batch, leaving out rows derived from a longer run (they repeat its
     # samples), so each side's figure is the one its report shows.
+    sel = sel[prompt_phase_rows(sel)]  # per (system, model, I, B): the same groups as pooled below
     rows = []
     for batch, g in sel.groupby("batch", sort=True):
-        g = g[prompt_phase_rows(g)]
-        if g.empty:  # only derived rows: perfkit.summarize shows no figure here, and neither do we
-            continue
         pooled = [v for lst in g["ttft_ms_samples"] if lst is not None for v in lst]
-        rows.append({"batch": int(batch), "input_len": int(g["input_len"].iloc[0]), "output_len": 1,
+        rows.append({"batch": int(batch), "input_len": int(g["input_len"].to_numpy()[0]), "output_len": 1,
                      "ttft_ms_samples": pooled, "e2e_ms_samples": None})
     return rows
 
@@ -286,10 +300,9 @@ def _rows_for(df: pd.DataFrame, keys: list, key: tuple, rule: str) -> list:
 def _study_rows(t: pd.DataFrame, b: pd.DataFrame, seed: int, n_boot: int, alpha: float) -> list[dict]:
     out = []
     for metric, kind, unit, keys, sample, rule in STUDY_METRICS:
-        groups = sorted(set(map(tuple, t[keys].itertuples(index=False)))
-                        & set(map(tuple, b[keys].itertuples(index=False))))
-        for key in groups:
-            t_rows, b_rows = _rows_for(t, keys, key, rule), _rows_for(b, keys, key, rule)
+        t_groups, b_groups = dict(iter(t.groupby(keys, sort=False))), dict(iter(b.groupby(keys, sort=False)))
+        for key in sorted(set(t_groups) & set(b_groups)):
+            t_rows, b_rows = _rows_for(t_groups[key], keys, rule), _rows_for(b_groups[key], keys, rule)
             if not t_rows or not b_rows:
                 continue
             res = _ratio_row(kind, metric, t_rows, b_rows, sample, seed, key, n_boot, alpha)
@@ -307,7 +320,8 @@ def summary_line(c: Comparison) -> str:
     counts = c.study["verdict"].value_counts() if not c.study.empty else pd.Series(dtype=int)
     n = len(c.study)
     geo = metrics.geometric_mean(c.study["ratio"])
-    return (f"{c.target} vs {c.baseline}: of {n} study figures, target better in {counts.get(BETTER, 0)}, "
+    target, baseline = side_names(c.target, c.baseline)
+    return (f"{target} vs {baseline}: of {n} study figures, target better in {counts.get(BETTER, 0)}, "
             f"worse in {counts.get(WORSE, 0)}, within noise in {counts.get(NOISE, 0)}; "
             f"geometric-mean ratio {geo:.3g} (< 1 favours the target).")
 

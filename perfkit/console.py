@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pandas as pd
 
+from perfkit.errors import printable
 from perfkit.metrics import geometric_mean
 
 # ---- JSON ------------------------------------------------------------------------------------------
@@ -40,6 +42,30 @@ def format_number(value: float) -> str:
     return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
 
 
+def _map_text(table: pd.DataFrame, f) -> pd.DataFrame:
+    """A copy of `table` with `f` applied to its headers and to every cell of its text columns."""
+    out = table.rename(columns=f)
+    for i, dtype in enumerate(out.dtypes):
+        if not (pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_datetime64_any_dtype(dtype)):
+            out.isetitem(i, out.iloc[:, i].map(f))
+    return out
+
+
+def _text(value):
+    return printable(value) if isinstance(value, str) else value
+
+
+def _aligned(table: pd.DataFrame) -> str:
+    """`table` as aligned text (no index), every label, name and message in it made printable."""
+    return _map_text(table, _text).to_string(index=False)
+
+
+def _lines(lines) -> str:
+    """Lines for a terminal, each made printable (perfkit.errors.printable): a value from a file or the
+    command line neither breaks its line nor sends the terminal a control sequence."""
+    return "\n".join(printable(line) for line in lines)
+
+
 
 
 def table_text(table: pd.DataFrame) -> str:
@@ -54,7 +80,30 @@ def table_text(table: pd.DataFrame) -> str:
             shown[col] = shown[col].map(lambda v: "-" if pd.isna(v) else f"{v / 2**30:.2f} GiB")
         elif shown[col].dtype.kind == "f":
             shown[col] = shown[col].map(format_number)
-    return shown.rename(columns={"peak_mem_bytes": "peak_mem"}).to_string(index=False)
+    return _aligned(shown.rename(columns={"peak_mem_bytes": "peak_mem"}))
+
+
+# ---- CSV files (perfkit summary / compare --csv) ----------------------------------------------------
+
+# What a spreadsheet runs as a formula: text starting with =, +, - or @, or with a tab or a carriage return
+# (which some strip, leaving what follows); a number, negative or not, is not one.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
+
+
+def _inert(value):
+    """A CSV cell that a spreadsheet shows as typed: text it would run gets a leading ' (its mark of text)."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START) and not _NUMBER.fullmatch(value):
+        return "'" + value
+    return value
+
+
+def csv_text(table: pd.DataFrame) -> str:
+    """`table` as CSV text (no index) for every --csv file: labels, SLO, model and checkpoint names come from
+    params files and results, so each text cell and header a spreadsheet would run as a formula is made inert
+    (_inert); numbers, negative ones included, stay numbers. Lines end in CRLF (RFC 4180), so that a cell
+    holding a carriage return is quoted too: unquoted, a reader would start a new row there."""
+    return _map_text(table, _inert).to_csv(index=False, lineterminator="\r\n")
 
 
 # ---- one measured point (perfkit run) --------------------------------------------------------------
@@ -64,7 +113,7 @@ def format_row(row: dict) -> str:
     head = (f"{row['system']} {row['model']} {row['dtype']} {row['backend']} "
             f"I={row['input_len']} O={row['output_len']} B={row['batch']}")
     if row["status"] != "ok":
-        return f"{head}: {row['status']}: {row.get('error')}"
+        return printable(f"{head}: {row['status']}: {row.get('error')}")
     mem = row.get("peak_mem_bytes")
     lines = [
         head,
@@ -77,7 +126,7 @@ def format_row(row: dict) -> str:
     ]
     if row.get("noisy"):
         lines.append("  warning: IQR/median above 10%: this machine was noisy; consider more repeats")
-    return "\n".join(lines)
+    return _lines(lines)
 
 
 # ---- a sweep's plan and outcome --------------------------------------------------------------------
@@ -111,7 +160,7 @@ def plan_text(pl, limit: int = PLAN_LINES) -> str:
     if getattr(pl, "stale", 0):
         lines.append(f"note: --discard-stale would move {pl.stale} points of these systems that this params file "
                      f"does not define to {pl.out_dir}/stale/<timestamp>/")
-    return "\n".join(lines)
+    return _lines(lines)
 
 
 def outcome_text(out, multi_user_max: pd.DataFrame | None = None) -> tuple[str, str]:
@@ -124,6 +173,11 @@ def outcome_text(out, multi_user_max: pd.DataFrame | None = None) -> tuple[str, 
         lines.append(f"interrupted (Ctrl-C): the {out.measured} points measured before it are stored, "
                      f"{'those' if workers > 1 else 'the one'} in progress {'are' if workers > 1 else 'is'} not; "
                      f"up to {out.left} runs left: run the same command to continue with the rest")
+    write_error = getattr(out, "write_error", None)
+    if write_error:
+        lines.append(f"stopped: a write failed; the {out.measured} points written before it are stored, the one "
+                     f"it was writing is not; up to {out.left} runs left: make room and run the same command to "
+                     "continue with the rest")
     lost = getattr(out, "lost", [])
     if lost:
         lines.append(f"{len(lost)} units could not be run (their Ray task failed past its retries); up to {out.left} "
@@ -138,12 +192,13 @@ def outcome_text(out, multi_user_max: pd.DataFrame | None = None) -> tuple[str, 
                      else "no batch > 1 measured")
             lines.append(f"  {r.system} {r.model} I={r.input_len} O={r.output_len}: {found} "
                          f"(search stopped: {r.stop_reason})")
-    errors = [f"unit lost: {text}" for text in lost]
+    errors = [f"perfkit: error: {write_error}"] if write_error else []
+    errors += [f"unit lost: {text}" for text in lost]
     if out.failures:
         errors.append(f"{len(out.failures)} failed points:")
         errors += [f"  {r['system']} {r['model']} I={r['input_len']} O={r['output_len']} B={r['batch']}: {r['error']}"
                    for r in out.failures]
-    return "\n".join(lines), "\n".join(errors)
+    return _lines(lines), _lines(errors)
 
 
 # ---- the study tables (perfkit summary) -------------------------------------------------------------
@@ -151,8 +206,8 @@ def outcome_text(out, multi_user_max: pd.DataFrame | None = None) -> tuple[str, 
 def results_header(results_dir: str, df: pd.DataFrame) -> str:
     counts = df["status"].value_counts()
     devices = ", ".join(sorted({str(d) for d in df["device_name"].dropna()})) if "device_name" in df else ""
-    return (f"{results_dir}: {len(df)} points on {devices or 'unknown'} ({counts.get('ok', 0)} ok, "
-            f"{counts.get('oom', 0)} out of memory, {counts.get('error', 0)} failed)")
+    return printable(f"{results_dir}: {len(df)} points on {devices or 'unknown'} ({counts.get('ok', 0)} ok, "
+                     f"{counts.get('oom', 0)} out of memory, {counts.get('error', 0)} failed)")
 
 
 # ---- a comparison (perfkit compare) ------------------------------------------------------------------
@@ -168,7 +223,7 @@ def verdicts_text(c) -> str:
             v = g["verdict"].value_counts()
             lines.append(f"  {metric:<22}{geometric_mean(g['ratio']):>15.3g}   "
                          f"{v.get(BETTER, 0)} / {v.get(WORSE, 0)} / {v.get(NOISE, 0)}")
-    return "\n".join(lines)
+    return _lines(lines)
 
 
 def ratio_table_text(table: pd.DataFrame, confidence: float) -> str:
@@ -187,13 +242,13 @@ def ratio_table_text(table: pd.DataFrame, confidence: float) -> str:
     out[f"{confidence:.0%} interval"] = [f"[{lo:.3f}, {hi:.3f}]"
                                          for lo, hi in zip(table["ratio_lo"], table["ratio_hi"])]
     out["verdict"] = table["verdict"]
-    return out.to_string(index=False)
+    return _aligned(out)
 
 
 def side_text(c, side: str) -> str:
     info = c.systems.set_index("side").loc[side]
-    return (f"{info['device_name']}, {info['dtype']}, backend {info['backend']}, "
-            f"torch {info['torch_version']}, transformers {info['transformers_version']}")
+    return printable(f"{info['device_name']}, {info['dtype']}, backend {info['backend']}, "
+                     f"torch {info['torch_version']}, transformers {info['transformers_version']}")
 
 
 # ---- a device probe (perfkit probe) ------------------------------------------------------------------
@@ -205,13 +260,13 @@ def format_probe(record: dict) -> str:
     for k, v in record["matmul_flops"].items():
         lines.append(f"  matmul {k:<9}{v / 1e12:9.2f} TFLOP/s (median {record['matmul_median_flops'][k] / 1e12:.2f},"
                      f" n = {record['matmul_n'][k]})")
-    return "\n".join(lines)
+    return _lines(lines)
 
 
 # ---- service levels (perfkit summary / compare --slo) ------------------------------------------------
 
 def slos_text(slos) -> str:
-    return ", ".join(f"{s.name} (ttft ≤ {s.ttft_ms_max:g} ms, tpot ≤ {s.tpot_ms_max:g} ms)" for s in slos)
+    return printable(", ".join(f"{s.name} (ttft ≤ {s.ttft_ms_max:g} ms, tpot ≤ {s.tpot_ms_max:g} ms)" for s in slos))
 
 
 def bounded_max_text(bounded: pd.DataFrame) -> str:
@@ -223,7 +278,7 @@ def bounded_max_text(bounded: pd.DataFrame) -> str:
     shown = bounded[["system", "model", "input_len", "output_len", "slo"]].copy()
     shown["output_tok_s"] = [NONE_MEETS if pd.isna(v) else f"{format_number(v)} @B={int(b)}"
                              for v, b in zip(bounded["output_tok_s"], bounded["batch"])]
-    return shown.to_string(index=False)
+    return _aligned(shown)
 
 
 def slo_ratio_text(table: pd.DataFrame, confidence: float) -> str:
@@ -243,7 +298,7 @@ def slo_ratio_text(table: pd.DataFrame, confidence: float) -> str:
                                          for lo, hi in zip(table["ratio_lo"], table["ratio_hi"])]
     out["both meet"] = table["met_fraction"].map(lambda f: "-" if pd.isna(f) else f"{f:.0%} of draws")
     out["verdict"] = table["verdict"]
-    return out.to_string(index=False)
+    return _aligned(out)
 
 
 def frontier_ratio_text(table: pd.DataFrame) -> str:
@@ -257,4 +312,4 @@ def frontier_ratio_text(table: pd.DataFrame) -> str:
     out["target"] = ["-" if pd.isna(v) else f"{format_number(v)} @B={int(b)}"
                      for v, b in zip(table["target_output_tok_s"], table["target_batch"])]
     out["ratio"] = table["ratio"].map(lambda r: "-" if pd.isna(r) else f"{r:.3f}")
-    return out.to_string(index=False)
+    return _aligned(out)

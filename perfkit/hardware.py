@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from perfkit.errors import UsageError
+from perfkit.errors import UnreadableFile, UsageError, read_regular
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,13 +75,15 @@ def register(spec: HardwareSpec) -> None:
     _REGISTERED.insert(0, spec)
 
 
+MAX_FILE_BYTES = 1 << 20  # a PERFKIT_HARDWARE file lists a few devices
+
+
 def _from_yaml(path: str) -> list[HardwareSpec]:
     import yaml
 
-    try:
-        with open(path) as f:
-            entries = yaml.safe_load(f) or []
-    except (OSError, yaml.YAMLError) as exc:
+    try:  # a regular file of bounded size: a FIFO or /dev/zero is refused, not read (errors.read_regular)
+        entries = yaml.safe_load(read_regular(path, "a YAML list of devices", MAX_FILE_BYTES)) or []
+    except (UnreadableFile, yaml.YAMLError) as exc:
         raise UsageError(f"cannot read PERFKIT_HARDWARE file {path!r}: {exc}") from None
     if not isinstance(entries, list):
         raise UsageError(f"PERFKIT_HARDWARE file {path!r}: expected a list of devices")

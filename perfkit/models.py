@@ -9,13 +9,14 @@ A local checkpoint directory (config.json + *.safetensors) loads the real weight
 from __future__ import annotations
 
 import functools
+import json
 import os
 from typing import Any
 
 import torch
 
-from perfkit.errors import UsageError, shown
-from perfkit.registry import REGISTRY, ModelSpec, check_model_name, is_checkpoint_dir
+from perfkit.errors import UnreadableFile, UsageError, nesting_refused, one_line, open_regular, read_regular, shown
+from perfkit.registry import MAX_CONFIG_BYTES, REGISTRY, ModelSpec, check_model_name, is_checkpoint_dir
 from perfkit.workload import ATTN_IMPLEMENTATIONS, DTYPE_NAMES, canonical_dtype
 
 DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in DTYPE_NAMES}
@@ -47,10 +48,15 @@ def resolve_model(model: str):
         from transformers import AutoConfig
         from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
+        _check_regular_files(model)
+        _check_config_values(model)
         try:
             config = AutoConfig.from_pretrained(model, trust_remote_code=False, local_files_only=True)
-        except (OSError, ValueError) as exc:
-            raise UsageError(f"cannot read the checkpoint config in {model!r}: {exc}") from None
+        except MemoryError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - transformers' validation raises its own types, and differs by version
+            raise UsageError(f"cannot read the checkpoint config in {model!r} ({one_line(exc, 400)}): expected a "
+                             "config.json that transformers reads") from None
         if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
             raise UsageError(f"checkpoint {model!r} is a {config.model_type!r} model: expected a causal language "
                              "model (llama, mistral, ...)")
@@ -64,6 +70,72 @@ def resolve_model(model: str):
         _check_weights(model, config)
         return config
     check_model_name(model)  # raises: neither a registry name nor a directory
+
+
+def _check_regular_files(model: str) -> None:
+    """Refuse a checkpoint whose config.json or a *.safetensors is not a regular file (a FIFO would block
+    its open for ever, a link to /dev/zero would be read without end), or a config.json of more than
+    MAX_CONFIG_BYTES, before transformers or safetensors opens any of them (errors.open_regular)."""
+    for path in _checkpoint_files(model):
+        config = path.endswith("config.json")
+        what = "a checkpoint's config.json" if config else "a checkpoint's safetensors file"
+        try:
+            os.close(open_regular(path, what, MAX_CONFIG_BYTES if config else None))
+        except UnreadableFile as exc:
+            raise UsageError(f"checkpoint file {path!r}: {exc}") from None
+
+
+# The sizes in a config.json that perfkit and transformers compute with: each a positive integer where given
+# (null too for those in _MAY_BE_NULL, which transformers then derives). GPT-2's names too: any causal
+# model's config.json is read.
+_SIZES = ("num_hidden_layers", "hidden_size", "num_attention_heads", "num_key_value_heads", "intermediate_size",
+          "vocab_size", "max_position_embeddings", "head_dim", "sliding_window",
+          "n_layer", "n_embd", "n_head", "n_positions", "n_inner")
+_MAY_BE_NULL = ("num_key_value_heads", "head_dim", "sliding_window", "n_inner")
+
+
+def _check_config_values(model: str) -> None:
+    """Refuse, in one line naming the field, a checkpoint's config.json that is no JSON object (a list, JSON
+    nested too deeply), whose sizes (_SIZES) are not positive integers (NaN, "4", 4.5, true, 0), whose heads
+    do not divide its hidden size (where no head_dim is given) or whose key/value heads do not divide its
+    heads, or whose dtype or torch_dtype names no torch dtype. Checked on the file's own values, before
+    transformers reads it: transformers refuses some of these with an error of its own type, differently
+    from version to version, and lets others through to fail in the middle of a measurement."""
+    path = os.path.join(model, "config.json")
+    expected = "the model's configuration as a JSON object"
+
+    def refuse(problem: str, what: str):
+        raise UsageError(f"checkpoint file {path!r}: {problem}: expected {what}")
+
+    try:
+        blob = read_regular(path, "a checkpoint's config.json", MAX_CONFIG_BYTES)
+        with nesting_refused("JSON nested a few levels deep"):
+            config = json.loads(blob)
+    except UnreadableFile as exc:
+        raise UsageError(f"checkpoint file {path!r}: {exc}") from None
+    except ValueError as exc:  # json's, a UnicodeDecodeError, nesting_refused's
+        refuse(f"is not valid JSON ({one_line(exc, 160)})", expected)
+    if not isinstance(config, dict):
+        refuse(f"holds a JSON {type(config).__name__}", expected)
+    for field in _SIZES:
+        value = config.get(field)
+        if field not in config or (value is None and field in _MAY_BE_NULL):
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            refuse(f"{field} is {shown(value)}", "a positive integer" + (" or null" if field in _MAY_BE_NULL else ""))
+    hidden_field = next((f for f in ("hidden_size", "n_embd") if config.get(f) is not None), None)
+    heads_field = next((f for f in ("num_attention_heads", "n_head") if config.get(f) is not None), None)
+    heads, kv_heads = config.get(heads_field), config.get("num_key_value_heads")
+    if hidden_field and heads_field and config.get("head_dim") is None and config[hidden_field] % heads:
+        refuse(f"{hidden_field} {config[hidden_field]} is not a multiple of {heads_field} {heads}",
+               f"a {hidden_field} that its heads divide (or a head_dim)")
+    if heads_field and kv_heads is not None and heads % kv_heads:
+        refuse(f"{heads_field} {heads} is not a multiple of num_key_value_heads {kv_heads}",
+               "key/value heads that divide the attention heads")
+    for field in ("dtype", "torch_dtype"):
+        value = config.get(field)
+        if value is not None and not (isinstance(value, str) and isinstance(getattr(torch, value, None), torch.dtype)):
+            refuse(f"{field} is {shown(value)}", "the name of a torch dtype (float32, bfloat16, float16, ...) or null")
 
 
 _WEIGHTS_CHECKED: dict[str, tuple] = {}  # checkpoint directory -> the files' (name, mtime, size) it was checked at

@@ -15,7 +15,7 @@ import os
 
 import yaml
 
-from perfkit.errors import UsageError, did_you_mean, shown
+from perfkit.errors import UnreadableFile, UsageError, did_you_mean, read_regular, shown
 from perfkit.registry import REGISTRY, check_model_name
 from perfkit.workload import (
     ATTN_IMPLEMENTATIONS,
@@ -246,24 +246,16 @@ class StrictLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
         return super().construct_mapping(node, deep)
 
 
-def read_yaml(path: str, what: str = "a params YAML file"):
-    """A YAML file, read safely: UsageError (one line) for a missing, oversized, non-regular or invalid file,
-    and for a key given twice. For every reader of params files."""
-    if not os.path.exists(path):
-        raise UsageError(f"{path}: no such file, expected {what}")
-    if os.path.isdir(path):
-        raise UsageError(f"{path}: is a directory, expected {what}")
-    if not os.path.isfile(path):  # /dev/zero, a FIFO: reading would never end
-        raise UsageError(f"{path}: is not a regular file, expected {what}")
+def read_yaml(path: str, what: str = "a params YAML file", shape: str = "a YAML mapping"):
+    """A YAML file, read safely: UsageError (one line) for a missing, oversized, non-regular (a FIFO, a link
+    to /dev/zero: errors.read_regular) or invalid file, and for a key given twice. For every reader of
+    params files and of comparisons.yaml; `shape` is what the file's YAML should be."""
     try:
-        with open(path, "rb") as f:
-            blob = f.read(MAX_FILE_BYTES + 1)
-        if len(blob) > MAX_FILE_BYTES:
-            raise UsageError(f"{path}: is larger than {MAX_FILE_BYTES // 1024} KiB, expected {what} "
-                             "(a few hundred bytes)")
+        blob = read_regular(path, what, MAX_FILE_BYTES)
+    except UnreadableFile as exc:
+        raise UsageError(f"{path}: {exc}") from None
+    try:
         return yaml.load(blob.decode("utf-8"), Loader=StrictLoader)  # a SafeLoader
-    except UsageError:
-        raise
     except _DuplicateKey as exc:
         raise UsageError(f"{path}: {_key(exc.key)}: given twice in one mapping (lines {exc.first} and {exc.line}), "
                          "expected each key once") from None
@@ -271,14 +263,12 @@ def read_yaml(path: str, what: str = "a params YAML file"):
         where = getattr(exc, "problem_mark", None)
         line = f" at line {where.line + 1}" if where is not None else ""
         problem = " ".join(str(getattr(exc, "problem", None) or exc).split())[:120]
-        raise UsageError(f"{path}: not valid YAML{line} ({problem}), expected a YAML mapping") from None
+        raise UsageError(f"{path}: not valid YAML{line} ({problem}), expected {shape}") from None
     except UnicodeDecodeError as exc:
         raise UsageError(f"{path}: is not UTF-8 text (byte {exc.start}), expected {what}") from None
     except (ValueError, OverflowError, RecursionError) as exc:  # an integer of 5,000 digits, a bad date
         raise UsageError(f"{path}: a value cannot be read ({type(exc).__name__}: {str(exc)[:80]}), "
                          f"expected {what}") from None
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot be read ({exc}), expected {what}") from None
 
 
 
@@ -412,3 +402,32 @@ def load_params(path: str | os.PathLike, yes: bool = False) -> SweepParams:
     `yes` (perfkit sweep --yes) allows a grid of more points than the file's max_points (up to MAX_POINTS)."""
     path = os.fspath(path)
     return parse_params(read_yaml(path), source=path, yes=yes)
+
+
+COMPARISON_KEYS = ("target", "baseline")
+
+
+def parse_comparisons(data, source: str = "comparisons.yaml") -> list[tuple[str, str]]:
+    """Validate comparisons.yaml as read (read_yaml): a list of {target: DIR[:LABEL], baseline: DIR[:LABEL]},
+    each side a printable string; an empty file or list is no comparison. Returns [(target, baseline), ...].
+    Raises UsageError naming `source` and the entry, checking each value's type and size before it is
+    formatted or walked, as parse_params does."""
+    if data is None or data == []:
+        return []
+    c = _Checker(source)
+    c.list_(data, "(top level)", "{target: DIR[:LABEL], baseline: DIR[:LABEL]} entries")
+    pairs = []
+    for i, item in enumerate(data):
+        d = c.mapping(item, f"[{i}]", COMPARISON_KEYS, required=COMPARISON_KEYS)
+        for key in COMPARISON_KEYS:
+            value = c.str_(d[key], f"[{i}].{key}")
+            if not value.isprintable():
+                c.fail(f"[{i}].{key}", f"{shown(value)} is not printable",
+                       "DIR[:LABEL], a results directory relative to the results root")
+        pairs.append((d["target"], d["baseline"]))
+    return pairs
+
+
+def load_comparisons(path: str) -> list[tuple[str, str]]:
+    """Read and validate a comparisons.yaml (perfkit publish all): read_yaml's checks, then parse_comparisons'."""
+    return parse_comparisons(read_yaml(path, "a comparisons file", "a YAML list of {target, baseline}"), path)

@@ -7,10 +7,11 @@ model from an entry is perfkit.models' work.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 from typing import Any
 
-from perfkit.errors import UsageError, shown
+from perfkit.errors import UnreadableFile, UsageError, read_regular, shown
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +95,34 @@ def is_checkpoint_dir(path: str) -> bool:
         and os.path.isfile(os.path.join(path, "config.json"))
         and any(f.endswith(".safetensors") for f in os.listdir(path))
     )
+
+
+MAX_CONFIG_BYTES = 16 << 20  # a config.json is a few kB
+
+
+def checkpoint_fingerprint(model: str) -> str | None:
+    """What a checkpoint directory holds, read cheaply: a hash of its config.json's bytes and of each
+    *.safetensors file's name, size and modification time (never its gigabytes); None for a registry name.
+
+    It is part of the key of every point measured from the checkpoint (perfkit.rows.point_fields), so a
+    directory whose config or weights were replaced is another model, not a resume of the old one. A
+    checkpoint copied without its modification times (cp without -p) reads as changed too. Raises UsageError
+    where the files cannot be read."""
+    if model in REGISTRY or not os.path.isdir(model):
+        return None
+    config = os.path.join(model, "config.json")
+    try:
+        digest = hashlib.sha256(hashlib.sha256(read_regular(config, "a checkpoint's config.json",
+                                                            MAX_CONFIG_BYTES)).digest())
+        for name in sorted(f for f in os.listdir(model) if f.endswith(".safetensors")):
+            st = os.stat(os.path.join(model, name))
+            digest.update(f"\0{name}\0{st.st_size}\0{st.st_mtime_ns}".encode())
+    except UnreadableFile as exc:
+        raise UsageError(f"checkpoint file {config!r}: {exc}") from None
+    except OSError as exc:
+        raise UsageError(f"checkpoint {shown(model)} cannot be read ({exc.strerror or exc}): expected a checkpoint "
+                         "directory") from None
+    return digest.hexdigest()[:16]
 
 
 def check_model_name(model: str) -> None:

@@ -10,7 +10,7 @@ reason, never read as a figure. `lock(DIR)` is the sweep's exclusive lock on a d
 from __future__ import annotations
 
 import contextlib
-import dataclasses
+import functools
 import glob
 import json
 import math
@@ -24,7 +24,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from perfkit.errors import one_line
+from perfkit.errors import UnreadableFile, WriteError, nesting_refused, one_line, printable, read_regular
 from perfkit.rows import COLUMNS, LATER_COLUMNS, SCHEMA, schema_for
 
 POINTS = "points"
@@ -33,24 +33,35 @@ STALE = "stale"  # DIR/stale/<timestamp>/: points a sweep moved aside (perfkit s
 LOCK = ".perfkit.lock"  # the sweep's lock file (see `lock`)
 TMP_PREFIX = ".tmp-"  # atomic_write's temporary files: .tmp-<pid>-<random>
 STATUSES = ("ok", "oom", "error")
+# The largest files a reader reads (errors.read_regular): far beyond any perfkit writes (a point of 1,000
+# repeats of 8,192 decode steps is ~70 MB; a run record a few kB), short of a read that exhausts memory.
+MAX_POINT_BYTES = 1 << 30
+MAX_RECORD_BYTES = 16 << 20  # a JSON record: runs/*.json, probes/*.json
 
 def atomic_write(path: str, write) -> None:
-    """Write `path` through a temporary file, fsync and rename: a crash leaves the old file or the new one."""
+    """Write `path` through a temporary file, fsync and rename: a crash leaves the old file or the new one.
+
+    A write the file system refuses (a full disk, the file size limit) removes the temporary file and
+    raises errors.WriteError naming `path`, which the command line shows in one line."""
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    # The writer's pid in the name lets a sweep tell an interrupted write from one in flight.
-    fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{os.getpid()}-", dir=directory)
+    tmp = None
     try:
+        os.makedirs(directory, exist_ok=True)
+        # The writer's pid in the name lets a sweep tell an interrupted write from one in flight.
+        fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{os.getpid()}-", dir=directory)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+        tmp = None
+        fsync_dir(directory)
+    except BaseException as exc:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and not isinstance(exc, WriteError):
+            raise WriteError(path, exc) from None
         raise
-    fsync_dir(directory)
 
 
 def fsync_dir(path: str) -> None:
@@ -189,7 +200,7 @@ def warn_skipped(skipped, file=None) -> None:
     for path, reason in skipped:
         if (path, reason) not in WARNED:
             WARNED.add((path, reason))
-            print(f"perfkit: warning: skipped {path}: {reason}", file=file or sys.stderr, flush=True)
+            print(printable(f"perfkit: warning: skipped {path}: {reason}"), file=file or sys.stderr, flush=True)
 
 
 # What defines a system label in a results directory: one value each per label. `repeats` is read from ok
@@ -198,7 +209,9 @@ DEFINITION = ("dtype", "backend", "attn_implementation", "device_name", "warmup"
 
 
 def definitions(df: pd.DataFrame) -> dict[str, dict[str, list[str]]]:
-    """Per system label, each DEFINITION column holding more than one value: {label: {column: values}}."""
+    """Per system label, each DEFINITION column holding more than one value: {label: {column: values}}; and
+    each checkpoint directory measured under the label holding more than one fingerprint (its config or
+    weights replaced between two runs): {label: {"checkpoint of PATH": fingerprints}}."""
     out: dict[str, dict[str, list[str]]] = {}
     if df.empty or "system" not in df:
         return out
@@ -210,6 +223,11 @@ def definitions(df: pd.DataFrame) -> dict[str, dict[str, list[str]]]:
             values = sorted({shown_value(v) for v in rows[col] if not is_missing(v)})
             if len(values) > 1:
                 out.setdefault(label, {})[col] = values
+        if "checkpoint" in g and "model" in g:
+            for model, of_model in g.groupby("model", sort=True):
+                values = sorted({str(v) for v in of_model["checkpoint"] if not is_missing(v)})
+                if len(values) > 1:
+                    out.setdefault(label, {})[f"checkpoint of {model}"] = values
     return out
 
 
@@ -412,14 +430,17 @@ def read_point(path: str) -> tuple[pa.Table, dict]:
     Raises DamagedFile with a one-line reason where the file is not readable Parquet (empty, truncated,
     damaged: page checksums are verified where written), does not hold exactly one row, lacks a column of
     rows.SCHEMA or holds one of another type, has a point_key other than its file name, an unknown status,
-    or figures that do not follow from its raw samples (check_row).
+    or figures that do not follow from its raw samples (check_row); and where it is not a regular file of
+    at most MAX_POINT_BYTES (a FIFO, a link to a device: errors.read_regular).
     """
-    if not os.path.isfile(path):
-        raise DamagedFile("not a regular file, expected a Parquet file")
-    if os.path.getsize(path) == 0:
+    try:
+        blob = read_regular(path, "a Parquet point file", MAX_POINT_BYTES)
+    except UnreadableFile as exc:
+        raise DamagedFile(str(exc)) from None
+    if not blob:
         raise DamagedFile("empty file, expected a Parquet file with one row")
     try:
-        table = pq.ParquetFile(path, page_checksum_verification=True).read()
+        table = pq.ParquetFile(pa.BufferReader(blob), page_checksum_verification=True).read()
         row_count = table.num_rows
     except Exception as exc:  # noqa: BLE001 - whatever pyarrow raises on a damaged file, it is damage
         raise DamagedFile(f"not readable as Parquet ({one_line(exc, 160)})") from None
@@ -437,43 +458,138 @@ def read_point(path: str) -> tuple[pa.Table, dict]:
     return table, row
 
 
-@dataclasses.dataclass
 class Scan:
-    """The point files of one results directory, read and checked."""
+    """The point files of one results directory (or a folder of them), read and checked: `table` holds every
+    file that passed, one row each, in `keys` order (the row's point_key; the file's path where two
+    directories of a folder hold the same point); `paths` maps each key to its file, `skipped` lists
+    (path, reason) of the files left out. `rows` are the same rows as dicts, made when first asked for."""
 
-    rows: dict[str, dict]  # point_key -> row, files that passed
-    tables: dict[str, pa.Table]  # point_key -> its one-row table
-    paths: dict[str, str]  # point_key -> file
-    skipped: list[tuple[str, str]]  # (path, reason) of files left out
+    def __init__(self, table: pa.Table | None, keys: list[str], paths: dict[str, str], skipped: list):
+        self.table, self.keys, self.paths, self.skipped = table, keys, paths, skipped
+
+    @functools.cached_property
+    def rows(self) -> dict[str, dict]:
+        return dict(zip(self.keys, self.table.to_pylist())) if self.table is not None else {}
 
 
-def _scan_files(files: list[str]) -> Scan:
-    scan = Scan({}, {}, {}, [])
+def _scan_files(files: list[str], update_copy: bool = True) -> Scan:
+    """Read and check `files`; those of a results directory's points/ through its compacted copy
+    (perfkit.compacted): unchanged files come from it, the rest are read, and (`update_copy`) the copy is
+    brought up to date."""
+    import perfkit.compacted as compacted
+
+    by_dir: dict[str, list[str]] = {}
     for f in files:
-        try:
-            table, row = read_point(f)
-        except DamagedFile as exc:
-            scan.skipped.append((f, str(exc)))
+        folder = os.path.dirname(f)
+        by_dir.setdefault(os.path.dirname(folder) if os.path.basename(folder) == POINTS else "", []).append(f)
+    parts, keys, paths, skipped = [], [], {}, []
+    for out_dir, group in by_dir.items():
+        cached, index = compacted.load(out_dir) if out_dir else (None, {})
+        take, fresh, kept_files, identities, changed = [], [], [], [], not out_dir or len(index) != len(group)
+        for f in group:
+            try:
+                ident = compacted.identity(os.stat(f))
+            except OSError as exc:
+                skipped.append((f, f"not readable ({one_line(exc, 160)})"))
+                changed = True
+                continue
+            entry = index.get(os.path.basename(f))
+            if entry is not None and entry[0] == ident:
+                take.append(entry[1])
+                row_files = ("cached", f)
+            else:
+                changed = True
+                try:
+                    table, _ = read_point(f)
+                except DamagedFile as exc:
+                    skipped.append((f, str(exc)))
+                    continue
+                fresh.append(table)
+                row_files = ("fresh", f)
+            kept_files.append(row_files)
+            identities.append(ident)
+        tables = ([cached.take(take)] if take else []) + fresh
+        if not tables:
+            if out_dir and changed and index and update_copy:
+                compacted.store(out_dir, _empty_like(cached), [], [], atomic_write, TMP_PREFIX)
             continue
-        key = row["point_key"]
-        if key in scan.rows:  # the same point in two results directories of a folder: both are read
-            key = f
-        scan.rows[key], scan.tables[key], scan.paths[key] = row, table, f
-    return scan
+        table = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
+        # the rows are in cached-then-fresh order: the files and their identities follow the same order
+        order = [i for i, (kind, _) in enumerate(kept_files) if kind == "cached"] + \
+                [i for i, (kind, _) in enumerate(kept_files) if kind == "fresh"]
+        ordered_files = [kept_files[i][1] for i in order]
+        if out_dir and changed and update_copy:
+            compacted.store(out_dir, table, [os.path.basename(f) for f in ordered_files],
+                            [identities[i] for i in order], atomic_write, TMP_PREFIX)
+        parts.append(table)
+        for key, f in zip(table.column("point_key").to_pylist(), ordered_files):
+            if key in paths:  # the same point in two results directories of a folder: both are read
+                key = f
+            keys.append(key)
+            paths[key] = f
+    table = None
+    if parts:
+        table = pa.concat_tables(parts, promote_options="permissive") if len(parts) > 1 else parts[0]
+    return Scan(table, keys, paths, skipped)
 
 
-def scan_points(out_dir: str) -> Scan:
-    """Every point file of one results directory (DIR/points/*.parquet), checked by read_point."""
-    return _scan_files(sorted(glob.glob(os.path.join(out_dir, POINTS, "*.parquet"))))
+def _empty_like(table: pa.Table | None) -> pa.Table:
+    return (table if table is not None else SCHEMA.empty_table()).slice(0, 0)
+
+
+def scan_points(out_dir: str, update_copy: bool = True) -> Scan:
+    """Every point file of one results directory (DIR/points/*.parquet), checked by read_point. A sweep
+    reads with `update_copy` False: a sweep that is refused writes nothing."""
+    return _scan_files(sorted(glob.glob(os.path.join(out_dir, POINTS, "*.parquet"))), update_copy)
 
 
 def _point_files(path: str) -> list[str]:
     if os.path.isfile(path):
         return [path]
     files = sorted(glob.glob(os.path.join(path, POINTS, "*.parquet")))
-    if not files:  # a directory of directories: every results directory below it
-        files = sorted(glob.glob(os.path.join(path, "**", POINTS, "*.parquet"), recursive=True))
+    if not files:  # a directory of directories: every results directory below it, each once
+        files = find_files(path, ".parquet", POINTS)
     return files
+
+
+def find_files(root: str, suffix: str, folder: str | None = None) -> list[str]:
+    """The files named *`suffix` below `root` (in directories named `folder` only, where given), sorted:
+    the walk of every reader of a folder of results directories, and of the reports folder.
+
+    Links are followed, but each directory is entered once (by device and inode) and each file is listed
+    once: a link loop ends, and a results directory reachable twice (a link to it, a linked points/ folder,
+    a linked point file) is read, and counted, once. The real tree is walked before any link out of it, so
+    where a directory or file is reached both ways it keeps its own name. Hidden entries (.perfkit-cache,
+    temporary files) are left out, as glob leaves them out. A file that is not a regular file is listed:
+    its reader names it."""
+    seen_dirs, tops, found = set(), [root], []
+    while tops:
+        links = []  # links to directories met in this walk: walked after it
+        for top in tops:
+            for dirpath, dirnames, filenames in os.walk(top):  # followlinks=False: links come back as `links`
+                try:
+                    st = os.stat(dirpath)
+                except OSError:
+                    dirnames[:] = []
+                    continue
+                if (st.st_dev, st.st_ino) in seen_dirs:
+                    dirnames[:] = []
+                    continue
+                seen_dirs.add((st.st_dev, st.st_ino))
+                visible = sorted(d for d in dirnames if not d.startswith("."))
+                links += [os.path.join(dirpath, d) for d in visible if os.path.islink(os.path.join(dirpath, d))]
+                dirnames[:] = [d for d in visible if not os.path.islink(os.path.join(dirpath, d))]
+                if folder is None or os.path.basename(dirpath) == folder:
+                    found += [os.path.join(dirpath, f) for f in sorted(filenames)
+                              if f.endswith(suffix) and not f.startswith(".")]
+        tops = links
+    files, seen_files = [], set()
+    for f in sorted(found, key=os.path.islink):  # stable: the files that are no link come first
+        real = os.path.realpath(f)  # a hard link is another file: a copy made with cp -l stays a copy
+        if real not in seen_files:
+            seen_files.add(real)
+            files.append(f)
+    return sorted(files)
 
 
 def load_results(path: str | os.PathLike) -> pd.DataFrame:
@@ -485,11 +601,10 @@ def load_results(path: str | os.PathLike) -> pd.DataFrame:
     if not os.path.exists(path):
         raise FileNotFoundError(f"no results at {path!r}")
     scan = _scan_files(_point_files(path))
-    if not scan.tables:
+    if scan.table is None or scan.table.num_rows == 0:
         df = pd.DataFrame(columns=COLUMNS)
     else:
-        table = pa.concat_tables(list(scan.tables.values()), promote_options="permissive")
-        df = table.to_pandas()
+        df = scan.table.to_pandas()
         sort = [c for c in ("created_utc", "system", "model", "input_len", "output_len", "batch") if c in df]
         df = df.sort_values(sort, kind="stable").reset_index(drop=True)
     df.attrs["skipped_files"] = list(scan.skipped)
@@ -504,16 +619,17 @@ class RunRecords(list):
 
 
 def read_run(path: str) -> dict:
-    """One runs/<run_id>.json, checked: a JSON object whose run_id is its file name. DamagedFile otherwise."""
+    """One runs/<run_id>.json, checked: a regular file of at most MAX_RECORD_BYTES holding a JSON object whose
+    run_id is its file name. DamagedFile otherwise."""
     try:
-        with open(path, "rb") as fh:
-            blob = fh.read()
-    except OSError as exc:
-        raise DamagedFile(f"not readable ({one_line(exc, 160)})") from None
+        blob = read_regular(path, "a JSON run record", MAX_RECORD_BYTES)
+    except UnreadableFile as exc:
+        raise DamagedFile(str(exc)) from None
     if not blob.strip():
         raise DamagedFile("empty file, expected a JSON object")
     try:
-        record = json.loads(blob)
+        with nesting_refused("a JSON object of a few levels"):
+            record = json.loads(blob)
     except (ValueError, UnicodeDecodeError) as exc:
         raise DamagedFile(f"not valid JSON ({one_line(exc, 160)})") from None
     if not isinstance(record, dict):
@@ -528,8 +644,7 @@ def read_run(path: str) -> dict:
 def load_runs(path: str | os.PathLike) -> RunRecords:
     """The provenance records of every run under `path`; a damaged one is left out, named in `.skipped`."""
     path = os.fspath(path)
-    files = sorted(glob.glob(os.path.join(path, RUNS, "*.json"))) or sorted(
-        glob.glob(os.path.join(path, "**", RUNS, "*.json"), recursive=True))
+    files = sorted(glob.glob(os.path.join(path, RUNS, "*.json"))) or find_files(path, ".json", RUNS)
     runs = RunRecords()
     runs.skipped = []
     for f in files:
@@ -550,6 +665,9 @@ def lock(out_dir: str):
     that holder, with nothing written. A lock whose holder died is free (the kernel releases a flock with
     its process) and is taken over; the file then names the new holder. A directory this call had to
     create is removed again on the way out if nothing but the lock was written into it.
+
+    Only a lock file perfkit wrote is ever truncated: a link (symbolic or hard) in its place, or a file
+    that holds anything but a lock record, is refused (UsageError) and left as it is.
     """
     import fcntl
     import socket
@@ -566,14 +684,25 @@ def lock(out_dir: str):
     while True:
         os.makedirs(out_dir, exist_ok=True)
         try:
-            # O_NOFOLLOW: a lock path that is a link is refused, never followed (the lock file is truncated)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+            # O_NOFOLLOW: a lock path that is a link is refused, never followed (the lock file is truncated).
+            # O_EXCL first: a file this call creates is its own; one it finds is checked before it is written.
+            try:
+                fd, mine = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644), True
+            except FileExistsError:
+                fd, mine = os.open(path, os.O_RDWR | os.O_NOFOLLOW), False
+        except FileNotFoundError:  # removed between the two opens (a holder cleaning up): try again
+            continue
         except OSError as exc:
             raise UsageError(f"{path!r} cannot be used as the sweep's lock file ({exc.strerror or exc}): "
                              "expected a regular file perfkit creates there; remove what is in its place") from None
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
             os.close(fd)
             raise UsageError(f"{path!r} is not a regular file: expected the sweep's lock file; remove it")
+        if st.st_nlink > 1:  # another name of a file elsewhere, which truncating the lock would truncate
+            os.close(fd)
+            raise UsageError(f"{path!r} is a hard link ({st.st_nlink} names of one file): expected the sweep's "
+                             "lock file, a file of its own; remove it (the file's other names keep it)")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -594,6 +723,10 @@ def lock(out_dir: str):
             same = os.stat(path).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:
             same = False
+        if same and not mine and _lock_record(fd) is None:
+            os.close(fd)
+            raise UsageError(f"{path!r} holds something other than a perfkit lock record: expected the sweep's "
+                             "lock file, which perfkit writes; move the file away")
         if same:
             break
         os.close(fd)
@@ -616,13 +749,31 @@ def lock(out_dir: str):
             os.close(fd)  # releases the flock
 
 
+# a lock record is one line of JSON: a pid, a host, a time and the command line (its arguments are at most
+# ARG_MAX together, 2 MiB on Linux)
+_MAX_LOCK_BYTES = 8 << 20
+
+
+def _lock_record(fd: int) -> dict | None:
+    """What a lock file holds: the holder's record, {} where it is empty (a holder that has not written yet,
+    or has finished), None where it holds anything else (a file perfkit did not write)."""
+    try:
+        if os.fstat(fd).st_size > _MAX_LOCK_BYTES:
+            return None
+        blob = os.pread(fd, _MAX_LOCK_BYTES, 0)
+        if not blob:
+            return {}
+        with nesting_refused("a lock record"):
+            record = json.loads(blob)
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and "pid" in record else None
+
+
 def _lock_holder(fd: int) -> str:
     """The holder a lock file names, for the refusal: "pid 123 on host h since 2026-...Z"."""
-    try:
-        record = json.loads(os.pread(fd, 65536, 0) or b"null")
-    except (OSError, ValueError):
-        record = None
-    if not isinstance(record, dict):
+    record = _lock_record(fd)
+    if not record:
         return "its holder has not written its name yet"
     return f"pid {record.get('pid', '?')} on host {record.get('host', '?')} since {record.get('since', '?')}"
 

@@ -47,7 +47,18 @@ class Arch:
 
 @functools.lru_cache(maxsize=64)
 def arch(model: str) -> Arch:
-    """Architecture numbers of a registry name or checkpoint directory (Llama/Mistral-style configs)."""
+    """Architecture numbers of a registry name or checkpoint directory (Llama/Mistral-style configs).
+
+    A registry name is read off its entry, with no transformers config built: reading results (summary,
+    compare, reports) asks for every model's numbers, and importing transformers' config classes costs
+    seconds that have nothing to do with the data."""
+    from perfkit.registry import REGISTRY
+
+    spec = REGISTRY.get(model) if isinstance(model, str) else None
+    if spec is not None:
+        return Arch(layers=spec.layers, hidden=spec.hidden, heads=spec.heads, kv_heads=spec.kv_heads,
+                    head_dim=spec.head_dim, intermediate=spec.intermediate, vocab=spec.vocab,
+                    sliding_window=spec.sliding_window, tied=False)
     from perfkit.models import model_config
 
     c = model_config(model)
@@ -90,16 +101,19 @@ def kv_bytes_per_token(model: str | Arch, dtype: str) -> int:
     return 2 * a.layers * a.kv_heads * a.head_dim * dtype_bytes(dtype)
 
 
-def _windowed(n: np.ndarray, window: int | None) -> np.ndarray:
-    return n if window is None else np.minimum(n, window)
+def _windowed_sum(m: int, window: int | None) -> float:
+    """Σ_{n=1..m} min(n, window): positions attended to by the first m positions (closed form: a results
+    table asks this of every row, and summing a range per row costs seconds at 100,000 rows)."""
+    if window is None or m <= window:
+        return m * (m + 1) / 2
+    return window * (window + 1) / 2 + (m - window) * window
 
 
 def mean_decode_context(input_len: int, output_len: int, window: int | None = None) -> float:
     """Mean number of cached positions a decode step attends to, over steps k = 1 … O−1."""
     if output_len < 2:
         return NAN
-    k = np.arange(1, output_len, dtype=np.float64)
-    return float(_windowed(input_len + k, window).mean())
+    return (_windowed_sum(input_len + output_len - 1, window) - _windowed_sum(input_len, window)) / (output_len - 1)
 
 
 def decode_bytes_per_step(model: str | Arch, dtype: str, batch: int, input_len: int, output_len: int) -> float:
@@ -117,7 +131,7 @@ def prefill_flops(model: str | Arch, batch: int, input_len: int) -> float:
     a = _arch(model)
     linear = 2.0 * batch * input_len * a.layers * (a.layer_params - 2 * a.hidden)
     lm_head = 2.0 * batch * a.hidden * a.vocab
-    keys = float(_windowed(np.arange(1, input_len + 1, dtype=np.float64), a.sliding_window).sum())
+    keys = _windowed_sum(input_len, a.sliding_window)
     attention = 4.0 * batch * a.layers * a.heads * a.head_dim * keys
     return linear + lm_head + attention
 
@@ -157,8 +171,8 @@ def load_probe(source) -> list[dict]:
         records = []
         for f in sorted(os.listdir(sub)):
             if f.endswith(".json"):
-                try:
-                    records += _checked_probe(load_probe(os.path.join(sub, f)))
+                try:  # each a file: a directory (or a link loop) named *.json is named, never walked
+                    records += _checked_probe(_read_probe(os.path.join(sub, f)))
                 except (OSError, ValueError) as exc:  # damage is named, and the probe left out
                     from perfkit.results import warn_skipped
 
@@ -167,8 +181,18 @@ def load_probe(source) -> list[dict]:
                         why = f"not valid JSON ({why})"
                     warn_skipped([(os.path.join(sub, f), why)])
         return records
-    with open(path) as f:
-        return [json.load(f)]
+    return _read_probe(path)
+
+
+def _read_probe(path: str) -> list[dict]:
+    """A probe JSON file, read as a regular file of bounded size (errors.read_regular: a FIFO or a link to a
+    device is refused, not read); ValueError (errors.UnreadableFile, json's) where it cannot be."""
+    from perfkit.errors import nesting_refused, read_regular
+    from perfkit.results import MAX_RECORD_BYTES
+
+    blob = read_regular(path, "a probe record (JSON)", MAX_RECORD_BYTES)
+    with nesting_refused("a probe record (a JSON object of a few levels)"):
+        return [json.loads(blob)]
 
 
 def _checked_probe(records: list) -> list[dict]:
@@ -259,7 +283,10 @@ def add_speed_of_light(df, hardware=None, probe=None):
     import pandas as pd
 
     probes = load_probe(probe)
-    cols = [speed_of_light_row(r, hardware, probes) for r in df.to_dict("records")]
+    # only what speed_of_light_row reads: a results frame also holds every raw sample, which to_dict would copy
+    needed = [c for c in ("model", "dtype", "batch", "input_len", "output_len", "ttft_ms", "tpot_ms", "device_name")
+              if c in df.columns]
+    cols = [speed_of_light_row(r, hardware, probes) for r in df[needed].to_dict("records")]
     sol = pd.DataFrame(cols, index=df.index, columns=SOL_COLUMNS)
     out = df.drop(columns=[c for c in SOL_COLUMNS if c in df.columns])
     return pd.concat([out, sol], axis=1)

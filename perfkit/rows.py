@@ -47,7 +47,7 @@ SCHEMA = pa.schema(
         ("ttft_ms_samples", _LIST), ("e2e_ms_samples", _LIST), ("decode_step_ms_samples", pa.list_(_LIST)),
         ("energy_j", _F), ("avg_power_w", _F), ("j_per_token", _F), ("energy_j_samples", _LIST),
         ("search_gain", _F), ("search_stop", _S), ("sweep_name", _S), ("derived_from_output_len", _I),
-        ("warmup", _I), ("seed", _I),
+        ("warmup", _I), ("seed", _I), ("checkpoint", _S),
         ("device", _S), ("driver_version", _S), ("cuda_version", _S), ("cudnn_version", _S),
         ("torch_version", _S),
         ("transformers_version", _S), ("git_commit", _S), ("created_utc", _S),
@@ -68,13 +68,22 @@ LATER_COLUMNS = tuple(c for c in SCHEMA.names if c not in REQUIRED_COLUMNS)
 
 
 def point_fields(system: System, model: str, input_len: int, output_len: int, batch: int, warmup: int,
-                 repeats: int, seed: int, derived_from_output_len: int | None = None) -> dict:
+                 repeats: int, seed: int, derived_from_output_len: int | None = None,
+                 checkpoint: str | None = None) -> dict:
     """Everything that defines a point, as `point_key` hashes it. Its fields and their names are the keys
-    of every stored point: a change here re-measures every results directory."""
-    return {"system": system.label, "backend": system.backend, "dtype": system.dtype, "device": system.device,
-            "attn_implementation": system.attn_implementation, "model": model, "input_len": input_len,
-            "output_len": output_len, "batch": batch, "warmup": warmup, "repeats": repeats, "seed": seed,
-            "derived_from_output_len": derived_from_output_len}
+    of every stored point: a change here re-measures every results directory.
+
+    `checkpoint` is a checkpoint directory's fingerprint (perfkit.registry.checkpoint_fingerprint): a model
+    given by its path is defined by what the path holds, so a replaced config or weights give new keys. A
+    registry model has none, and its fields are exactly those of its points stored before there were
+    fingerprints."""
+    fields = {"system": system.label, "backend": system.backend, "dtype": system.dtype, "device": system.device,
+              "attn_implementation": system.attn_implementation, "model": model, "input_len": input_len,
+              "output_len": output_len, "batch": batch, "warmup": warmup, "repeats": repeats, "seed": seed,
+              "derived_from_output_len": derived_from_output_len}
+    if checkpoint is not None:
+        fields["checkpoint"] = checkpoint
+    return fields
 
 
 def point_key(fields: dict) -> str:
@@ -150,7 +159,7 @@ def with_provenance(row: dict, run_id: str, env: dict, key_fields: dict) -> dict
     out["run_id"] = run_id
     out["point_key"] = point_key(key_fields)
     # What defines the point and is not already in the row (how it was measured) travels with it too.
-    for field in ("warmup", "seed", "derived_from_output_len"):
+    for field in ("warmup", "seed", "derived_from_output_len", "checkpoint"):
         if field in key_fields:
             out[field] = key_fields[field]
     for field in ("device", "device_name", "driver_version", "cuda_version", "cudnn_version", "torch_version",

@@ -60,9 +60,18 @@ def _slo_problem(text: str, what: str) -> UsageError:
     return UsageError(f"SLO {shown(text)}: {what}, expected {SLO_FORM} with milliseconds > 0 (e.g. server:2000:100)")
 
 
-def _plain_name(name: str) -> bool:
-    # A name labels table rows, plot legends and CSV cells: one word, no ':' (the command-line separator).
-    return bool(name) and ":" not in name and not any(ch.isspace() for ch in name)
+def _name_problem(name: str) -> str | None:
+    """What keeps `name` from being an SLO's name, or None. A name labels table rows, plot legends, CSV cells
+    and terminal lines: one word of printable characters, no ':' (the command-line separator)."""
+    if not name:
+        return "is empty"
+    if any("\udc80" <= ch <= "\udcff" for ch in name):  # how Python passes on bytes that are not UTF-8
+        return "is not UTF-8 text"
+    if any(ch.isspace() for ch in name):
+        return "holds white space"
+    if not name.isprintable():
+        return "holds a character that is not printable (a control or format character)"
+    return "holds ':'" if ":" in name else None
 
 
 def _bound_problem(ms: float) -> str | None:
@@ -86,8 +95,9 @@ def parse_slo(text: str) -> SLO:
     name, *numbers = parts
     if not name:
         raise _slo_problem(text, "NAME is empty")
-    if not _plain_name(name):
-        raise _slo_problem(text, f"NAME {shown(name)} holds white space")
+    problem = _name_problem(name)
+    if problem:
+        raise _slo_problem(text, f"NAME {shown(name)} {problem}")
     values = []
     for field, part in zip(("TTFT_MS", "TPOT_MS"), numbers):
         if not part:
@@ -163,9 +173,10 @@ def parse_slo_params(value, source: str = "params", key: str = "slos") -> tuple[
             if k not in item:
                 raise UsageError(f"{source}: {at}.{k}: missing, expected a value")
         name = item["name"]
-        if not isinstance(name, str) or not _plain_name(name):
-            raise UsageError(f"{source}: {at}.name: {shown(name)} is not a plain name, expected a non-empty string "
-                             "without white space or ':'")
+        problem = _name_problem(name) if isinstance(name, str) else "is not a string"
+        if problem:
+            raise UsageError(f"{source}: {at}.name: {shown(name)} is not a plain name ({problem}), expected a "
+                             "non-empty string of printable characters without white space or ':'")
         slos.append(SLO(name, _params_number(item["ttft_ms"], source, f"{at}.ttft_ms"),
                         _params_number(item["tpot_ms"], source, f"{at}.tpot_ms")))
     return _check_unique(slos, lambda i, slo, first: (
@@ -281,21 +292,33 @@ def bounded_max(df, slos: Sequence[SLO] = DEFAULT_SLOS) -> pd.DataFrame:
 
     Columns: system, model, input_len, output_len, slo, ttft_ms_max, tpot_ms_max, batch (Int64, <NA> when
     none meets it), output_tok_s (NaN when none meets it). Every group of the results has a row per SLO,
-    including a group whose rows all ran out of memory (none meets it there).
+    including a group whose rows all ran out of memory (none meets it there). A tie goes to the smaller
+    batch. Computed over every group at once (a results directory may hold 100,000 points).
     """
     df = _frame(df)
     if df.empty:
         return pd.DataFrame(columns=BOUNDED_COLUMNS).astype({"batch": "Int64"})
-    ok = _ok_points(df)
-    out = []
-    for key, _ in latest_per_point(df).groupby(GROUP, sort=True):
-        rows = ok[(ok[GROUP] == pd.Series(key, index=GROUP)).all(axis=1)]
-        for slo in slos:
-            value, batch = _point_best(rows, slo)
-            out.append({**dict(zip(GROUP, key)), "slo": slo.name, "ttft_ms_max": slo.ttft_ms_max,
-                        "tpot_ms_max": slo.tpot_ms_max, "batch": batch, "output_tok_s": value})
-    table = pd.DataFrame(out, columns=BOUNDED_COLUMNS)
+    ok = _ok_points(df)[GROUP + ["batch", "ttft_ms", "tpot_ms", "output_tok_s"]]
+    keys = latest_per_point(df)[GROUP].drop_duplicates().sort_values(GROUP, kind="stable")
+    # the best row first: largest throughput, then smallest batch; NaN latencies never meet a bound
+    ranked = ok.sort_values(["output_tok_s", "batch"], ascending=[False, True], kind="stable")
+    tables = []
+    for slo in slos:
+        meets = ((ranked["ttft_ms"] <= slo.ttft_ms_max) & (ranked["tpot_ms"] <= slo.tpot_ms_max)
+                 & np.isfinite(ranked["output_tok_s"]))
+        best = ranked[meets].drop_duplicates(GROUP, keep="first")[GROUP + ["batch", "output_tok_s"]]
+        t = keys.merge(best, on=GROUP, how="left")
+        t.insert(len(GROUP), "slo", slo.name)
+        t.insert(len(GROUP) + 1, "ttft_ms_max", slo.ttft_ms_max)
+        t.insert(len(GROUP) + 2, "tpot_ms_max", slo.tpot_ms_max)
+        t["order"] = range(len(t))
+        tables.append(t)
+    table = pd.concat(tables, ignore_index=True)
+    # as before: group by group (in GROUP order), each group's SLOs in the order given
+    table["slo_order"] = np.repeat(np.arange(len(slos)), len(keys))
+    table = table.sort_values(["order", "slo_order"], kind="stable")[BOUNDED_COLUMNS].reset_index(drop=True)
     table["batch"] = table["batch"].astype("Int64")
+    table["output_tok_s"] = table["output_tok_s"].astype(float)
     return table
 
 
@@ -327,7 +350,7 @@ def _side_draws(rows: pd.DataFrame, side: str, seed: int, n_boot: int) -> _Side:
     kept, ttft_d, tpot_d, out_d = [], [], [], []
     _, tokens = metrics.THROUGHPUTS["output_tok_s"]
     rows = rows.sort_values("batch", kind="stable")
-    for index, row in rows.iterrows():
+    for index, row in zip(rows.index, rows.to_dict("records")):
         samples = _usable_samples(row)
         if samples is None:
             continue
@@ -343,8 +366,21 @@ def _side_draws(rows: pd.DataFrame, side: str, seed: int, n_boot: int) -> _Side:
     return _Side(rows.loc[kept], stack(ttft_d), stack(tpot_d), stack(out_d))
 
 
-def _in_workload(df: pd.DataFrame, key: tuple) -> pd.DataFrame:
-    return df[(df[WORKLOAD] == pd.Series(key, index=WORKLOAD)).all(axis=1)]
+def _by_workload(df: pd.DataFrame) -> dict[tuple, pd.DataFrame]:
+    """{(model, input_len, output_len): its rows}, grouped once (filtering the whole frame per workload
+    costs minutes at 10,000 points)."""
+    empty = df.iloc[0:0]
+    groups = dict(iter(df.groupby(WORKLOAD, sort=False))) if len(df) else {}
+    return _Default(groups, empty)
+
+
+class _Default(dict):
+    def __init__(self, groups: dict, empty: pd.DataFrame):
+        super().__init__(groups)
+        self.empty = empty
+
+    def __missing__(self, key):
+        return self.empty
 
 
 def _common_workloads(t: pd.DataFrame, b: pd.DataFrame) -> list[tuple]:
@@ -409,11 +445,9 @@ def compare_slo(target, baseline, slos: Sequence[SLO] = DEFAULT_SLOS, target_sys
     b = load_side(baseline, baseline_system, "baseline")
     alpha = 1 - confidence
     out = []
+    groups = {"target": _by_workload(t[t["status"] == "ok"]), "baseline": _by_workload(b[b["status"] == "ok"])}
     for key in _common_workloads(t, b):
-        sides = {}
-        for side, df in (("target", t), ("baseline", b)):
-            rows = _in_workload(df, key)
-            sides[side] = _side_draws(rows[rows["status"] == "ok"], side, seed, n_boot)
+        sides = {side: _side_draws(groups[side][key], side, seed, n_boot) for side in ("target", "baseline")}
         for slo in slos:
             out.append(_slo_row(key, slo, sides["target"], sides["baseline"], alpha, confidence))
     table = pd.DataFrame(out, columns=COMPARE_COLUMNS)
@@ -438,10 +472,11 @@ def frontier_ratios(target, baseline, target_system: str | None = None,
     t_points = t_points[np.isfinite(t_points["interactivity_tok_s"].astype(float)) &
                         np.isfinite(t_points["output_tok_s"].astype(float))]
     out = []
+    t_groups, b_groups = _by_workload(t_points), _by_workload(b_front)
     for key in keys:
-        candidates = _in_workload(t_points, key).sort_values(["output_tok_s", "interactivity_tok_s", "batch"],
-                                                             ascending=[False, False, True], kind="stable")
-        for _, p in _in_workload(b_front, key).iterrows():
+        candidates = t_groups[key].sort_values(["output_tok_s", "interactivity_tok_s", "batch"],
+                                               ascending=[False, False, True], kind="stable")
+        for p in b_groups[key].to_dict("records"):
             better = candidates[candidates["interactivity_tok_s"] >= p["interactivity_tok_s"]]
             t_value = float(better["output_tok_s"].iloc[0]) if len(better) else np.nan
             out.append({**dict(zip(WORKLOAD, key)), "baseline_batch": int(p["batch"]),

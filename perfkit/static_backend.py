@@ -47,6 +47,7 @@ import time
 import torch
 
 from perfkit.attention import decode_phase, forget_kernels
+from perfkit.errors import printable
 from perfkit.models import cache_keyword
 from perfkit.timing import synchronize
 
@@ -280,7 +281,7 @@ class StaticBackend:
 
     def _warn(self, message: str) -> None:
         self.note = message
-        print(f"perfkit: warning: static backend: {message}", file=sys.stderr, flush=True)
+        print(printable(f"perfkit: warning: static backend: {message}"), file=sys.stderr, flush=True)
 
     # ---- the phases ----------------------------------------------------------------------------
 

@@ -95,37 +95,41 @@ def _single_user(ok: pd.DataFrame) -> pd.DataFrame:
 SEARCH_ENDS = ("plateau", "grid_end", "grid_end_noisy")
 
 
-def _stop_reason(g: pd.DataFrame) -> str:
-    if (g["status"] == "oom").any():
-        return "oom"
-    stops = g["search_stop"] if "search_stop" in g else pd.Series(dtype=object)
-    if stops.isna().all():
-        return "not searched"  # rows from `perfkit run`, not a sweep: nothing says where a search would stop
-    last = g.sort_values("batch")["search_stop"].iloc[-1]
-    if last in SEARCH_ENDS:
-        return last
-    # The search has not finished: a time budget, a crash or an error stopped the sweep before it could
-    # decide. Calling that grid_end would claim batches were tried that never were.
-    return "incomplete"
-
-
 def _multi_user_max(df: pd.DataFrame) -> pd.DataFrame:
+    """The best multi-user throughput over B > 1 per (system, model, I, O), and why its search stopped, over
+    every group at once: `oom` where a batch ran out of memory; `not searched` where no row says (rows from
+    `perfkit run`); else the last batch's search_stop where it ended the search, and `incomplete` where it did
+    not (a time budget, a crash or an error stopped the sweep before it could decide: calling that grid_end
+    would claim batches were tried that never were)."""
     columns = ["system", "model", "input_len", "output_len", "max_output_tok_s", "batch", "stop_reason", "e2e_ms",
                "derived_from_output_len"]
-    rows = []
-    for (system, model, i_len, o_len), g in df[df["batch"] > 1].groupby(CONFIG + ["output_len"], sort=True):
-        ok = g[g["status"] == "ok"]
-        row = {"system": system, "model": model, "input_len": i_len, "output_len": o_len,
-               "max_output_tok_s": np.nan, "batch": pd.NA, "stop_reason": _stop_reason(g), "e2e_ms": np.nan,
-               "derived_from_output_len": np.nan}
-        if len(ok):
-            best = ok.loc[ok["output_tok_s"].idxmax()]
-            row.update({"max_output_tok_s": best["output_tok_s"], "batch": int(best["batch"]), "e2e_ms": best["e2e_ms"],
-                        "derived_from_output_len": best.get("derived_from_output_len", np.nan)})
-        rows.append(row)
-    out = pd.DataFrame(rows, columns=columns)
-    out["batch"] = out["batch"].astype("Int64")
-    return out
+    keys = CONFIG + ["output_len"]
+    d = df.loc[df["batch"] > 1, [c for c in keys + ["batch", "status", "output_tok_s", "e2e_ms", "search_stop",
+                                                    "derived_from_output_len"] if c in df]]
+    if d.empty:
+        return pd.DataFrame(columns=columns).astype({"batch": "Int64"})
+    if "search_stop" not in d:
+        d = d.assign(search_stop=None)
+    by = [d[k] for k in keys]
+    groups = pd.DataFrame({"oom": (d["status"] == "oom").groupby(by, sort=True).any(),
+                           "searched": d["search_stop"].notna().groupby(by, sort=True).any()})
+    last = d.sort_values("batch", kind="stable").groupby(keys, sort=True).tail(1).set_index(keys)["search_stop"]
+    groups["last"] = last.reindex(groups.index)
+    groups["stop_reason"] = np.where(groups["oom"], "oom", np.where(
+        ~groups["searched"], "not searched",
+        np.where(groups["last"].isin(SEARCH_ENDS), groups["last"], "incomplete")))
+    ok = d[d["status"] == "ok"]
+    # the best row: the largest throughput, the first of equals in the rows' order (as idxmax gives it)
+    best = ok.sort_values("output_tok_s", ascending=False, kind="stable").drop_duplicates(keys, keep="first")
+    best = best.set_index(keys).reindex(groups.index)
+    out = groups.reset_index()[keys]
+    out["max_output_tok_s"] = best["output_tok_s"].to_numpy(dtype=float)
+    out["batch"] = pd.array(best["batch"].to_numpy(), dtype="Int64")
+    out["stop_reason"] = groups["stop_reason"].to_numpy()
+    out["e2e_ms"] = best["e2e_ms"].to_numpy(dtype=float)
+    out["derived_from_output_len"] = (best["derived_from_output_len"].to_numpy(dtype=float)
+                                      if "derived_from_output_len" in best else np.nan)
+    return out[columns]
 
 
 def _oom(df: pd.DataFrame) -> pd.DataFrame:

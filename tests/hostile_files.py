@@ -234,7 +234,18 @@ def run_other_id(path: str) -> str:
     return "its run_id 'someone-else' differs from its file name"
 
 
-RUN_DAMAGE = {"empty": run_empty, "truncated": run_truncated, "list": run_not_an_object, "run-id": run_other_id}
+# JSON nested past every parser's recursion limit: json.loads raises RecursionError on it, not ValueError
+DEEP_JSON = "[" * 100_000 + "]" * 100_000
+
+
+def deeply_nested(path: str) -> str:
+    with open(path, "w") as f:
+        f.write(DEEP_JSON)
+    return "nested too deeply"
+
+
+RUN_DAMAGE = {"empty": run_empty, "truncated": run_truncated, "list": run_not_an_object, "run-id": run_other_id,
+              "deep": deeply_nested}
 
 
 def _run_file(out_dir: str, run_id: str) -> str:
@@ -259,3 +270,123 @@ HOSTILE_RUNS = {kind: _damaged_run(kind) for kind in RUN_DAMAGE}
 def write_every_hostile_file(out_dir) -> list[tuple[str, str]]:
     """One file of every kind above (points and runs) in `out_dir`: [(path, reason fragment), ...]."""
     return [make(out_dir) for make in list(HOSTILE_POINTS.values()) + list(HOSTILE_RUNS.values())]
+
+
+# ---- files that are no regular files: (path) -> reason fragment ------------------------------------
+# A reader that opened one of these as a plain file would wait for ever on the FIFO's open, or read
+# /dev/zero until memory is gone; perfkit opens every file it did not just write as a regular file of
+# bounded size (perfkit.errors.read_regular), and names each of these in one line. Readers run against
+# them in a subprocess with a timeout and an address-space limit (test_special_files.py), so that a reader
+# that regressed fails instead of hanging the suite or exhausting the machine.
+
+def fifo(path: str) -> str:
+    os.mkfifo(path)
+    return "is not a regular file (a FIFO)"
+
+
+def dev_zero(path: str) -> str:
+    os.symlink("/dev/zero", path)
+    return "is not a regular file (a character device)"
+
+
+def a_directory(path: str) -> str:
+    os.mkdir(path)
+    return "is not a regular file (a directory)"
+
+
+def link_to_itself(path: str) -> str:
+    os.symlink(os.path.basename(path), path)
+    return "Too many levels of symbolic links"
+
+
+def oversized(max_bytes: int):
+    """A sparse file one byte past a reader's bound (no disk is used): refused by its size, never read."""
+    def write(path: str) -> str:
+        with open(path, "wb") as f:
+            f.truncate(max_bytes + 1)
+        return "is larger than"
+    write.__name__ = f"oversized_{max_bytes}"
+    return write
+
+
+SPECIAL = {"fifo": fifo, "dev-zero": dev_zero, "directory": a_directory, "link-to-itself": link_to_itself}
+
+
+def write_every_special_file(out_dir) -> list[tuple[str, str]]:
+    """One of each SPECIAL kind as a run record, a probe record and a point file of `out_dir`, plus a run and
+    a probe record past their bound: [(path, reason fragment), ...]."""
+    from perfkit.results import MAX_RECORD_BYTES
+
+    out, made = str(out_dir), []
+    for sub in ("runs", "probes", "points"):
+        os.makedirs(os.path.join(out, sub), exist_ok=True)
+    for kind, make in SPECIAL.items():
+        for sub, ext in (("runs", ".json"), ("probes", ".json"), ("points", ".parquet")):
+            path = os.path.join(out, sub, f"special-{kind}{ext}")
+            made.append((path, make(path)))
+    for sub in ("runs", "probes"):
+        path = os.path.join(out, sub, "special-oversized.json")
+        made.append((path, oversized(MAX_RECORD_BYTES)(path)))
+    return made
+
+
+# ---- a folder of results directories that a walk must not follow for ever, nor count twice --------------
+
+def link_loops(root) -> list[str]:
+    """Two links back up the tree below `root`: a walk that follows links without remembering where it has
+    been visits 2**40 paths before the kernel's 40-link limit stops it."""
+    root = str(root)
+    os.makedirs(os.path.join(root, "deeper"), exist_ok=True)
+    loops = [os.path.join(root, "loop-up"), os.path.join(root, "deeper", "loop-up-two")]
+    os.symlink(".", loops[0])
+    os.symlink("..", loops[1])
+    return loops
+
+
+def aliases(root, real: str) -> list[str]:
+    """Three more ways to reach results directory `real` (below `root`, holding points): a link to it, a
+    directory whose points/ folder is a link to its points/, and a directory whose one point file is a link
+    to one of its point files. Returns the aliases' paths."""
+    root, real = str(root), os.path.abspath(real)
+    link = os.path.join(root, "link-to-" + os.path.basename(real))
+    os.symlink(real, link)
+    linked_points = os.path.join(root, "linked-points")
+    os.makedirs(linked_points)
+    os.symlink(os.path.join(real, "points"), os.path.join(linked_points, "points"))
+    linked_file = os.path.join(root, "linked-file")
+    os.makedirs(os.path.join(linked_file, "points"))
+    first = sorted(os.listdir(os.path.join(real, "points")))[0]
+    os.symlink(os.path.join(real, "points", first), os.path.join(linked_file, "points", first))
+    return [link, linked_points, linked_file]
+
+
+# ---- a checkpoint's config.json of the wrong shape: (its saved config, a dict) -> (file text, fragment) ------
+# transformers refuses each of these with an exception of its own (a strict-dataclass error, TypeError,
+# ZeroDivisionError, RecursionError), lets some through to fail mid-measurement, or changes its mind between
+# versions; perfkit refuses each in one line naming the field (the fragment) and what it expected.
+
+def _config_with(fragment: str, drop: tuple[str, ...] = (), **changes):
+    def make(config: dict) -> tuple[str, str]:
+        changed = {k: v for k, v in config.items() if k not in drop}
+        changed.update(changes)
+        return json.dumps(changed), fragment  # NaN is written as JSON's NaN, which json reads back
+    return make
+
+
+HOSTILE_CONFIGS = {
+    "nan-size": _config_with("hidden_size is nan", hidden_size=float("nan")),
+    "string-for-int": _config_with("num_hidden_layers is '4'", num_hidden_layers="4"),
+    "fraction-for-int": _config_with("max_position_embeddings is 8192.5", max_position_embeddings=8192.5),
+    "bool-for-int": _config_with("vocab_size is True", vocab_size=True),
+    "zero-heads": _config_with("num_attention_heads is 0", num_attention_heads=0),
+    "negative-context": _config_with("max_position_embeddings is -5", max_position_embeddings=-5),
+    "string-window": _config_with("sliding_window is 'x'", sliding_window="x"),
+    "heads-not-dividing-hidden": _config_with("hidden_size 128 is not a multiple of num_attention_heads 6",
+                                              drop=("head_dim",), num_attention_heads=6, num_key_value_heads=6),
+    "kv-heads-not-dividing-heads": _config_with("num_attention_heads 8 is not a multiple of num_key_value_heads 3",
+                                                num_key_value_heads=3),
+    "bogus-dtype": _config_with("dtype is 'float33'", dtype="float33"),
+    "bogus-torch-dtype": _config_with("torch_dtype is 'bogus'", drop=("dtype",), torch_dtype="bogus"),
+    "a-list": lambda config: (json.dumps([config]), "holds a JSON list"),
+    "deeply-nested": lambda config: (DEEP_JSON, "is not valid JSON (nested too deeply"),
+}

@@ -107,3 +107,32 @@ def publish_hostile(base) -> dict:
         pages[kind] = r.stdout.strip().splitlines()[-1]
     pages["index"] = os.path.join(reports, "index.html")
     return pages
+
+
+# ---- text a terminal or a spreadsheet would act on ------------------------------------------------------
+
+# What a terminal acts on (perfkit.errors.printable makes it inert): an escape sequence that clears the screen
+# and recolours what follows, the one-byte CSI, a carriage return that overwrites the line, a bell,
+# backspaces, the bidi overrides and isolates that reorder what follows, and a lone surrogate (bytes that
+# were not UTF-8). TERMINAL_LABEL holds them all, and no comma or colon, so that it can be a system label or
+# a model's checkpoint folder; TERMINAL_WORD all but the carriage return (white space), so that it can be an
+# SLO's name or a host name too. TERMINAL_RAW: what none of them may print.
+TERMINAL = ["\x1b[2J\x1b[31m", "\x9b1m", "\r", "\x07", "\x08\x08", "\u202e", "\u2066", "\u2069", "\u200f"]
+TERMINAL_LABEL = "evil" + "".join(TERMINAL) + "label"
+TERMINAL_WORD = TERMINAL_LABEL.replace("\r", "")
+TERMINAL_RAW = ["\x1b", "\x9b", "\r", "\x07", "\x08", "\u202e", "\u2066", "\u2069", "\u200f"]
+
+
+def terminal_safe(text: str) -> bool:
+    """Whether `text` (a command's stdout or stderr) holds none of TERMINAL_RAW: what it printed of a
+    TERMINAL_LABEL arrived as escapes (\\x1b, \\u202e, ...)."""
+    return not any(ch in text for ch in TERMINAL_RAW)
+
+
+# Cells a spreadsheet runs as formulas when it opens a CSV file (CSV injection): each starts with =, +, -,
+# @, a tab or a carriage return. None holds a '/', ':' or ',' (it may name a system, a model or an SLO);
+# FORMULA_WORDS are those without white space (an SLO's name is one word).
+FORMULAS = ["=cmd|'-Ccalc'!A0", '=HYPERLINK("evil.invalid?x","click")', "+1+cmd|'-Ccalc'!A0", "-1+cmd|'-Ccalc'!A0",
+            "@SUM(1+1)*cmd|'-Ccalc'!A0", "\t=1+1", "\r=1+1"]
+FORMULA_WORDS = [f for f in FORMULAS if not any(ch.isspace() for ch in f)]
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")

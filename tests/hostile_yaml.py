@@ -39,14 +39,19 @@ def _with(line: str, replacing: str | None = None) -> str:
     return "\n".join(out) + "\n"
 
 
-def _bomb_at(key_line: str, replacing: str | None = None) -> str:
-    """BASE with `KEY: <bomb>`: the anchors are defined inline in the value itself, nested, so the file has
-    no extra top-level keys and the bomb reaches exactly that key's check."""
+def _bomb_value() -> str:
+    """An alias bomb as one flow value, its anchors defined inline, nested: it fits wherever a value goes."""
     value = "&b0 [" + ", ".join(["lol"] * 9) + "]"
     for i in range(1, 10):
         # each level: a list holding the previous level once (defining its anchor) and 8 aliases of it
         value = f"&b{i} [{value}, " + ", ".join([f"*b{i - 1}"] * 8) + "]"
-    return _with(key_line.replace("BOMB", value), replacing)
+    return value
+
+
+def _bomb_at(key_line: str, replacing: str | None = None) -> str:
+    """BASE with `KEY: <bomb>`: the anchors are defined inline in the value itself, nested, so the file has
+    no extra top-level keys and the bomb reaches exactly that key's check."""
+    return _with(key_line.replace("BOMB", _bomb_value()), replacing)
 
 
 HOSTILE: dict[str, tuple[str, str]] = {
@@ -64,6 +69,11 @@ HOSTILE: dict[str, tuple[str, str]] = {
     "min_gain .nan": (_with("search: {min_gain: .nan}"), "search.min_gain: nan is not a finite number"),
     "min_gain -.inf": (_with("search: {min_gain: -.inf}"), "search.min_gain: -inf is not a finite number"),
     "slos ttft .nan": (_with("slos: [{name: s, ttft_ms: .nan, tpot_ms: 10}]"), "slos[0].ttft_ms"),
+    # ---- names a terminal would act on ----
+    "an SLO name with an escape sequence": (_with('slos: [{name: "a\\e[2Jb", ttft_ms: 100, tpot_ms: 10}]'),
+                                            "slos[0].name: 'a\\x1b[2Jb' is not a plain name"),
+    "an SLO name with a bidi override": (_with('slos: [{name: "a\\u202eb", ttft_ms: 100, tpot_ms: 10}]'),
+                                         "slos[0].name: 'a\\u202eb' is not a plain name"),
     # ---- counts beyond any sensible sweep ----
     "warmup 101": (_with("warmup: 101", replacing="warmup:"), "warmup: 101 is too large"),
     "repeats 1001": (_with("repeats: 1001", replacing="repeats:"), "repeats: 1001 is too large"),
@@ -121,4 +131,37 @@ HOSTILE: dict[str, tuple[str, str]] = {
     "two documents": (BASE + "---\nseed: 1\n", "not valid YAML"),
     "a list at the top": ("- models\n- systems\n", "(top level): is a list"),
     "an empty file": ("", "the file is empty"),
+}
+
+
+# ---- comparisons.yaml (perfkit publish all): COMPARISONS[name] = (the file's text or bytes, a fragment) ----
+# Read below a results root holding results directories `a` (system cpu) and `b` (system gpu). Each is
+# refused in one line, naming the file and the entry, before any report is rendered; COMPARISONS_BASE is
+# a valid file.
+
+COMPARISONS_BASE = "- {target: a, baseline: b}\n- {target: 'b:gpu', baseline: 'a:cpu'}\n"
+
+COMPARISONS: dict[str, tuple[str | bytes, str]] = {
+    "a mapping instead of a list": ("target: a\nbaseline: b\n", "(top level): {'baseline': 'b', 'target': 'a'} is "
+                                                               "not a list"),
+    "a list of strings": ("- a:cpu\n- b:gpu\n", "[0]: is a str, expected a mapping with keys target, baseline"),
+    "a missing baseline": ("- {target: a}\n", "[0].baseline: missing"),
+    "a baseline that is not there": ("- {target: a, baseline: nowhere}\n",
+                                     "[0] ('a' vs 'nowhere'): baseline results directory"),
+    "an unknown label": ("- {target: 'a:nolabel', baseline: b}\n", "target system 'nolabel' is not in"),
+    "a later entry wrong": (COMPARISONS_BASE + "- {target: a}\n", "[2].baseline: missing"),
+    "an unknown key": ("- {target: a, baseline: b, label: x}\n", "[0].label: unknown key"),
+    "a number as a side": ("- {target: 1, baseline: b}\n", "[0].target: 1 is not a non-empty string"),
+    "an empty side": ("- {target: '', baseline: b}\n", "[0].target: '' is not a non-empty string"),
+    "a NUL byte in a side": ('- {target: "a\\0", baseline: b}\n', "[0].target: 'a\\x00' is not printable"),
+    "duplicate keys": ("- {target: a, baseline: b, target: b}\n", "target: given twice in one mapping"),
+    "a binary tag": ("- {target: !!binary YQ==, baseline: b}\n", "[0].target: b'a' is not a non-empty string"),
+    "a set tag": ("- {target: !!set {a: null}, baseline: b}\n", "[0].target: {'a'} is not a non-empty string"),
+    "a python tag": ("- !!python/object/apply:os.system ['true']\n", "not valid YAML"),
+    "an unknown tag": ("- {target: !pair a, baseline: b}\n", "not valid YAML"),
+    "bad YAML": ("- {target: a, baseline: [b\n", "not valid YAML"),
+    "bytes that are not UTF-8": (b"- {target: \xff\xfe, baseline: b}\n", "is not UTF-8 text"),
+    "an alias bomb as a side": ("- {target: " + _bomb_value() + ", baseline: b}\n", "[0].target: [[[...], "),
+    "1,001 entries": ("- {target: a, baseline: b}\n" * 1001, "(top level): has 1,001 entries"),
+    "a file over 1 MiB": (COMPARISONS_BASE + "# " + "x" * (1 << 20) + "\n", "is larger than 1024 KiB"),
 }

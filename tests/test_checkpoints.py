@@ -3,17 +3,22 @@ anything is built: transformers would load it anyway, leave the model's own tens
 of warnings, and perfkit would measure a model that is not the checkpoint's. Everything is local: the
 tiny stand-in's random weights saved with save_pretrained, beside a config of another model."""
 
+import json
 import os
 import shutil
 import time
 
+import pandas as pd
 import pytest
 import torch
-from helpers import call_cli, write_params
+from helpers import call_cli, fake_measuring, write_params
+from hostile_files import HOSTILE_CONFIGS
 
 from perfkit.errors import UsageError
 from perfkit.models import build_model, resolve_model
-from perfkit.registry import REGISTRY
+from perfkit.registry import REGISTRY, checkpoint_fingerprint
+from perfkit.results import load_results
+from perfkit.sweep import run_sweep
 
 pytestmark = pytest.mark.slow  # builds and saves models / starts processes: seconds
 
@@ -126,3 +131,70 @@ def test_a_matching_checkpoint_still_loads_and_is_checked_once(tmp_path, saved, 
 def test_a_tied_config_beside_an_untied_head_is_accepted(tmp_path, saved):
     # Tying makes lm_head an alias of the embeddings: either may be stored, and shapes agree.
     resolve_model(_with_config(saved, tmp_path, _config(tie_word_embeddings=True)))
+
+
+# ---- a config.json of the wrong types or shape -----------------------------------------------------------
+
+@pytest.mark.parametrize("kind", sorted(HOSTILE_CONFIGS))
+def test_a_wrongly_typed_config_is_refused_in_one_line_naming_the_field(tmp_path, saved, kind, monkeypatch):
+    calls = fake_measuring(monkeypatch)
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    os.link(saved / "model.safetensors", ckpt / "model.safetensors")  # the weights, without a copy
+    text, fragment = HOSTILE_CONFIGS[kind](json.loads((saved / "config.json").read_text()))
+    (ckpt / "config.json").write_text(text)
+    out = tmp_path / "out"
+    params = write_params(tmp_path / "p.yaml", models=[str(ckpt)])
+    for args in (("run", "--model", ckpt, "--input-len", "8", "--output-len", "2", "--out", out),
+                 ("sweep", params, "--out", out, "--dry-run"), ("sweep", params, "--out", out)):
+        r = call_cli(*args)  # an exception that escapes main (a traceback in a terminal) fails the test here
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1, (args, r.stderr)
+        assert f"{str(ckpt / 'config.json')!r}: " in lines[0] and fragment in lines[0] and "expected" in lines[0], \
+            (args, lines[0])
+    assert calls == [] and not out.exists()
+
+
+# ---- a checkpoint is what its directory holds -------------------------------------------------------------
+
+def test_a_registry_models_point_key_is_the_one_stored_before_checkpoints_had_fingerprints():
+    from perfkit.rows import point_fields, point_key
+    from perfkit.workload import System
+
+    cpu = System("cpu", "hf-loop", "float32", "cpu", "sdpa")
+    assert point_key(point_fields(cpu, "tiny-llama2-13b", 16, 4, 2, 1, 2, 0)) == "240c8a702157cdd3f61d"
+    assert point_key(point_fields(cpu, "tiny-llama2-13b", 16, 4, 2, 1, 2, 0, 4)) == "656e9286b4a91aa544ad"
+    assert checkpoint_fingerprint("tiny-llama2-13b") is None
+
+
+def test_a_checkpoint_replaced_on_disk_is_another_model_not_a_resume(tmp_path, saved, tiny_models, monkeypatch):
+    """The same path holding another model (a folder replaced, a config edited) is refused like a redefined
+    system: by a sweep and its dry run, naming the checkpoint, and by `perfkit run` into the directory;
+    nothing is measured and the stored points stay as they were."""
+    calls = fake_measuring(monkeypatch)
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(saved, ckpt)
+    out = tmp_path / "out"
+    params = write_params(tmp_path / "p.yaml", models=[str(ckpt)], grid={"input_lens": [8], "output_lens": [2],
+                                                                            "batch_sizes": [1, 2]})
+    before = checkpoint_fingerprint(str(ckpt))
+    assert run_sweep(params, out_dir=str(out), progress=False).measured == 2
+    stored = load_results(out)
+    assert set(stored["checkpoint"]) == {before}  # recorded with each row
+    assert run_sweep(params, out_dir=str(out), progress=False).measured == 0  # unchanged: a resume
+
+    shutil.rmtree(ckpt)
+    tiny_models["tiny-llama2-13b"].save_pretrained(ckpt, safe_serialization=True)  # another model, same path
+    after = checkpoint_fingerprint(str(ckpt))
+    assert after != before
+    for args in ((), ("--dry-run",)):
+        r = call_cli("sweep", params, "--out", out, *args)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1, r.stderr
+        assert f"checkpoint {ckpt} changed on disk (fingerprint {before} there, {after} here)" in lines[0], lines[0]
+    r = call_cli("run", "--model", ckpt, "--input-len", "8", "--output-len", "2", "--warmup", "1", "--repeats",
+                 "2", "--system", "cpu", "--out", out)
+    lines, both = r.stderr.strip().splitlines(), ", ".join(sorted((before, after)))
+    assert r.returncode == 2 and len(lines) == 1 and f"definitions (checkpoint of {ckpt} {both})" in lines[0], r.stderr
+    assert len(calls) == 2
+    pd.testing.assert_frame_equal(load_results(out), stored)

@@ -192,6 +192,37 @@ def test_cli_compare_selects_systems_with_dir_colon_label(tmp_path, capsys):
     assert "2.000 [2.000, 2.000] target worse" in text
 
 
+def test_one_system_on_two_machines_is_told_apart_by_side(tmp_path):
+    """The usual comparison: one label on both sides (one system on two machines, or before and after an
+    upgrade). Every table, plot and line that names the two sides names them by side as well."""
+    from helpers import call_cli
+
+    from perfkit.report import service_level, tables
+    from perfkit.slo import DEFAULT_SLOS, compare_slo, frontier_ratios
+
+    t = write_rows(tmp_path / "after", study_rows("same", 0.5))
+    b = write_rows(tmp_path / "before", study_rows("same", 1.0))
+    c = compare(t, b, "same", "same", n_boot=200)
+    units = {"ttft_ms": "ms", "tpot_ms": "ms"}
+    for metric in c.study["metric"].unique():  # a Styler refuses columns of one name
+        page = tables.study_comparison(c, metric).to_html()
+        unit = units.get(metric, "tok/s")
+        assert f"same (target) ({unit})" in page and f"same (baseline) ({unit})" in page, metric
+    at_slo = compare_slo(t, b, DEFAULT_SLOS, "same", "same", n_boot=200)
+    page = service_level.slo_comparison_table(at_slo, c.target, c.baseline, c.confidence).to_html()
+    assert "same (target) (tok/s)" in page and "same (baseline) (tok/s)" in page
+    page = service_level.frontier_comparison_table(frontier_ratios(t, b, "same", "same"), c.target,
+                                                   c.baseline).to_html()
+    assert "same (target) (tok/s)" in page and "same (baseline) (tok/s)" in page
+    # a Pareto plot whose series are the sides, not the (shared) label: one series each
+    sides = pd.concat([load_side(t, "same").assign(side="target"), load_side(b, "same").assign(side="baseline")])
+    (_, fig), *_ = service_level.pareto_figures(sides, DEFAULT_SLOS, hue="side")
+    assert sorted(x.get_text() for x in fig.axes[0].get_legend().get_texts()) == ["baseline", "target"]
+    r = call_cli("compare", f"{t}:same", f"{b}:same", "--n-boot", "200")
+    assert r.returncode == 0, r.stderr
+    assert "same (target) vs same (baseline): of 10 study figures, target better in 10" in r.stdout
+
+
 @pytest.mark.parametrize("extra,message", [
     ([], "target results hold several systems (fast, slow): name the target system"),
     (["--confidence", "95"], "--confidence must be between 0 and 1"),

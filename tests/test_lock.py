@@ -155,3 +155,31 @@ def test_points_are_written_under_a_temporary_name_that_carries_the_writer(tmp_p
     monkeypatch.setattr(results.tempfile, "mkstemp", spy)
     results.write_run(str(tmp_path), "r", {"run_id": "r"})
     assert seen == [f".tmp-{os.getpid()}-"]
+
+
+@pytest.mark.parametrize("kind", ["hard link", "foreign file", "deeply nested"])
+def test_a_lock_file_perfkit_did_not_write_is_refused_and_never_truncated(tmp_path, monkeypatch, kind):
+    """A hard link in the lock's place is another name of a file elsewhere (its content would go with a
+    truncation), a file holding anything but a lock record is someone's file: both are refused in one
+    line, left as they are, and nothing is measured or written."""
+    from hostile_files import DEEP_JSON
+
+    calls = fake_measuring(monkeypatch)
+    out = tmp_path / "out"
+    out.mkdir()
+    elsewhere = tmp_path / "precious.txt"
+    content = DEEP_JSON if kind == "deeply nested" else "precious data\n"
+    if kind == "hard link":
+        elsewhere.write_text(content)
+        os.link(elsewhere, out / LOCK)
+    else:
+        (out / LOCK).write_text(content)
+    r = call_cli("sweep", write_params(tmp_path / "p.yaml", grid=GRID), "--out", out)
+    assert r.returncode == 2 and r.stdout == "" and "Traceback" not in r.stderr, r.stderr
+    [line] = r.stderr.splitlines()
+    expected = "is a hard link (2 names of one file)" if kind == "hard link" else \
+        "holds something other than a perfkit lock record"
+    assert line.startswith(f"perfkit: error: {str(out / LOCK)!r} {expected}: expected the sweep's lock file"), line
+    assert (out / LOCK).read_text() == content and calls == [] and sorted(os.listdir(out)) == [LOCK]
+    if kind == "hard link":
+        assert elsewhere.read_text() == content

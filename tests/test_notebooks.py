@@ -104,6 +104,26 @@ def test_compare_notebook_ratios_and_one_sided_points(sides, tmp_path):
 
 
 @pytest.mark.slow  # papermill
+def test_compare_notebook_of_one_system_on_two_machines(tmp_path):
+    """Both sides under one label (the usual case: a system before and after an upgrade): every table and
+    plot tells the sides apart by side."""
+    t = write_rows(tmp_path / "after", study_rows("same", 0.5) +
+                   [make_row("same", "tiny-mistral-7b", 32, 8, 8, [], [], status="oom")])
+    b = write_rows(tmp_path / "before", study_rows("same", 1.0))
+    out = tmp_path / "reports"
+    r = publish("compare", f"{t}:same", f"{b}:same", "--reports", str(out), "--name", "same")
+    assert r.returncode == 0, r.stderr
+    assert "same (target) vs same (baseline): of 10 study figures, target better in 10" in r.stdout
+    page = html_text(out / "same.html")
+    for unit in ("ms", "tok/s"):  # the study's figures, side by side, and at a service level
+        assert f"same (target) ({unit})" in page and f"same (baseline) ({unit})" in page, unit
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", page))
+    assert "same (target) tiny-mistral-7b 32 8 8 oom" in text  # the point without timings, and its side
+    assert len(re.findall(r'<img[^>]+src="data:image/png;base64,', page)) >= 4
+    assert 'data-mime-type="application/vnd.jupyter.stderr"' not in page
+
+
+@pytest.mark.slow  # papermill
 def test_compare_mismatch_is_one_clear_error_and_writes_nothing(tmp_path):
     t = write_rows(tmp_path / "t", study_rows("t", 1.0, models=("tiny-llama2-13b",)))
     b = write_rows(tmp_path / "b", study_rows("b", 1.0, models=("tiny-mistral-7b",)))
@@ -158,6 +178,54 @@ def test_sweep_notebook_measures_and_shows_the_points(tmp_path):
     assert sorted(df["batch"]) == [1, 2] and set(df["status"]) == {"ok"}
     page = html_text(out / "sw.html")
     assert "measured 2 points" in page and "tiny-llama2-13b" in page and "<table" in page
+
+
+def test_notebooks_work_from_the_project_they_run_in(tmp_path, monkeypatch):
+    """A notebook's relative paths resolve from the nearest folder at or above where it runs that holds
+    params/ and notebooks/, wherever perfkit is installed from (a wheel, another checkout)."""
+    from perfkit.report.notebook import work_from_project_root
+
+    project = tmp_path / "project"
+    (project / "params").mkdir(parents=True)
+    (project / "notebooks" / "deeper").mkdir(parents=True)
+    monkeypatch.chdir(project / "notebooks" / "deeper")
+    work_from_project_root()
+    assert os.getcwd() == str(project)
+    lone = tmp_path / "lone" / "notebooks"  # no folder at or above holds both: the notebook stays where it is
+    lone.mkdir(parents=True)
+    monkeypatch.chdir(lone)
+    work_from_project_root()
+    assert os.getcwd() == str(lone)
+
+
+@pytest.mark.slow  # papermill
+def test_explore_notebook_reads_as_the_command_line_does_in_the_project_it_runs_in(tmp_path):
+    """explore.ipynb, run in a project other than perfkit's own checkout, reads `results/mine` of that
+    project, as `perfkit summary` reads it: a damaged file named, a point measured twice shown by its newest
+    row (not their mean), a label holding two definitions refused."""
+    import papermill
+
+    project = tmp_path / "elsewhere"
+    (project / "params").mkdir(parents=True)
+    (project / "notebooks").mkdir()
+    old = make_row("mine", "tiny-llama2-13b", 32, 8, 1, [10.0] * 3, [45.0] * 3)  # tpot 5 ms
+    new = make_row("mine", "tiny-llama2-13b", 32, 8, 1, [10.0] * 3, [80.0] * 3)  # tpot 10 ms, measured later
+    new["point_key"], new["created_utc"] = "b" * 20, "2999-01-01T00:00:00Z"
+    d = write_rows(project / "results" / "mine", [old, new])
+    with open(os.path.join(d, "points", "damaged.parquet"), "wb") as f:
+        f.write(b"not parquet")
+    explore = os.path.join(ROOT, "notebooks", "explore.ipynb")
+    nb = papermill.execute_notebook(explore, str(tmp_path / "e.ipynb"), parameters={"results_dir": "results/mine"},
+                                    cwd=str(project / "notebooks"), kernel_name="python3", progress_bar=False)
+    stderr = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []) if o.get("name") == "stderr")
+    assert "damaged.parquet: not readable as Parquet" in stderr
+    pivot = next(c for c in nb.cells if ".pivot(" in c.source).outputs[0]["data"]["text/plain"]  # tpot at B = 1
+    assert "mine" in pivot and "10.0" in pivot and "7.5" not in pivot
+    write_rows(project / "results" / "mine", [make_row("mine", "tiny-llama2-13b", 64, 8, 1, [10.0] * 3, [45.0] * 3,
+                                                       dtype="float16")])
+    with pytest.raises(papermill.PapermillExecutionError, match="holds several definitions"):
+        papermill.execute_notebook(explore, str(tmp_path / "e2.ipynb"), parameters={"results_dir": "results/mine"},
+                                   cwd=str(project / "notebooks"), kernel_name="python3", progress_bar=False)
 
 
 @pytest.mark.slow  # papermill

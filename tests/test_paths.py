@@ -136,3 +136,91 @@ def test_good_paths_pass_and_nothing_is_left_behind(tmp_path):
     check_out_dir(str(tmp_path))
     check_out_file(str(tmp_path / "new" / "probe.json"), what="a .json file")
     assert os.listdir(tmp_path) == []  # the write probe removed its file; nothing was created
+
+
+# ---- obstacles inside the output tree: found before any measuring or writing -----------------------------
+
+GRID = {"input_lens": [16], "output_lens": [4], "batch_sizes": [1, 2]}
+
+
+def _stored(out) -> list[str]:
+    """What a sweep writes: its points/ and runs/ (reading leaves its compacted copy and the lock file)."""
+    return sorted(os.path.join(sub, f) for sub in ("points", "runs") for f in os.listdir(os.path.join(out, sub)))
+
+
+def _swept(tmp_path, monkeypatch):
+    """A sweep of batches 1 and 2 done (measured instantly), and its params file grown to batch 4."""
+    from helpers import fake_measuring
+
+    from perfkit.sweep import run_sweep
+
+    calls = fake_measuring(monkeypatch)
+    out = str(tmp_path / "out")
+    run_sweep(write_params(tmp_path / "p.yaml", grid=GRID), out_dir=out, progress=False)
+    del calls[:]
+    return calls, out, write_params(tmp_path / "p.yaml", grid={**GRID, "batch_sizes": [1, 2, 4]})
+
+
+def test_a_directory_where_a_planned_point_goes_is_refused_before_measuring(tmp_path, monkeypatch):
+    from perfkit.params import load_params
+    from perfkit.results import point_path
+    from perfkit.sweep.planning import key_of
+    from perfkit.sweep.search import search_specs
+
+    calls, out, params = _swept(tmp_path, monkeypatch)
+    p = load_params(params)
+    blocked = point_path(out, key_of(p, search_specs(p, list(p.systems))[0], 4, 4))
+    os.makedirs(blocked)
+    before = _stored(out)
+    for args in (["--dry-run"], ["--no-progress"]):
+        r = call_cli("sweep", params, "--out", out, *args)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, (args, r.stderr[-2000:])
+        assert lines[0] == (f"perfkit: error: {blocked} is a directory where a point of this plan is to be written: "
+                            "expected no directory there; move it away, or use another --out"), lines[0]
+    assert calls == [] and _stored(out) == before  # nothing measured, nothing written
+
+
+def test_a_file_where_discard_stale_moves_points_is_refused_before_measuring(tmp_path, monkeypatch):
+    calls, out, _ = _swept(tmp_path, monkeypatch)
+    params = write_params(tmp_path / "p.yaml", grid=GRID, repeats=3)  # another definition: every point stale
+    with open(os.path.join(out, "stale"), "w") as f:
+        f.write("someone's notes")
+    before = _stored(out)
+    for args in (["--dry-run"], ["--no-progress"]):
+        r = call_cli("sweep", params, "--out", out, "--discard-stale", *args)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, (args, r.stderr[-2000:])
+        assert "holds a file 'stale' where its stale/ directory goes" in lines[0], lines[0]
+    assert calls == [] and _stored(out) == before
+
+
+def _no_notebook(monkeypatch):
+    """Publishing stops before papermill: a notebook that runs fails the test."""
+    import perfkit.report.publish as publish
+
+    def ran(*args, **kwargs):
+        raise AssertionError("a notebook ran before the reports folder was checked")
+
+    monkeypatch.setattr(publish, "run_notebook", ran)
+
+
+@pytest.mark.parametrize("obstacle", ["x.html", "x.ipynb", "index.html"])
+def test_a_directory_where_a_report_or_the_index_goes_is_refused_before_the_notebook_runs(
+        tmp_path, monkeypatch, obstacle):
+    _no_notebook(monkeypatch)
+    results = write_rows(tmp_path / "results", study_rows("cpu", 1.0))
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    (reports / "x.ipynb").write_text("the old notebook") if obstacle != "x.ipynb" else None
+    (reports / obstacle).mkdir()
+    before = {p: open(reports / p).read() for p in os.listdir(reports) if os.path.isfile(reports / p)}
+    commands = [("publish", "report", results, "--name", "x", "--reports", reports)]
+    if obstacle == "index.html":
+        commands.append(("publish", "index", "--reports", reports))
+    for args in commands:
+        r = call_cli(*args)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, (args, r.stderr[-2000:])
+        assert f"holds a directory '{obstacle}' where the file {obstacle} goes" in lines[0], lines[0]
+    assert {p: open(reports / p).read() for p in os.listdir(reports) if os.path.isfile(reports / p)} == before

@@ -268,3 +268,16 @@ def test_a_notebook_that_fails_in_papermill_leaves_no_partial_file(tmp_path):
     with pytest.raises(papermill.PapermillExecutionError, match="does not exist"):
         pub._publish("report", "broken", str(out), {"results_dir": str(tmp_path / "nowhere"), "system": ""})
     assert files_below(out) == []
+
+
+def test_a_pareto_figure_draws_at_most_its_panel_cap_and_says_how_many_workloads_it_left_out():
+    from perfkit.report import service_level
+    from perfkit.slo import DEFAULT_SLOS
+
+    rows = [make_row("cpu", "tiny-llama3-8b", i, 8, b, [10.0 * b] * 3, [10.0 * b + 70.0] * 3)
+            for i in range(1, service_level.MAX_PANELS + 3) for b in (1, 2)]
+    (model, fig), = service_level.pareto_figures(pd.DataFrame(rows), DEFAULT_SLOS)
+    drawn = [ax for ax in fig.axes if ax.get_visible() and ax.get_title()]
+    assert len(drawn) == service_level.MAX_PANELS
+    assert f"the first {service_level.MAX_PANELS} of {service_level.MAX_PANELS + 2} (I, O) workloads" in \
+        fig._suptitle.get_text()

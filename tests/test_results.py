@@ -66,9 +66,83 @@ def test_a_crash_mid_write_leaves_nothing_behind(tmp_path, rows, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         write_point(str(tmp_path), rows[1])
     assert os.listdir(tmp_path / "points") == [f"{rows[0]['point_key']}.parquet"]
+    monkeypatch.undo()  # the crash was that write's; reading writes the directory's compacted copy
     assert len(load_results(tmp_path)) == 1
 
 
 def test_load_results_of_a_missing_path_is_an_error(tmp_path):
     with pytest.raises(FileNotFoundError):
         load_results(tmp_path / "nope")
+
+
+def _reads(monkeypatch):
+    """Count the point files read one by one (read_point), as opposed to taken from the compacted copy."""
+    import perfkit.results as results
+
+    read, real = [], results.read_point
+    monkeypatch.setattr(results, "read_point", lambda path: (read.append(os.path.basename(path)), real(path))[1])
+    return read
+
+
+def test_a_directory_read_again_comes_from_its_compacted_copy_until_a_file_changes(tmp_path, rows, monkeypatch):
+    from perfkit.compacted import path_of
+
+    for row in rows:
+        write_point(str(tmp_path), row)
+    first = load_results(tmp_path)
+    assert os.path.isfile(path_of(str(tmp_path)))
+    read = _reads(monkeypatch)
+    again = load_results(tmp_path)
+    assert read == [] and sorted(again.point_key) == sorted(first.point_key)
+    samples = [None if v is None else list(v) for v in first.sort_values("point_key").ttft_ms_samples]
+    assert [None if v is None else list(v) for v in again.sort_values("point_key").ttft_ms_samples] == samples
+    # a point measured again (an atomic replace: another file under the same name) is read and checked anew
+    changed = {**rows[0], "error": None, "ttft_ms": rows[0]["ttft_ms"] * 2}  # figures that no longer follow
+    write_point(str(tmp_path), changed)
+    df = load_results(tmp_path)
+    assert read == [f"{rows[0]['point_key']}.parquet"]  # only that file
+    assert rows[0]["point_key"] not in set(df.point_key)  # damaged now: left out, and said
+    assert [os.path.basename(p) for p, _ in df.attrs["skipped_files"]] == read
+    # a removed point leaves the copy too
+    os.unlink(os.path.join(tmp_path, "points", f"{rows[1]['point_key']}.parquet"))
+    assert set(load_results(tmp_path).point_key) == {rows[2]["point_key"]}
+
+
+@pytest.mark.parametrize("damage", [b"", b"PAR1 not a parquet file", None, "older"])
+def test_a_damaged_compacted_copy_is_ignored_and_rebuilt(tmp_path, rows, monkeypatch, damage):
+    from perfkit.compacted import path_of
+
+    for row in rows:
+        write_point(str(tmp_path), row)
+    want = sorted(load_results(tmp_path).point_key)
+    path = path_of(str(tmp_path))
+    if damage == "older":  # a copy written before a column of the schema existed
+        table = pq.read_table(path)
+        pq.write_table(table.drop_columns(["seed"]), path)
+    elif damage is None:  # a copy that names the files, but with rows of another directory
+        import pyarrow as pa
+
+        table = pq.read_table(path)
+        pq.write_table(table.set_column(table.schema.get_field_index("_cache_size"), "_cache_size",
+                                        pa.array([1] * table.num_rows, pa.int64())), path)
+    else:
+        with open(path, "wb") as f:
+            f.write(damage)
+    read = _reads(monkeypatch)
+    assert sorted(load_results(tmp_path).point_key) == want
+    assert len(read) == 3  # every file read and checked again
+    read.clear()
+    load_results(tmp_path)
+    assert read == []  # and the copy rebuilt
+
+
+def test_a_read_only_results_directory_is_read_without_a_copy(tmp_path, rows):
+    if os.geteuid() == 0:
+        pytest.skip("root writes into read-only directories")
+    for row in rows:
+        write_point(str(tmp_path), row)
+    os.chmod(tmp_path, 0o555)
+    try:
+        assert len(load_results(tmp_path)) == 3
+    finally:
+        os.chmod(tmp_path, 0o755)

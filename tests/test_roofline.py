@@ -195,3 +195,28 @@ def test_a_grace_hopper_is_not_taken_for_an_h200():
 
     assert lookup("NVIDIA GH200 480GB") is None  # unknown, not a guess
     assert lookup("NVIDIA H200").name == "H200 SXM"
+
+
+def test_a_registry_models_numbers_are_those_of_its_transformers_config():
+    """arch() reads registry entries directly (no transformers config on the results path): the same numbers."""
+    from perfkit.models import model_config
+    from perfkit.registry import REGISTRY
+
+    for name in REGISTRY:
+        c = model_config(name)
+        got = roofline.arch(name)
+        assert (got.layers, got.hidden, got.heads, got.kv_heads, got.head_dim, got.intermediate, got.vocab,
+                got.sliding_window, got.tied) == (
+            c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.num_key_value_heads,
+            getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads, c.intermediate_size,
+            c.vocab_size, getattr(c, "sliding_window", None), bool(c.tie_word_embeddings)), name
+
+
+@pytest.mark.parametrize("window", [None, 1, 7, 64])
+def test_the_closed_form_context_sums_equal_summing_position_by_position(window):
+    for input_len in (1, 5, 63, 64, 65, 200):
+        keys = sum(min(n, window or n) for n in range(1, input_len + 1))
+        assert roofline._windowed_sum(input_len, window) == keys
+        for output_len in (2, 3, 50):
+            steps = [min(input_len + k, window or input_len + k) for k in range(1, output_len)]
+            assert roofline.mean_decode_context(input_len, output_len, window) == pytest.approx(sum(steps) / len(steps))

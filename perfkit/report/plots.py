@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import FuncFormatter
 
-from perfkit.compare import BETTER, NOISE, STUDY_TITLES, WORSE
+from perfkit.compare import BETTER, NOISE, STUDY_TITLES, WORSE, side_names
 
 VERDICT_BAR_COLOURS = {BETTER: "#2e7d32", WORSE: "#c62828", NOISE: "#9e9e9e"}
 
@@ -184,6 +184,7 @@ def ratio_heatmap(study: pd.DataFrame, target: str, baseline: str):
     ax.set_yticks(range(len(grid)), [label_text(m, 40) for m in grid.index], fontsize=8)
     bar = fig.colorbar(im, ax=ax)
     bar.set_label("log2 ratio (green: target better)")
+    target, baseline = side_names(target, baseline)
     ax.set_title(f"{label_text(target, 40)} vs {label_text(baseline, 40)}: ratio per model and configuration "
                  "((x) = within noise)", fontsize=10)
     tidy_layout(fig)

@@ -16,8 +16,8 @@ import re
 import sys
 import warnings
 
-from perfkit.errors import UsageError
-from perfkit.paths import DEFAULT_REPORTS, PROJECT_ROOT, default_out_dir
+from perfkit.errors import UsageError, printable, shown
+from perfkit.paths import DEFAULT_REPORTS, PROJECT_ROOT, default_out_dir, project_root
 from perfkit.results import atomic_write
 
 # Inside a kernel tqdm.auto asks for ipywidgets; a published page wants neither widgets nor the warning.
@@ -170,10 +170,22 @@ def _coalesce_streams(outputs: list) -> list:
     return out
 
 
+MAX_NOTEBOOK_BYTES = 1 << 30  # an executed notebook embeds its plots: tens of MB at most
+
+
 def read_meta(nb_or_path) -> dict:
+    """A report's metadata (emit_meta's), from a notebook or its file: a file is read as a regular file of at
+    most MAX_NOTEBOOK_BYTES (errors.read_regular), else ValueError (UnreadableFile, nbformat's)."""
     import nbformat
 
-    nb = nbformat.read(nb_or_path, as_version=4) if isinstance(nb_or_path, (str, os.PathLike)) else nb_or_path
+    from perfkit.errors import nesting_refused, read_regular
+
+    if isinstance(nb_or_path, (str, os.PathLike)):
+        blob = read_regular(nb_or_path, "an executed notebook", MAX_NOTEBOOK_BYTES)
+        with nesting_refused("an executed notebook"):
+            nb = nbformat.reads(blob.decode("utf-8"), as_version=4)
+    else:
+        nb = nb_or_path
     for cell in nb.cells:
         for out in cell.get("outputs", []):
             data = out.get("data", {})
@@ -196,16 +208,35 @@ def _href(rel: str) -> str:
     return quote(rel.replace(os.sep, "/"), safe="/")
 
 
-def build_index(root: str = DEFAULT_REPORTS) -> str:
-    """reports/index.html: every report below `root`, newest first, with its date, device and systems."""
-    import glob
+def check_reports(reports_dir: str, names=()) -> None:
+    """Refuse, before any notebook runs, a reports folder where a report of `names` (safe_names) or the index
+    could not be written: a directory named like NAME.ipynb, NAME.html or index.html, and check_out_dir's
+    rules. UsageError; nothing written."""
+    from perfkit.results import check_out_dir
 
+    what = "a directory for the reports"
+    files = tuple(f"{name}{ext}" for name in names for ext in (".ipynb", ".html"))
+    check_out_dir(reports_dir, "--reports", what, subdirs=(), files=files)
+    check_out_dir(_index_root(reports_dir), "--reports", what, subdirs=(), files=("index.html",))
+
+
+def build_index(root: str = DEFAULT_REPORTS) -> str:
+    """reports/index.html: every report below `root`, newest first, with its date, device and systems. The
+    walk enters each folder once (perfkit.results.find_files: a link loop ends); a notebook that cannot be
+    read (a FIFO, damaged) is named on stderr and left out."""
+    from perfkit.results import check_out_dir, find_files, warn_skipped
+
+    check_out_dir(root, "--reports", "a directory for the reports", subdirs=(), files=("index.html",))
     entries = []
-    for nb_path in sorted(glob.glob(os.path.join(root, "**", "*.ipynb"), recursive=True)):
+    for nb_path in find_files(root, ".ipynb"):
         html_path = nb_path[: -len(".ipynb")] + ".html"
         if not os.path.exists(html_path) or ".ipynb_checkpoints" in nb_path:
             continue
-        meta = read_meta(nb_path)
+        try:
+            meta = read_meta(nb_path)
+        except ValueError as exc:  # not a regular file, not a notebook
+            warn_skipped([(nb_path, " ".join(str(exc).split())[:200])])
+            continue
         if not meta:
             continue
         entries.append((meta, os.path.relpath(html_path, root)))
@@ -250,19 +281,22 @@ not the study's hardware.</p>
 
 
 def _for_notebook(path: str) -> str:
-    """A path as a notebook (working from the project's root) must see it: relative to the root when it lies
-    inside the project (reports show `results/demo`, not a machine's absolute path), else absolute."""
-    full = os.path.abspath(path)
-    inside = full == PROJECT_ROOT or full.startswith(PROJECT_ROOT + os.sep)
-    return os.path.relpath(full, PROJECT_ROOT) if inside else full
+    """A path as a notebook must see it: its kernel starts here and works from the project's root above
+    (perfkit.report.notebook), so relative to that root when the path lies inside it (reports show
+    `results/demo`, not a machine's absolute path), else absolute."""
+    full, root = os.path.abspath(path), project_root()
+    inside = root is not None and (full == root or full.startswith(root.rstrip(os.sep) + os.sep))
+    return os.path.relpath(full, root) if inside else full
 
 
 def _publish(notebook: str, name: str, reports_dir: str, parameters: dict, log_output: bool = False) -> str:
     """Run the notebook into a hidden temporary file beside its final place, convert it, and only then move
     notebook and page into place: a failure (or an interrupt) removes what it wrote and leaves the reports
-    folder as it was. `name` is a safe_name."""
+    folder as it was. `name` is a safe_name. What would stop the move into place (a directory named like the
+    notebook, its page or the index) is refused before the notebook runs (check_reports)."""
     import tempfile
 
+    check_reports(reports_dir, [name])
     out_ipynb, out_html = (os.path.join(reports_dir, f"{name}{ext}") for ext in (".ipynb", ".html"))
     made = []  # the folders this call creates, deepest first
     folder = os.path.abspath(reports_dir)
@@ -312,28 +346,39 @@ def _record_output_path(ipynb: str, final: str) -> None:
 
 # ---- the products ---------------------------------------------------------------------------------
 
-def publish_report(results_dir: str, system: str | None = None, reports_dir: str = DEFAULT_REPORTS,
-                   name: str | None = None) -> str:
+def _report_job(results_dir: str, system: str | None = None, name: str | None = None) -> tuple[str, dict, str]:
+    """A report's checks (a UsageError before anything runs) and what _publish needs: (name, parameters,
+    the line to print first)."""
     name = safe_name(name) if name is not None else None
     load_for_report(results_dir, system)
     name = name or _slug("report-" + os.path.basename(os.path.normpath(results_dir)) + (f"-{system}" if system else ""))
-    return _publish("report", name, reports_dir, {"results_dir": _for_notebook(results_dir),
-                                                  "system": system or ""})
+    return name, {"results_dir": _for_notebook(results_dir), "system": system or ""}, ""
+
+
+def publish_report(results_dir: str, system: str | None = None, reports_dir: str = DEFAULT_REPORTS,
+                   name: str | None = None) -> str:
+    name, parameters, _ = _report_job(results_dir, system, name)
+    return _publish("report", name, reports_dir, parameters)
+
+
+def _comparison_job(target: str, baseline: str, target_system: str | None = None,
+                    baseline_system: str | None = None, name: str | None = None) -> tuple[str, dict, str]:
+    """A comparison's checks (compare's, quickly) and what _publish needs: (name, parameters, its bottom line)."""
+    from perfkit.compare import compare, summary_line
+
+    name = safe_name(name) if name is not None else None
+    c = compare(target, baseline, target_system, baseline_system, n_boot=200)  # the checks, quickly
+    name = name or _slug(f"compare-{c.target}-vs-{c.baseline}")
+    return name, {"target_dir": _for_notebook(target), "baseline_dir": _for_notebook(baseline),
+                  "target_system": target_system or "", "baseline_system": baseline_system or ""}, summary_line(c)
 
 
 def publish_comparison(target: str, baseline: str, target_system: str | None = None,
                        baseline_system: str | None = None, reports_dir: str = DEFAULT_REPORTS,
                        name: str | None = None) -> str:
-    from perfkit.compare import compare, summary_line
-
-    name = safe_name(name) if name is not None else None
-    c = compare(target, baseline, target_system, baseline_system, n_boot=200)  # the checks, quickly
-    print(summary_line(c), flush=True)
-    name = name or _slug(f"compare-{c.target}-vs-{c.baseline}")
-    return _publish("compare", name, reports_dir, {"target_dir": _for_notebook(target),
-                                                   "baseline_dir": _for_notebook(baseline),
-                                                   "target_system": target_system or "",
-                                                   "baseline_system": baseline_system or ""})
+    name, parameters, line = _comparison_job(target, baseline, target_system, baseline_system, name)
+    print(printable(line), flush=True)
+    return _publish("compare", name, reports_dir, parameters)
 
 
 def publish_sweep(params: str, systems: list[str] | None = None, out: str | None = None,
@@ -362,35 +407,41 @@ def publish_sweep(params: str, systems: list[str] | None = None, out: str | None
 
 def publish_all(results_root: str, reports_dir: str = DEFAULT_REPORTS, exclude: list[str] | None = None) -> list[str]:
     """One report per (results directory, system) found below `results_root`, and their comparisons
-    listed in RESULTS_ROOT/comparisons.yaml ([{target: DIR[:LABEL], baseline: DIR[:LABEL]}, ...])."""
-    import glob
+    listed in RESULTS_ROOT/comparisons.yaml ([{target: DIR[:LABEL], baseline: DIR[:LABEL]}, ...]).
 
-    import yaml
-
+    Everything is checked before the first notebook runs: comparisons.yaml as a params file is
+    (perfkit.params.load_comparisons: a list of mappings of strings, no key twice, bounded, a regular
+    file), each comparison's sides (compare's checks), and the reports folder for every report's files."""
     from perfkit.compare import parse_side
-    from perfkit.results import load_results
+    from perfkit.params import load_comparisons
+    from perfkit.results import POINTS, find_files, load_results
 
     if not os.path.isdir(results_root):
         raise UsageError(f"results root {results_root!r} does not exist")
+    spec = os.path.join(results_root, "comparisons.yaml")
+    pairs = load_comparisons(spec) if os.path.lexists(spec) else []
     skip = [os.path.abspath(e) for e in exclude or []]
-    dirs = sorted({os.path.dirname(os.path.dirname(p))
-                   for p in glob.glob(os.path.join(results_root, "**", "points", "*.parquet"), recursive=True)})
+    # each results directory once, under its own name where a link reaches it too (find_files)
+    dirs = sorted({os.path.dirname(os.path.dirname(p)) for p in find_files(results_root, ".parquet", POINTS)})
     dirs = [d for d in dirs if not any(os.path.abspath(d) == e or os.path.abspath(d).startswith(e + os.sep)
                                        for e in skip)]
     if not dirs:
-        print(f"no results below {results_root} (DIR/points/*.parquet): nothing to render", file=sys.stderr)
+        print(printable(f"no results below {results_root} (DIR/points/*.parquet): nothing to render"),
+              file=sys.stderr)
         return [build_index(_index_root(reports_dir))]
+    jobs = [("report", *_report_job(d, system)) for d in dirs
+            for system in sorted(load_results(d)["system"].dropna().unique())]
+    for i, (target, baseline) in enumerate(pairs):
+        # DIR[:LABEL] relative to the results root, split as `perfkit compare` splits it
+        (t_dir, t_sys), (b_dir, b_sys) = (parse_side(os.path.join(results_root, side)) for side in (target, baseline))
+        try:
+            jobs.append(("compare", *_comparison_job(t_dir, b_dir, t_sys, b_sys)))
+        except UsageError as exc:
+            raise UsageError(f"{spec}: [{i}] ({shown(target)} vs {shown(baseline)}): {exc}") from None
+    check_reports(reports_dir, [name for _, name, _, _ in jobs])
     made = []
-    for d in dirs:
-        for system in sorted(load_results(d)["system"].dropna().unique()):
-            made.append(publish_report(d, system, reports_dir))
-    spec = os.path.join(results_root, "comparisons.yaml")
-    if os.path.exists(spec):
-        with open(spec) as f:
-            pairs = yaml.safe_load(f) or []
-        for pair in pairs:
-            # DIR[:LABEL] relative to the results root, split as `perfkit compare` splits it
-            (t_dir, t_sys), (b_dir, b_sys) = (parse_side(os.path.join(results_root, str(pair[side])))
-                                              for side in ("target", "baseline"))
-            made.append(publish_comparison(t_dir, b_dir, t_sys, b_sys, reports_dir))
+    for notebook, name, parameters, line in jobs:
+        if line:
+            print(printable(line), flush=True)
+        made.append(_publish(notebook, name, reports_dir, parameters))
     return made

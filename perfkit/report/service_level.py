@@ -14,11 +14,15 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from perfkit.compare import side_names
 from perfkit.report.plots import label_text, tidy_layout
 from perfkit.report.tables import VERDICT_CELL_COLOURS, escaped
 from perfkit.slo import NONE_MEETS, frontier, interactivity_points, oom_batches
 
 SIDE_PALETTE = ("#1565c0", "#ef6c00", "#2e7d32", "#6a1b9a", "#c62828", "#00838f")
+
+
+MAX_PANELS = 24  # (I, O) panels per model in a Pareto figure
 
 
 def _workloads(points: pd.DataFrame) -> list[tuple]:
@@ -37,22 +41,24 @@ def pareto_figures(df: pd.DataFrame, slos, hue: str = "system") -> list[tuple[st
     `hue`: the column that tells the series apart (a system label, or a comparison's side).
     Returns [(model, figure)], empty where no point has a decode step to read interactivity from.
     """
+    if hue != "system":  # each series is one value of `hue`, whatever its label (two sides may share one)
+        df = df.assign(system=df[hue].astype(str))
+        hue = "system"
     points = interactivity_points(df)
     if points.empty:
         return []
     front = frontier(df)
     ooms = oom_batches(df)
-    if hue != "system":  # the caller's series column rides along on every row of its system
-        series = df.drop_duplicates("system").set_index("system")[hue]
-        for t in (points, front, ooms):
-            t[hue] = t["system"].map(series)
     for t in (points, front, ooms):  # legend entries are drawn text: one line, no mathtext
         t[hue] = t[hue].map(lambda v: label_text(v, 120))
     order = sorted(points[hue].astype(str).unique())
     palette = dict(zip(order, SIDE_PALETTE * (len(order) // len(SIDE_PALETTE) + 1)))
     out = []
     for model in sorted(points["model"].unique()):
-        keys = [k for k in _workloads(points) if k[0] == model]
+        every = [k for k in _workloads(points) if k[0] == model]
+        # A panel per workload reads up to a few dozen; past that a page of them is unreadable and costs a
+        # minute to draw: the first MAX_PANELS are drawn, the bounded-max table lists every workload.
+        keys = every[:MAX_PANELS]
         cols = min(len(keys), 3)
         rows = math.ceil(len(keys) / cols)
         fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.8 * rows), squeeze=False)
@@ -81,8 +87,10 @@ def pareto_figures(df: pd.DataFrame, slos, hue: str = "system") -> list[tuple[st
             ax.set_ylabel("total output throughput (tok/s)", fontsize=8)
             ax.set_ylim(bottom=0)
             ax.grid(alpha=0.3)
+        shown = (f"; the first {len(keys)} of {len(every)} (I, O) workloads, every one in the table below"
+                 if len(keys) < len(every) else "")
         fig.suptitle(f"{label_text(model)}: throughput against interactivity (lines: measured frontier; "
-                     "dashed: SLO tpot limits)", x=0.02, ha="left", fontsize=10)
+                     f"dashed: SLO tpot limits{shown})", x=0.02, ha="left", fontsize=10)
         tidy_layout(fig)
         out.append((model, fig))
     return out
@@ -104,6 +112,7 @@ def slo_comparison_table(table: pd.DataFrame, target: str, baseline: str, confid
     def side(v, b):
         return NONE_MEETS if pd.isna(v) else f"{v:,.1f} at B={int(b)}"
 
+    target, baseline = side_names(target, baseline)  # distinct column names where the labels are the same
     t = pd.DataFrame({
         "model": table["model"], "I": table["input_len"], "O": table["output_len"], "SLO": table["slo"],
         f"{target} (tok/s)": [side(v, b) for v, b in zip(table["target_output_tok_s"], table["target_batch"])],
@@ -123,6 +132,7 @@ def slo_comparison_table(table: pd.DataFrame, target: str, baseline: str, confid
 
 def frontier_comparison_table(table: pd.DataFrame, target: str, baseline: str):
     """At each baseline frontier point's interactivity, the target's best throughput there or better."""
+    target, baseline = side_names(target, baseline)  # distinct column names where the labels are the same
     t = pd.DataFrame({
         "model": table["model"], "I": table["input_len"], "O": table["output_len"],
         "tok/s per user ≥": table["interactivity_tok_s"].map(lambda v: f"{v:,.1f}"),

@@ -17,7 +17,7 @@ import re
 
 import pandas as pd
 
-from perfkit.compare import BETTER, NOISE, POINT_METRICS, STUDY_TITLES, WORSE, Comparison
+from perfkit.compare import BETTER, NOISE, POINT_METRICS, STUDY_TITLES, WORSE, Comparison, side_names
 from perfkit.metrics import geometric_mean
 
 MIB = 2**20
@@ -206,9 +206,10 @@ def study_comparison(c: Comparison, metric: str):
         (["baseline_batch"] if metric.startswith("max_") else []) + ["ratio", "interval", "verdict"]
     st["interval"] = [_interval(lo, hi) for lo, hi in zip(st["ratio_lo"], st["ratio_hi"])]
     unit = st["unit"].iloc[0] if len(st) else ""
+    target, baseline = side_names(c.target, c.baseline)  # distinct column names where the labels are the same
     table = st[cols].rename(columns={
-        "target": f"{c.target} ({unit})", "baseline": f"{c.baseline} ({unit})", "target_batch": f"B ({c.target})",
-        "baseline_batch": f"B ({c.baseline})", "interval": f"{c.confidence:.0%} interval",
+        "target": f"{target} ({unit})", "baseline": f"{baseline} ({unit})", "target_batch": f"B ({target})",
+        "baseline_batch": f"B ({baseline})", "interval": f"{c.confidence:.0%} interval",
         **{k: _NICE[k] for k in keys}}).reset_index(drop=True)
     for col in table.columns:
         if col.startswith("B ("):
@@ -216,7 +217,7 @@ def study_comparison(c: Comparison, metric: str):
     if "O" in table:
         table["O"] = table["O"].astype("Int64")
     verdicts = table["verdict"]
-    fmt = {f"{c.target} ({unit})": "{:,.2f}", f"{c.baseline} ({unit})": "{:,.2f}", "ratio": "{:.3f}"}
+    fmt = {f"{target} ({unit})": "{:,.2f}", f"{baseline} ({unit})": "{:,.2f}", "ratio": "{:.3f}"}
     return (escaped(table.style.format(fmt, na_rep="—", escape="html")).hide(axis="index")
             .apply(lambda _: [f"background-color: {VERDICT_CELL_COLOURS.get(v, '')}" for v in verdicts],
                    subset=["ratio", "verdict"], axis=0))

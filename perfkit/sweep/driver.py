@@ -14,12 +14,12 @@ import perfkit.sweep.budget as budget_clock
 import perfkit.sweep.units as units
 from perfkit import hardware
 from perfkit import results as store
-from perfkit.errors import UsageError
+from perfkit.errors import UsageError, WriteError, printable
 from perfkit.measure import check_device
 from perfkit.params import SweepParams, check_point_count
 from perfkit.paths import default_out_dir
 from perfkit.sweep.budget import Budget, DurationEstimator
-from perfkit.sweep.planning import Work, as_params, discard_stale, select, work_of
+from perfkit.sweep.planning import Work, as_params, discard_stale, out_subdirs, select, work_of
 from perfkit.sweep.search import BatchSearch
 from perfkit.sweep.units import FAULT_ENV, BuiltModel, Faults, Unit, UnitRunner, units_of
 from perfkit.sweep.writer import SweepWriter
@@ -43,6 +43,9 @@ class SweepOutcome:
     interrupted: bool = False  # Ctrl-C stopped it between or inside points; every finished point is stored
     workers: int = 0  # a Ray sweep's workers (GPUs or CPUs measuring at once, at most one per unit); 0: serial
     lost: list[str] = dataclasses.field(default_factory=list)  # units whose Ray task failed past its retries
+    # a point or run record the file system refused (full, the file size limit): the sweep stopped there;
+    # the points written before it are stored, the same command continues
+    write_error: str | None = None
 
 
 def run_sweep(params_or_path, systems: list[str] | None = None, out_dir: str | None = None,
@@ -54,14 +57,15 @@ def run_sweep(params_or_path, systems: list[str] | None = None, out_dir: str | N
     under it, removes the temporary files of interrupted writes, then refuses points of its labels that the
     params file does not define, or with `discard_stale` moves them to DIR/stale/<timestamp>/. Bad input
     is refused before anything is written; a grid beyond max_points needs `yes`. Ctrl-C ends it with an
-    outcome whose `interrupted` is set: the finished points are stored, the same command continues.
+    outcome whose `interrupted` is set: the finished points are stored, the same command continues. A write
+    the file system refuses (a full disk, the file size limit) ends it the same way, with `write_error` set.
 
     `ray`: run the units as Ray tasks, one GPU (or CPU) each: "local" (or "") starts a Ray instance here,
     "auto", "ray://HOST:PORT" or "HOST:PORT" joins a running cluster. None: serially, in this process."""
     params = as_params(params_or_path, yes)
     check_point_count(params, select(params, systems), yes=True)
     out_dir = out_dir or default_out_dir(params.name)
-    store.check_out_dir(out_dir)
+    store.check_out_dir(out_dir, subdirs=out_subdirs(discard_stale))
     check_max_minutes(max_minutes)
     Faults(os.environ.get(FAULT_ENV))
     cluster = None
@@ -70,7 +74,7 @@ def run_sweep(params_or_path, systems: list[str] | None = None, out_dir: str | N
     with store.lock(out_dir):
         removed = store.remove_interrupted_writes(out_dir)
         if removed:
-            print(f"perfkit: removed {removed} temporary files of interrupted writes from {out_dir}",
+            print(printable(f"perfkit: removed {removed} temporary files of interrupted writes from {out_dir}"),
                   file=sys.stderr, flush=True)
         return _run(params, systems, out_dir, max_minutes, progress, discard_stale, cluster)
 
@@ -157,7 +161,7 @@ def _run(params: SweepParams, systems: list[str] | None, out_dir: str, max_minut
                              for device, env in envs.items()}, clock)
             budget.learn(work.stored.rows.values())
             writer = SweepWriter(params, out_dir, envs, run_id, bar, budget.builds)
-            interrupted = False
+            interrupted, write_error = False, None
             try:
                 if cluster is None:
                     _serial(work, writer, budget, envs, run_id)
@@ -166,12 +170,15 @@ def _run(params: SweepParams, systems: list[str] | None, out_dir: str, max_minut
                                 None if minutes is None else minutes * 60 - (clock() - t0))
             except KeyboardInterrupt:  # Ctrl-C: what finished is stored (atomically, point by point); say so
                 interrupted = True
+            except WriteError as exc:  # a full disk: the points before it are stored; stop, and say so
+                write_error = str(exc)
     return SweepOutcome(out_dir=out_dir, run_id=run_id if writer.run_written else None,
                         measured=writer.measured, skipped=skipped, failures=writer.failures, ooms=writer.ooms,
                         stopped_early=writer.stopped and any(not s.finished() for s in searches),
                         left=sum(s.remaining() for s in searches),
                         wall_s=clock() - t0, build_s=budget.builds, interrupted=interrupted,
-                        workers=cluster.workers if cluster is not None else 0, lost=writer.lost)
+                        workers=cluster.workers if cluster is not None else 0, lost=writer.lost,
+                        write_error=write_error)
 
 
 def _serial(work: Work, writer: SweepWriter, budget: Budget, envs: dict, run_id: str) -> None:

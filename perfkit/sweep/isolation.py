@@ -12,7 +12,7 @@ import time
 import ray
 
 import perfkit.sweep.units as units
-from perfkit.errors import UsageError
+from perfkit.errors import UsageError, printable
 from perfkit.sweep.planning import as_params, select
 from perfkit.sweep.ray_runner import (
     PROBE_TIMEOUT_S,
@@ -213,4 +213,4 @@ def isolation_text(r: dict) -> str:
         advice = (f"a busy node made this point {100 * (1 - e2e['ratio']):.1f} % faster (clocks or caches while "
                   "alone?): repeat the check before trusting either")
     lines.append(f"verdict: {r['verdict']}: {advice}")
-    return "\n".join(lines)
+    return "\n".join(printable(line) for line in lines)  # a host, label and model from outside

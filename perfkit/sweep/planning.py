@@ -9,9 +9,10 @@ import os
 import sys
 
 from perfkit import results as store
-from perfkit.errors import UsageError
+from perfkit.errors import UsageError, printable
 from perfkit.params import SweepParams, check_point_count, load_params
 from perfkit.paths import default_out_dir
+from perfkit.registry import checkpoint_fingerprint
 from perfkit.rows import point_fields, point_key
 from perfkit.sweep.search import BatchSearch, SearchSpec, search_specs
 from perfkit.workload import System
@@ -34,7 +35,7 @@ def key_fields(params: SweepParams, spec: SearchSpec, output_len: int, batch: in
     """Everything that defines one point of a search (perfkit.rows.point_fields); its hash is the key."""
     derived = None if output_len == spec.run_output_len else spec.run_output_len
     return point_fields(spec.system, spec.model, spec.input_len, output_len, batch, params.warmup,
-                        params.repeats, params.seed, derived)
+                        params.repeats, params.seed, derived, spec.checkpoint)
 
 
 def key_of(params: SweepParams, spec: SearchSpec, output_len: int, batch: int) -> str:
@@ -59,15 +60,22 @@ def read_stored(out_dir: str, params: SweepParams, specs: list[SearchSpec], dry_
 
     Every file is checked (perfkit.results.read_point). A damaged file is named on stderr, one line each;
     where it is one of this plan's points, that point counts as not done, so the sweep measures it again
-    and its atomic write replaces the file.
+    and its atomic write replaces the file. A directory where one of this plan's point files goes would
+    stop that write after the point is measured: it is refused here (UsageError), before any measuring.
     """
-    scan = store.scan_points(out_dir) if os.path.isdir(out_dir) else store.Scan({}, {}, {}, [])
+    scan = store.scan_points(out_dir, update_copy=False)
     wanted = {key_of(params, u, o, b) for u in specs for o in u.output_lens for b in params.batch_sizes}
+    blocked = [path for path, _ in scan.skipped if os.path.basename(path)[: -len(".parquet")] in wanted
+               and os.path.isdir(path) and not os.path.islink(path)]
+    if blocked:
+        more = f" (and {len(blocked) - 1} more)" if len(blocked) > 1 else ""
+        raise UsageError(f"{blocked[0]} is a directory where a point of this plan is to be written{more}: expected "
+                         "no directory there; move it away, or use another --out")
     for path, reason in scan.skipped:
         again = os.path.basename(path)[: -len(".parquet")] in wanted
         tail = (f"; its point counts as not done and {'would be' if dry_run else 'is'} measured again"
                 if again else "")
-        print(f"perfkit: warning: skipped {path}: {reason}{tail}", file=sys.stderr, flush=True)
+        print(printable(f"perfkit: warning: skipped {path}: {reason}{tail}"), file=sys.stderr, flush=True)
     labels = {u.system.label for u in specs}
     rows, stale, other, devices = {}, {}, 0, {}
     for key, row in scan.rows.items():
@@ -101,6 +109,18 @@ def _stale_reason(params: SweepParams, system: System, rows: list[dict]) -> str:
     derived = any(not store.is_missing(r.get("derived_from_output_len")) for r in rows)
     if derived and not params.derive_output_lens:
         parts.append("derive_output_lens true there, false here")
+    for model in sorted({r["model"] for r in rows} & set(params.models)):  # a checkpoint directory: what it holds
+        now = checkpoint_fingerprint(model)
+        of_model = [r for r in rows if r["model"] == model]
+        if now is None:
+            continue
+        there = _values(of_model, "checkpoint") - {now}
+        if there:
+            parts.append(f"checkpoint {model} changed on disk (fingerprint {', '.join(sorted(there))} there, "
+                         f"{now} here)")
+        if any(store.is_missing(r.get("checkpoint")) for r in of_model):
+            parts.append(f"checkpoint {model} without a fingerprint there (measured before perfkit recorded "
+                         f"one), {now} here")
     if len(parts) == bool(runs):  # the definition is the same: the grid differs
         grid = {"model": params.models, "input_len": params.input_lens, "output_len": params.output_lens,
                 "batch": params.batch_sizes}
@@ -132,6 +152,12 @@ def stale_message(params: SweepParams, chosen: list[System], out_dir: str, stale
             f"another --out, or --discard-stale to move them to {out_dir}/{store.STALE}/<timestamp>/")
 
 
+def out_subdirs(discard: bool) -> tuple[str, ...]:
+    """The folders a sweep writes in its results directory (perfkit.results.check_out_dir refuses a file in
+    the place of one): points/, runs/, and with --discard-stale stale/."""
+    return (store.POINTS, store.RUNS) + ((store.STALE,) if discard else ())
+
+
 def points(n: int) -> str:
     return f"{n} point" if n == 1 else f"{n} points"
 
@@ -142,8 +168,8 @@ def discard_stale(out_dir: str, stored: Stored) -> None:
         return
     dest = store.move_aside(out_dir, [stored.paths[k] for k in stored.stale])
     labels = ", ".join(sorted({r["system"] for r in stored.stale.values()}))
-    print(f"perfkit: moved {points(len(stored.stale))} of {labels} that this params file does not define to {dest}",
-          file=sys.stderr, flush=True)
+    print(printable(f"perfkit: moved {points(len(stored.stale))} of {labels} that this params file does not define "
+                    f"to {dest}"), file=sys.stderr, flush=True)
 
 
 def replay(params: SweepParams, specs: list[SearchSpec], done: dict[str, dict]) -> list[BatchSearch]:
@@ -215,7 +241,8 @@ def plan(params_or_path, systems: list[str] | None = None, out_dir: str | None =
     params = as_params(params_or_path, yes)
     check_point_count(params, select(params, systems), yes=yes)
     out_dir = out_dir or default_out_dir(params.name)
-    store.check_out_dir(out_dir, writable=False)  # a plan only reads: a read-only results directory is fine
+    # a plan only reads (a read-only results directory is fine), but refuses what the sweep would
+    store.check_out_dir(out_dir, subdirs=out_subdirs(discard_stale), writable=False)
     work = work_of(params, systems, out_dir, discard_stale, dry_run=True)
     listed = []
     for s in work.searches:

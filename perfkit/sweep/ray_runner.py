@@ -21,7 +21,7 @@ import time
 import ray
 
 import perfkit.sweep.units as units
-from perfkit.errors import UsageError, one_line, shown
+from perfkit.errors import UsageError, one_line, printable, shown
 
 UNIT_RETRIES = 3  # times Ray runs a unit's task again after its worker or node died
 CONNECT_TIMEOUT_S = 10.0  # the longest wait for a cluster's address to answer
@@ -336,9 +336,9 @@ class _Dispatch:
                 where = f"gpu{info['gpu_index']}" if info["gpu_index"] is not None else "cpu"
                 self.writer.run_extra["ray"]["workers"][f"{info['host']}:{where}"] = info["env"]
                 if self.hellos[u] > 1:
-                    print(f"perfkit: Ray: {unit.system.label} {unit.model} started again on {info['host']} "
-                          f"(attempt {self.hellos[u]}: its worker or node died); it goes on after the points "
-                          "already written", file=sys.stderr, flush=True)
+                    print(printable(f"perfkit: Ray: {unit.system.label} {unit.model} started again on {info['host']} "
+                                    f"(attempt {self.hellos[u]}: its worker or node died); it goes on after the "
+                                    "points already written"), file=sys.stderr, flush=True)
             elif isinstance(event, End):
                 self.ending.add(u)
             else:

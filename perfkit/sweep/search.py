@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 
 from perfkit.metrics import NOISY_IQR_FRACTION
+from perfkit.registry import checkpoint_fingerprint
 from perfkit.workload import System
 
 
@@ -27,6 +28,7 @@ class SearchSpec:
     input_len: int
     run_output_len: int
     output_lens: tuple[int, ...]
+    checkpoint: str | None = None  # a checkpoint directory's fingerprint (perfkit.registry.checkpoint_fingerprint)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,14 +121,17 @@ def search_specs(params, systems: list[System]) -> list[SearchSpec]:
 
 
 def iter_search_specs(params, systems: list[System]):
-    """search_specs one at a time: a dry run of a huge grid lists its first few without making them all."""
+    """search_specs one at a time: a dry run of a huge grid lists its first few without making them all.
+    Each checkpoint directory's fingerprint is read once, when the first spec is asked for."""
+    checkpoints = {model: checkpoint_fingerprint(model) for model in params.models}
     for system in systems:
         for model in params.models:
+            ckpt = checkpoints[model]
             for input_len in params.input_lens:
                 outs = params.output_lens_for(model, input_len)  # beyond-context points are skipped here
                 if not outs:
                     continue
                 if params.derive_output_lens:
-                    yield SearchSpec(system, model, input_len, max(outs), outs)
+                    yield SearchSpec(system, model, input_len, max(outs), outs, ckpt)
                 else:
-                    yield from (SearchSpec(system, model, input_len, o, (o,)) for o in outs)
+                    yield from (SearchSpec(system, model, input_len, o, (o,), ckpt) for o in outs)

@@ -17,7 +17,7 @@ from typing import Protocol
 
 import torch
 
-from perfkit.errors import UsageError, one_line
+from perfkit.errors import UsageError, one_line, printable
 from perfkit.measure import PointMeasurement, is_out_of_memory, measure_point
 from perfkit.metrics import truncate_e2e_s
 from perfkit.models import build_model, parse_dtype
@@ -133,8 +133,8 @@ def free_memory(device: str) -> None:
         try:
             torch.cuda.empty_cache()
         except RuntimeError as exc:  # an allocator left unusable (a failed graph capture): the points go on
-            print(f"perfkit: warning: could not release cached CUDA memory ({one_line(exc, 200, with_type=True)})",
-                  file=sys.stderr, flush=True)
+            print(printable(f"perfkit: warning: could not release cached CUDA memory "
+                            f"({one_line(exc, 200, with_type=True)})"), file=sys.stderr, flush=True)
 
 
 class Faults:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import sys
 
 from perfkit import results as store
+from perfkit.errors import printable
 from perfkit.params import SweepParams
 from perfkit.sweep.search import BatchSearch
 from perfkit.sweep.units import Acquired, Judged, Status, Waits
@@ -28,7 +29,7 @@ class SweepWriter:
         process (a Ray worker), whose judging these copies of the searches repeat, and whose builds count
         here."""
         if isinstance(event, Status):
-            self.bar.set_postfix_str(event.text, refresh=event.text.startswith("building"))
+            self.bar.set_postfix_str(printable(event.text), refresh=event.text.startswith("building"))
         elif isinstance(event, Acquired):
             if remote:
                 self.builds.append(event.record)
