@@ -195,6 +195,7 @@ def test_cli_compare_selects_systems_with_dir_colon_label(tmp_path, capsys):
 def test_one_system_on_two_machines_is_told_apart_by_side(tmp_path):
     """The usual comparison: one label on both sides (one system on two machines, or before and after an
     upgrade). Every table, plot and line that names the two sides names them by side as well."""
+    pytest.importorskip("matplotlib")  # the report extra (a core-only install has none)
     from helpers import call_cli
 
     from perfkit.report import service_level, tables

@@ -48,6 +48,7 @@ def test_a_lock_file_holding_deep_json_while_held_names_no_holder(tmp_path):
 
 
 def test_a_deeply_nested_notebook_is_left_out_of_the_index(tmp_path):
+    pytest.importorskip("nbformat")  # the report extra (a core-only install has none)
     import perfkit.report.publish as publish
 
     reports = tmp_path / "reports"
