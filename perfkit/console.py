@@ -185,6 +185,8 @@ def outcome_text(out, multi_user_max: pd.DataFrame | None = None) -> tuple[str, 
     if out.stopped_early:
         lines.append(f"runs that would not have fit the time budget were left out: up to {out.left} runs left; "
                      "run the same command to continue")
+    if getattr(out, "loads", 0):
+        lines.append(f"load levels measured: {out.loads} (RESULTS_DIR/loads/; perfkit summary shows them)")
     if multi_user_max is not None and len(multi_user_max):
         lines.append("multi-user max throughput:")
         for r in multi_user_max.itertuples():
@@ -196,7 +198,8 @@ def outcome_text(out, multi_user_max: pd.DataFrame | None = None) -> tuple[str, 
     errors += [f"unit lost: {text}" for text in lost]
     if out.failures:
         errors.append(f"{len(out.failures)} failed points:")
-        errors += [f"  {r['system']} {r['model']} I={r['input_len']} O={r['output_len']} B={r['batch']}: {r['error']}"
+        errors += [f"  {r['system']} {r['model']} I={r['input_len']} O={r['output_len']} "
+                   f"{r['load_label'] if 'load_label' in r else 'B=' + str(r['batch'])}: {r['error']}"
                    for r in out.failures]
     return _lines(lines), _lines(errors)
 

@@ -28,9 +28,21 @@ from perfkit.workload import (
 )
 
 TOP_KEYS = ("name", "models", "systems", "grid", "warmup", "repeats", "seed", "search", "derive_output_lens",
-            "beyond_context", "max_minutes", "max_points", "slos")
+            "beyond_context", "max_minutes", "max_points", "slos", "loads")
+LOAD_KEYS = ("users", "rates", "requests", "warmup_requests", "duration_s")
+MAX_REQUESTS = 1_000_000  # of one load level
+MAX_RATE = 100_000.0  # requests per second
 REQUIRED_TOP = ("models", "systems", "grid")
-SYSTEM_KEYS = ("label", "backend", "dtype", "device", "attn_implementation")
+SYSTEM_KEYS = ("label", "backend", "dtype", "device", "attn_implementation", "endpoint")
+ENDPOINT_KEYS = ("api", "base_url", "served_model", "tokenizer", "prompt", "extra_body", "api_key_env", "launch",
+                 "env", "ready_path", "ready_timeout_s", "request_timeout_s", "device_name")
+# Request fields a system's extra_body may not set: they are the point's definition (perfkit sets them).
+DEFINING_FIELDS = ("model", "prompt", "messages", "max_tokens", "max_completion_tokens", "stream", "n")
+MAX_EXTRA_BODY_BYTES = 4096
+MAX_TIMEOUT_S = 24 * 3600.0
+# How many requests a served point may send at once, or a load level keep in flight: like batch sizes, a
+# typo (batch_sizes: [1000000] on a server) must not open a million connections.
+MAX_CONCURRENCY = 4096
 GRID_KEYS = ("input_lens", "output_lens", "batch_sizes")
 SEARCH_KEYS = ("min_gain", "patience")
 
@@ -70,6 +82,7 @@ class SweepParams:
     max_minutes: float | None = None
     max_points: int | None = None  # the largest grid the file allows (None: DEFAULT_MAX_POINTS)
     slos: tuple | None = None  # latency bounds (perfkit.slo.SLO) the tables use; None: perfkit.slo.DEFAULT_SLOS
+    loads: tuple = ()  # steady-load levels (perfkit.serving.load.LoadLevel) for every served system
     source: str | None = None  # the file it came from
 
     def system(self, label: str) -> System:
@@ -202,6 +215,41 @@ def _context_length(model: str) -> int:
     return context_length(model)
 
 
+def _loads(c: _Checker, value, served: bool) -> tuple:
+    """`loads:` {users: [N...], rates: [R...], requests, warmup_requests, duration_s}: the levels every served
+    system runs at each (model, input_len, output_len) of the grid."""
+    if value is None:
+        return ()
+    from perfkit.serving.load import LoadLevel
+
+    d = c.mapping(value, "loads", LOAD_KEYS, required=("requests",))
+    if not served:
+        c.fail("loads", "given, but no system is served", "loads only with a system that has an endpoint")
+    if "users" not in d and "rates" not in d:
+        c.fail("loads", "has neither users nor rates", "users: [N, ...] and/or rates: [requests per second, ...]")
+    requests = c.int_(d["requests"], "loads.requests", 1, MAX_REQUESTS)
+    warmup = c.int_(d.get("warmup_requests", 0), "loads.warmup_requests", 0, MAX_REQUESTS)
+    duration = d.get("duration_s")
+    if duration is not None:
+        if not 0 < c.number(duration, "loads.duration_s", "seconds > 0") <= MAX_TIMEOUT_S:
+            c.fail("loads.duration_s", f"{shown(duration)} is out of range", f"seconds > 0, at most {MAX_TIMEOUT_S:g}")
+        duration = float(duration)
+    levels = []
+    if "users" in d:
+        for n in c.positive_ints(d["users"], "loads.users", MAX_CONCURRENCY):
+            levels.append(LoadLevel("users", float(n), requests, warmup, duration))
+    if "rates" in d:
+        rates = c.list_(d["rates"], "loads.rates", "requests per second")
+        for i, r in enumerate(rates):
+            if not 0 < c.number(r, f"loads.rates[{i}]", "requests per second > 0") <= MAX_RATE:
+                c.fail(f"loads.rates[{i}]", f"{shown(r)} is out of range", f"requests per second > 0, at most "
+                       f"{MAX_RATE:g}")
+        if len(set(rates)) != len(rates):
+            c.fail("loads.rates", "repeats a value", "distinct rates")
+        levels.extend(LoadLevel("rate", float(r), requests, warmup, duration) for r in sorted(rates))
+    return tuple(levels)
+
+
 def _slos(value, source: str):
     """`slos:` as a list of {name, ttft_ms, tpot_ms}; absent or null: the defaults (perfkit.slo)."""
     if value is None:
@@ -272,9 +320,117 @@ def read_yaml(path: str, what: str = "a params YAML file", shape: str = "a YAML 
 
 
 
+def _endpoint(c: _Checker, value, key: str):
+    """A served system's endpoint: how requests are made, and where the server is (base_url) or how to
+    start it (launch). Checked in full here; whether it answers is checked when a sweep starts."""
+    from perfkit.serving.endpoint import APIS, PROMPT_MODES, Endpoint, check_base_url
+
+    d = c.mapping(value, key, ENDPOINT_KEYS)
+    api = c.choice(d.get("api", "completions"), f"{key}.api", APIS)
+    base_url, launch = d.get("base_url"), d.get("launch")
+    if (base_url is None) == (launch is None):
+        c.fail(key, "sets both base_url and launch" if base_url is not None else "sets neither base_url nor launch",
+               "base_url (a running server) or launch (a command perfkit runs), one of them")
+    if base_url is not None:
+        c.str_(base_url, f"{key}.base_url")
+        if len(base_url) > 2000 or not base_url.isprintable():
+            c.fail(f"{key}.base_url", "is too long or not printable", "a URL of at most 2,000 characters")
+        why = check_base_url(base_url)
+        if why:
+            c.fail(f"{key}.base_url", f"{shown(base_url)} {why}", "a URL such as http://127.0.0.1:8000/v1")
+    if launch is not None:
+        c.str_(launch, f"{key}.launch")
+        if len(launch) > 4000 or not launch.isprintable():
+            c.fail(f"{key}.launch", "is too long or not printable", "a one-line command of at most 4,000 characters")
+    served_model = d.get("served_model")
+    if served_model is not None:
+        c.str_(served_model, f"{key}.served_model")
+    tokenizer = d.get("tokenizer")
+    if tokenizer is not None:
+        c.str_(tokenizer, f"{key}.tokenizer")
+        if not os.path.isfile(os.path.join(tokenizer, "tokenizer.json")):
+            c.fail(f"{key}.tokenizer", f"{shown(tokenizer)} has no tokenizer.json", "a local tokenizer folder")
+    prompt = c.choice(d.get("prompt", "auto"), f"{key}.prompt", PROMPT_MODES)
+    if prompt == "token_ids" and api == "chat":
+        c.fail(f"{key}.prompt", "token_ids with api chat", "text (the chat API takes messages), or api completions")
+    extra = d.get("extra_body", {}) or {}
+    if not isinstance(extra, dict):
+        c.fail(f"{key}.extra_body", f"{shown(extra)} is not a mapping", "request fields such as {ignore_eos: true}")
+    for k in extra:
+        if not isinstance(k, str):
+            c.fail(f"{key}.extra_body", f"key {shown(k)} is not a string", "request field names")
+        if k in DEFINING_FIELDS:
+            c.fail(f"{key}.extra_body.{_key(k)}", "is set by perfkit (it defines the point)",
+                   f"engine-specific fields only, not {', '.join(DEFINING_FIELDS)}")
+    try:
+        import json
+
+        extra_body = json.dumps(extra, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        c.fail(f"{key}.extra_body", f"cannot be sent as JSON ({str(exc)[:80]})", "JSON values")
+    if len(extra_body) > MAX_EXTRA_BODY_BYTES:
+        c.fail(f"{key}.extra_body", f"is {len(extra_body):,} bytes as JSON", f"at most {MAX_EXTRA_BODY_BYTES:,}")
+    api_key_env = d.get("api_key_env")
+    if api_key_env is not None and (not isinstance(api_key_env, str) or not api_key_env.isidentifier()):
+        c.fail(f"{key}.api_key_env", f"{shown(api_key_env)} is not a variable name",
+               "the NAME of an environment variable that holds the key (never the key itself)")
+    env = d.get("env", {}) or {}
+    if not isinstance(env, dict) or len(env) > MAX_LIST:
+        c.fail(f"{key}.env", f"{shown(env)} is not a mapping", "NAME: value pairs for the server's environment")
+    pairs = []
+    for k, v in env.items():
+        if not isinstance(k, str) or not k.isidentifier():
+            c.fail(f"{key}.env", f"{shown(k)} is not a variable name", "NAME: value pairs")
+        if not isinstance(v, (str, int, float)) or isinstance(v, bool):
+            c.fail(f"{key}.env.{_key(k)}", f"{shown(v)} is not a string or number", "a value")
+        pairs.append((k, str(v)))
+    if env and launch is None:
+        c.fail(f"{key}.env", "is set without launch", "env only for a server perfkit starts")
+    ready_path = d.get("ready_path", "/health")
+    c.str_(ready_path, f"{key}.ready_path")
+    if not ready_path.startswith("/") or len(ready_path) > MAX_NAME or not ready_path.isprintable():
+        c.fail(f"{key}.ready_path", f"{shown(ready_path)} is not a path", "a path such as /health")
+    timeouts = {}
+    for name, default in (("ready_timeout_s", 300.0), ("request_timeout_s", 600.0)):
+        v = d.get(name, default)
+        c.number(v, f"{key}.{name}", f"seconds > 0, at most {MAX_TIMEOUT_S:g}")
+        if not 0 < v <= MAX_TIMEOUT_S:
+            c.fail(f"{key}.{name}", f"{shown(v)} is out of range", f"seconds > 0, at most {MAX_TIMEOUT_S:g}")
+        timeouts[name] = float(v)
+    device_name = d.get("device_name")
+    if device_name is not None:
+        c.name(device_name, f"{key}.device_name", "the server's device name")
+    return Endpoint(api=api, base_url=base_url, served_model=served_model, tokenizer=tokenizer, prompt=prompt,
+                    extra_body=extra_body, api_key_env=api_key_env, launch=launch, launch_env=tuple(sorted(pairs)),
+                    ready_path=ready_path, device_name=device_name, **timeouts)
+
+
+def _served_system(c: _Checker, d: dict, key: str, label: str) -> System:
+    from perfkit.serving.endpoint import SERVED_ATTN, SERVED_BACKEND, SERVED_DEVICE
+
+    for k in ("device", "attn_implementation"):
+        if k in d:
+            c.fail(f"{key}.{k}", "is set for a served system", "no device or attn_implementation: the server has its "
+                   "own (state its hardware as endpoint.device_name)")
+    if d.get("backend", SERVED_BACKEND) != SERVED_BACKEND:
+        c.fail(f"{key}.backend", f"{shown(d['backend'])} with an endpoint", f"{SERVED_BACKEND} (or no backend)")
+    dtype = c.choice(d.get("dtype", "float32"), f"{key}.dtype", DTYPE_NAMES + tuple(DTYPE_ALIASES))
+    endpoint = _endpoint(c, d["endpoint"], f"{key}.endpoint")
+    return System(label, SERVED_BACKEND, canonical_dtype(dtype), SERVED_DEVICE, SERVED_ATTN, endpoint)
+
+
+def served_system(spec: dict, source: str) -> System:
+    """A served system from a mapping as a params file gives it ({label, dtype, endpoint}): `perfkit run`'s."""
+    c = _Checker(source)
+    d = c.mapping(spec, "", SYSTEM_KEYS, required=("label", "endpoint"))
+    return _served_system(c, d, "system", c.name(d["label"], "label", "a label"))
+
+
 def _system(c: _Checker, value, key: str) -> System:
     d = c.mapping(value, key, SYSTEM_KEYS, required=("label",))
     label = c.name(d["label"], f"{key}.label", "a label")
+    if "endpoint" in d:
+        return _served_system(c, d, key, label)
     backend = c.choice(d.get("backend", "hf-loop"), f"{key}.backend", BACKEND_NAMES)
     dtype = c.choice(d.get("dtype", "float32"), f"{key}.dtype", DTYPE_NAMES + tuple(DTYPE_ALIASES))
     device = c.str_(d.get("device", "cpu"), f"{key}.device")
@@ -351,6 +507,19 @@ def parse_params(data, source: str = "params", yes: bool = False) -> SweepParams
         if derive and system.backend == "static" and len(output_lens) > 1:
             c.fail("derive_output_lens", f"true, but systems[{i}] ({system.label!r}) uses the static backend, "
                    "whose cache is sized for each output length", "false for a sweep with static systems")
+        # A server decides its own scheduling and stops each request at its max_tokens: a shorter answer is
+        # another request, not a prefix of a longer one.
+        if derive and system.served and len(output_lens) > 1:
+            c.fail("derive_output_lens", f"true, but systems[{i}] ({system.label!r}) is served",
+                   "false for a sweep with served systems (each output length is its own request)")
+        if system.served and batch_sizes[-1] > MAX_CONCURRENCY:
+            c.fail("grid.batch_sizes", f"{batch_sizes[-1]:,} concurrent requests for served system {system.label!r}",
+                   f"at most {MAX_CONCURRENCY:,} requests at once")
+        if system.served and system.endpoint.prompt_mode() == "text":
+            for m in models:
+                if system.endpoint.tokenizer is None and not os.path.isfile(os.path.join(m, "tokenizer.json")):
+                    c.fail(f"systems[{i}].endpoint.tokenizer", f"missing, and model {shown(m)} has no tokenizer.json",
+                           "a local tokenizer folder for text prompts (or prompt: token_ids on the completions API)")
     beyond = c.choice(d.get("beyond_context", "error"), "beyond_context", ("error", "skip"))
 
     max_minutes = d.get("max_minutes")
@@ -373,7 +542,8 @@ def parse_params(data, source: str = "params", yes: bool = False) -> SweepParams
                        output_lens=output_lens, batch_sizes=batch_sizes, warmup=warmup, repeats=repeats, seed=seed,
                        min_gain=min_gain, patience=patience, derive_output_lens=derive, beyond_context=beyond,
                        max_minutes=None if max_minutes is None else float(max_minutes),
-                       max_points=max_points, slos=_slos(d.get("slos"), source), source=source)
+                       max_points=max_points, slos=_slos(d.get("slos"), source),
+                       loads=_loads(c, d.get("loads"), any(s.served for s in systems)), source=source)
     check_point_count(params, yes=yes)
     return params
 

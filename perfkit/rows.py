@@ -52,6 +52,14 @@ SCHEMA = pa.schema(
         ("torch_version", _S),
         ("transformers_version", _S), ("git_commit", _S), ("created_utc", _S),
         ("host", _S), ("gpu_index", _I),
+        # served systems (perfkit.serving): how the server was asked, what it said of itself, per-request
+        # percentiles over every request of every repeat, the client's own lateness, the raw records
+        ("endpoint_api", _S), ("served_model", _S), ("prompt_mode", _S), ("server_url", _S),
+        ("server_version", _S), ("server_models", _S), ("server_log", _S),
+        ("req_ttft_p50_ms", _F), ("req_ttft_p90_ms", _F), ("req_ttft_p99_ms", _F),
+        ("req_tpot_p50_ms", _F), ("req_tpot_p90_ms", _F), ("req_tpot_p99_ms", _F),
+        ("req_itl_p50_ms", _F), ("req_itl_p90_ms", _F), ("req_itl_p99_ms", _F),
+        ("client_lag_p99_ms", _F), ("client_lag_max_ms", _F), ("client_bound", _B), ("requests_json", _S),
     ]
 )
 
@@ -83,6 +91,8 @@ def point_fields(system: System, model: str, input_len: int, output_len: int, ba
               "derived_from_output_len": derived_from_output_len}
     if checkpoint is not None:
         fields["checkpoint"] = checkpoint
+    if system.endpoint is not None:  # how its requests are made and which server answers them
+        fields["endpoint"] = system.endpoint.key()
     return fields
 
 
@@ -111,7 +121,7 @@ def schema_for(row: dict) -> pa.Schema:
     return pa.schema(fields)
 
 
-def _identity(system: System, point: Point, status: str, error: str | None) -> dict:
+def identity(system: System, point: Point, status: str, error: str | None) -> dict:
     """The columns that say which point a row is, and how it ended."""
     return {"system": system.label, "model": point.model, "dtype": canonical_dtype(system.dtype),
             "backend": system.backend, "attn_implementation": system.attn_implementation,
@@ -122,7 +132,7 @@ def _identity(system: System, point: Point, status: str, error: str | None) -> d
 def to_row(m: PointMeasurement) -> dict:
     """One results row (without provenance): identity, metrics, raw samples."""
     p = m.point
-    row = _identity(m.system, p, "ok", None)
+    row = identity(m.system, p, "ok", None)
     row.update(point_metrics(p.batch, p.input_len, p.output_len, m.ttft_s, m.e2e_s))
     row.update(
         {
@@ -145,7 +155,7 @@ def to_row(m: PointMeasurement) -> dict:
 
 def failed_row(system: System, point: Point, status: str, error: str) -> dict:
     """The row of a point that produced no timings: status "oom" or "error", with the message."""
-    row = _identity(system, point, status, error)
+    row = identity(system, point, status, error)
     row.update(point_metrics(point.batch, point.input_len, point.output_len, [], []))
     row.update({"repeats": 0, "peak_mem_bytes": None, "noisy": False})
     return row

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 
 from perfkit.errors import UsageError, shown
+from perfkit.serving.endpoint import SERVED_BACKEND, Endpoint
 
 # The dtypes a system may name, canonical names first; the aliases a params file or flag may use.
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
@@ -27,6 +28,15 @@ class System:
     dtype: str = "float32"
     device: str = "cpu"
     attn_implementation: str = "sdpa"
+    endpoint: Endpoint | None = None  # a served system (backend "served"): the server answers, perfkit times
+
+    @property
+    def served(self) -> bool:
+        return self.endpoint is not None
+
+    def env_key(self) -> str:
+        """Whose provenance its rows carry: the device for an in-process system, the server for a served one."""
+        return f"{SERVED_BACKEND}:{self.label}" if self.served else self.device
 
 
 @dataclasses.dataclass(frozen=True)

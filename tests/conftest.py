@@ -53,3 +53,39 @@ def hostile_reports(tmp_path_factory):
     from hostile_text import publish_hostile
 
     return publish_hostile(tmp_path_factory.mktemp("hostile"))
+
+
+@pytest.fixture(scope="session")
+def served_checkpoints(tmp_path_factory):
+    """Tiny checkpoints a real server loads (perfkit.tiny_checkpoint): "exact" and "eos"."""
+    from servers import write_checkpoints
+
+    return write_checkpoints(tmp_path_factory.mktemp("served"))
+
+
+@pytest.fixture(scope="session")
+def vllm_server(served_checkpoints, tmp_path_factory):
+    """vLLM's CPU build serving the "exact" checkpoint for the whole session, started (and stopped) by
+    perfkit's own server lifecycle, with an API key that every request must carry (in servers.KEY_ENV)."""
+    import os
+    import types
+
+    from servers import KEY_ENV, VLLM_ENV, VLLM_LAUNCH, need_vllm, new_key
+
+    from perfkit.serving.endpoint import Endpoint
+    from perfkit.serving.server import Server
+
+    need_vllm()
+    key = new_key()
+    os.environ[KEY_ENV] = key
+    endpoint = Endpoint(launch=VLLM_LAUNCH, launch_env=tuple(sorted({**VLLM_ENV, "VLLM_API_KEY": key}.items())),
+                        ready_timeout_s=400)
+    log_dir = str(tmp_path_factory.mktemp("vllm-log"))
+    server = Server(endpoint, served_checkpoints["exact"], log_dir, "vllm")
+    server.start()
+    try:
+        yield types.SimpleNamespace(base_url=server.base_url, key=key, model=served_checkpoints["exact"],
+                                    log=server.log_path, server=server)
+    finally:
+        server.stop()
+        os.environ.pop(KEY_ENV, None)

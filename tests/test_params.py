@@ -8,7 +8,7 @@ from perfkit.errors import UsageError
 from perfkit.params import load_params
 
 
-def test_shipped_params_files_are_valid():
+def test_shipped_params_files_are_valid(tmp_path):
     smoke = load_params(os.path.join(ROOT, "params", "smoke.yaml"))
     assert smoke.models == ("tiny-llama3-8b", "tiny-llama2-13b", "tiny-mistral-7b")
     assert all(s.device == "cpu" for s in smoke.systems)
@@ -23,8 +23,10 @@ def test_shipped_params_files_are_valid():
     assert oom.models == ("llama2-13b",) and max(oom.batch_sizes) == 96 and oom.min_gain is None
     import glob
 
+    from helpers import load_shipped
+
     for path in glob.glob(os.path.join(ROOT, "params", "*.yaml")):  # every shipped file loads
-        assert load_params(path).systems, path
+        assert load_shipped(path, tmp_path).systems, path
 
 
 def test_defaults_and_normalisation(tmp_path):

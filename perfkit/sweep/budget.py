@@ -137,7 +137,7 @@ class Budget:
                  builds: list[dict] | None = None):
         self.params, self.deadline, self.estimators, self.clock = params, deadline, estimators, clock
         self.builds = builds if builds is not None else []
-        self.device_of = {s.label: s.device for s in params.systems}
+        self.device_of = {s.label: s.env_key() for s in params.systems}
 
     def estimator(self, label: str) -> DurationEstimator | None:
         return self.estimators.get(self.device_of.get(label))

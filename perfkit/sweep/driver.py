@@ -46,6 +46,7 @@ class SweepOutcome:
     # a point or run record the file system refused (full, the file size limit): the sweep stopped there;
     # the points written before it are stored, the same command continues
     write_error: str | None = None
+    loads: int = 0  # load levels of served systems written by this invocation (RESULTS_DIR/loads/)
 
 
 def run_sweep(params_or_path, systems: list[str] | None = None, out_dir: str | None = None,
@@ -70,6 +71,10 @@ def run_sweep(params_or_path, systems: list[str] | None = None, out_dir: str | N
     Faults(os.environ.get(FAULT_ENV))
     cluster = None
     if ray is not None:
+        served = [s.label for s in select(params, systems) if s.served]
+        if served:
+            raise UsageError(f"--ray with served system {served[0]!r}: a served system is timed from this machine, "
+                             "expected the serial sweep for it (--system to run the in-process ones on Ray)")
         cluster = require_ray().Connection(ray)  # Ray importable, a well-formed address; connects later
     with store.lock(out_dir):
         removed = store.remove_interrupted_writes(out_dir)
@@ -107,15 +112,26 @@ def environments(params: SweepParams, systems: list[System], searches: list[Batc
 
     envs = {}
     for system in systems:
-        if not any(s.spec.system == system and not s.finished() for s in searches):
+        if not any(s.spec.system == system and not s.finished() for s in searches) and not (
+                system.served and params.loads):
             continue
-        if system.device not in envs:
+        if system.served:
+            from perfkit.sweep.served import preflight, served_environment
+
+            for model in dict.fromkeys(s.spec.model for s in searches if s.spec.system == system):
+                preflight(system, model)
+            if "cpu" not in envs:
+                envs["cpu"] = environment("cpu")
+            envs[system.env_key()] = served_environment(system, envs["cpu"])
+            here = envs[system.env_key()]["device_name"]
+        elif system.device not in envs:
             try:
                 check_device(system.device)
             except UsageError as exc:
                 raise UsageError(f"{params.source}: system {system.label!r}: {exc}") from None
             envs[system.device] = environment(system.device)
-        here = envs[system.device]["device_name"]
+        if not system.served:
+            here = envs[system.device]["device_name"]
         other = sorted(devices.get(system.label, set()) - {here})
         if other:
             raise UsageError(f"system {system.label!r}: the results directory holds points measured on "
@@ -178,7 +194,7 @@ def _run(params: SweepParams, systems: list[str] | None, out_dir: str, max_minut
                         left=sum(s.remaining() for s in searches),
                         wall_s=clock() - t0, build_s=budget.builds, interrupted=interrupted,
                         workers=cluster.workers if cluster is not None else 0, lost=writer.lost,
-                        write_error=write_error)
+                        write_error=write_error, loads=writer.loads)
 
 
 def _serial(work: Work, writer: SweepWriter, budget: Budget, envs: dict, run_id: str) -> None:
@@ -186,13 +202,24 @@ def _serial(work: Work, writer: SweepWriter, budget: Budget, envs: dict, run_id:
     p = work.params
     measure, build = units.measure_point, units.build_model  # perfkit's own, or a test's stand-ins
 
-    def resource_for(unit: Unit) -> BuiltModel:
+    def resource_for(unit: Unit):
+        if unit.system.served:
+            from perfkit.sweep.served import ServedEndpoint
+
+            return ServedEndpoint(unit.system, unit.model, p.seed, writer.out_dir)
         return BuiltModel(unit.system, unit.model, p.seed, unit.system.device, measure, build)
 
+    from perfkit.loads import stored_keys
+
     runner = UnitRunner(p, run_id, envs.__getitem__, budget, Faults(os.environ.get(FAULT_ENV)), resource_for,
-                        done=work.stored.rows)
+                        done=work.stored.rows, done_loads=stored_keys(writer.out_dir) if p.loads else set())
     groups = units_of(work.searches)
     for first_only in (True, False):
         for unit in groups:
-            for event in runner.run(unit, (first_only,)):
+            # A served unit's resource is a server that can take a minute to start: it runs both passes on
+            # one start, in pass 1's turn.
+            if unit.system.served and not first_only:
+                continue
+            passes = (True, False) if unit.system.served else (first_only,)
+            for event in runner.run(unit, passes):
                 writer.handle(event, unit.searches)

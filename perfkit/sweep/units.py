@@ -64,6 +64,13 @@ class Judged:
     fresh: bool
 
 
+@dataclasses.dataclass(frozen=True)
+class LoadMeasured:
+    """One load level of a served unit (perfkit.serving.load): its row, complete, for RESULTS_DIR/loads/."""
+
+    row: dict
+
+
 # ---- the unit and its resource ---------------------------------------------------------------------
 
 @dataclasses.dataclass
@@ -83,13 +90,19 @@ def units_of(searches: list[BatchSearch]) -> list[Unit]:
     groups: dict[tuple, list[BatchSearch]] = {}
     for s in searches:
         u = s.spec
-        groups.setdefault((u.model, u.system.dtype, u.system.device, u.system.attn_implementation), []).append(s)
+        if u.system.served:  # a served system's unit is its own server, for one model
+            key = ("served", u.system.label, u.model)
+        else:
+            key = (u.model, u.system.dtype, u.system.device, u.system.attn_implementation)
+        groups.setdefault(key, []).append(s)
     return [Unit(group[0].spec.system, group[0].spec.model, group) for group in groups.values()]
 
 
 class Resource(Protocol):
     """What a unit measures with. acquire() may raise (out of memory, a broken checkpoint): the unit's jobs
     then become failed points. release() runs whatever happened."""
+
+    what: str  # what acquiring is, for a failed point's message ("building the model")
 
     def acquire(self) -> None: ...
 
@@ -104,6 +117,8 @@ class Resource(Protocol):
 class BuiltModel:
     """A model built on `device` (the registry's random weights, or a checkpoint). `measure` and `build`
     default to perfkit's own; a Ray worker gets the driver's (a test's stand-ins travel that way)."""
+
+    what = "building the model"
 
     def __init__(self, system: System, model: str, seed: int, device: str, measure=None, build=None):
         self.system, self.name, self.seed, self.device = system, model, seed, device
@@ -162,6 +177,20 @@ class Faults:
                 raise RuntimeError(f"injected failure at batch {job.batch} ({FAULT_ENV})")
 
 
+def load_key(params: SweepParams, spec, output_len: int, level) -> str:
+    """A load level's key: its workload's point fields (no batch) and the level itself."""
+    from perfkit.rows import point_key
+
+    fields = key_fields(params, spec, output_len, 1)
+    fields.pop("batch")
+    return point_key({**fields, "load": dataclasses.asdict(level)})
+
+
+def row_of(m) -> dict:
+    """A measurement's row without provenance: an in-process one's (perfkit.rows.to_row), or a served one's."""
+    return m.row() if hasattr(m, "row") else to_row(m)
+
+
 def truncated(m: PointMeasurement, output_len: int) -> PointMeasurement:
     """The measurement of a shorter generation read off a longer one (same prompt, same greedy tokens).
 
@@ -202,9 +231,10 @@ class UnitRunner:
 
     def __init__(self, params: SweepParams, run_id: str, env_for: Callable[[str], dict], budget: Budget,
                  faults: Faults, resource_for: Callable[[Unit], Resource], done: dict | None = None,
-                 received: dict | None = None):
+                 received: dict | None = None, done_loads: set | None = None):
         self.params, self.run_id, self.env_for, self.budget, self.faults = params, run_id, env_for, budget, faults
         self.resource_for, self.done, self.received = resource_for, done or {}, received or {}
+        self.done_loads = done_loads or set()
 
     def _catch_up(self, search: BatchSearch) -> None:
         """Judge the jobs whose rows this invocation's writer already holds (a retried Ray task)."""
@@ -223,6 +253,7 @@ class UnitRunner:
         for s in unit.searches:
             self._catch_up(s)
         resource, failure, have = self.resource_for(unit), None, False
+        loads = self._pending_loads(unit)
         try:
             for n, first_only in enumerate(passes):
                 if n and proceed is not None and not proceed():
@@ -241,7 +272,8 @@ class UnitRunner:
                         for i, _ in pending:
                             yield Waits(i)
                         continue
-                    yield Status(f"building {unit.model}")
+                    yield Status(f"building {unit.model}" if not unit.system.served
+                                 else f"building {unit.system.label}: {resource.what}")
                     failure = yield from self._acquire(unit, resource)
                     have = True
                 for i, s in pending:
@@ -254,8 +286,51 @@ class UnitRunner:
                         yield from self._job(resource, failure, i, s, job)
                         if first_only:
                             break
+            if loads and passes[-1] is False:  # a served unit's load levels, once its searches are done
+                if not self.budget.fits(0):
+                    yield Waits(0)
+                    return
+                if not have:
+                    yield Status(f"building {unit.system.label}: {resource.what}")
+                    failure = yield from self._acquire(unit, resource)
+                for spec, output_len, level, key in loads:
+                    yield from self._load(resource, failure, spec, output_len, level, key)
         finally:
             resource.release()
+
+    def _pending_loads(self, unit: Unit) -> list:
+        """(spec, output_len, level, key) of the unit's load levels not yet stored."""
+        if not unit.system.served or not self.params.loads:
+            return []
+        out = []
+        for s in unit.searches:
+            for o in s.spec.output_lens:
+                for level in self.params.loads:
+                    key = load_key(self.params, s.spec, o, level)
+                    if key not in self.done_loads:
+                        out.append((s.spec, o, level, key))
+        return out
+
+    def _load(self, resource, failure, spec, output_len: int, level, key: str):
+        from perfkit.serving.load import failed_load_row
+
+        yield Status(f"{spec.system.label} {spec.model} I={spec.input_len} O={output_len} {level.label()}")
+        error = failure[1] if failure else None
+        row = None
+        if error is None:
+            try:
+                row = resource.measure_load(spec, output_len, level, self.params.seed)
+            except Exception as exc:  # noqa: BLE001 - the level's error row, as a point's
+                error = one_line(exc, with_type=True)
+        if row is None:
+            row = failed_load_row(spec.system, spec.model, spec.input_len, output_len, level, error)
+        env = self.env_for(spec.system.env_key())
+        from perfkit.provenance import utc_now
+
+        row.update({"run_id": self.run_id, "load_key": key, "device_name": env.get("device_name"),
+                    "seed": self.params.seed, "sweep_name": self.params.name, "git_commit": env.get("git_commit"),
+                    "host": env.get("hostname"), "created_utc": utc_now()})
+        yield LoadMeasured(row)
 
     def _acquire(self, unit: Unit, resource: Resource):
         """Acquire the resource; returns (status, error) where it failed: its jobs become failed points."""
@@ -265,7 +340,7 @@ class UnitRunner:
             resource.acquire()
         except Exception as exc:  # noqa: BLE001 - out of memory, a broken checkpoint: failed points, not a failed sweep
             failure = ("oom" if is_out_of_memory(exc) else "error",
-                       f"building the model: {one_line(exc, with_type=True)}")
+                       f"{getattr(resource, 'what', 'building the model')}: {one_line(exc, with_type=True)}")
         record = {"system": unit.system.label, "model": unit.model, "dtype": unit.system.dtype,
                   "seconds": self.budget.clock() - t}
         self.budget.builds.append(record)
@@ -300,11 +375,11 @@ class UnitRunner:
         rows = {}
         for o in job.output_lens:
             if status == "ok":
-                rows[o] = to_row(m if o == u.run_output_len else truncated(m, o))
+                rows[o] = row_of(m if o == u.run_output_len else truncated(m, o))
             else:
                 rows[o] = failed_row(u.system, Point(u.model, u.input_len, o, job.batch), status, error)
         search.judge(rows)
-        env = self.env_for(u.system.device)
+        env = self.env_for(u.system.env_key())
         full = {}
         for o, row in rows.items():
             full[o] = with_provenance(row, self.run_id, env, key_fields(p, u, o, job.batch))
@@ -312,5 +387,5 @@ class UnitRunner:
         if status == "ok":  # the run as measured (at run_output_len, which the search may have stopped)
             estimator = self.budget.estimator(u.system.label)
             if estimator is not None:
-                estimator.learn({**to_row(m), "warmup": p.warmup})
+                estimator.learn({**row_of(m), "warmup": p.warmup})
         yield Judged(index, full, True)

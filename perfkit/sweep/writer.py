@@ -11,7 +11,7 @@ from perfkit import results as store
 from perfkit.errors import printable
 from perfkit.params import SweepParams
 from perfkit.sweep.search import BatchSearch
-from perfkit.sweep.units import Acquired, Judged, Status, Waits
+from perfkit.sweep.units import Acquired, Judged, LoadMeasured, Status, Waits
 
 
 class SweepWriter:
@@ -21,7 +21,7 @@ class SweepWriter:
         self.run_written = False
         self.run_extra: dict = {}  # more for the run record (a Ray sweep: the cluster and its workers)
         self.stopped = False  # some job was left out because it would not have fit the time budget
-        self.measured, self.failures, self.ooms = 0, [], []
+        self.measured, self.failures, self.ooms, self.loads = 0, [], [], 0
         self.lost: list[str] = []  # units a Ray sweep gave up on (their worker died more often than retried)
 
     def handle(self, event, searches: list[BatchSearch], remote: bool = False) -> None:
@@ -35,6 +35,8 @@ class SweepWriter:
                 self.builds.append(event.record)
         elif isinstance(event, Waits):
             self.stopped = True
+        elif isinstance(event, LoadMeasured):
+            self.write_load(event.row)
         elif isinstance(event, Judged):
             search = searches[event.search]
             if remote:
@@ -54,6 +56,17 @@ class SweepWriter:
                 self.failures.append(row)
             elif row["status"] == "oom":
                 self.ooms.append(row)
+
+    def write_load(self, row: dict) -> None:
+        """Store one load level's row (perfkit.loads), atomically under its key."""
+        from perfkit.loads import write_load
+
+        if not self.run_written:
+            self.write_run()
+        write_load(self.out_dir, row)
+        self.loads += 1
+        if row["status"] != "ok":
+            self.failures.append(row)
 
     def write_run(self) -> None:
         """The run record (written before the first point, again where run_extra grew)."""
