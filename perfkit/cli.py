@@ -451,6 +451,11 @@ def _cmd_summary(args) -> int:
     tables = summarize(df)
     tables["speed_of_light"] = speed_of_light_table(df, probe=args.results)
     print(results_header(args.results, df))
+    if "client_bound" in df and (df["status"].eq("ok") & df["client_bound"].eq(True)).any():
+        n = int((df["status"].eq("ok") & df["client_bound"].eq(True)).sum())
+        print(f"warning: {n} served points are client-bound (the client's event loop fell behind by more than 5 ms "
+              "at p99 while they ran): their figures may be the client's limit, not the server's; compare leaves "
+              "them out")
     if args.points:
         cols = [c for c in POINT_COLUMNS if c in df]
         print(f"\n--- every point\n{table_text(latest_per_point(df)[cols].sort_values(IDENTITY))}")
@@ -459,7 +464,9 @@ def _cmd_summary(args) -> int:
     bounded = bounded_max(df, slos)
     print(f"\n--- slo: the best output throughput whose median ttft and tpot meet each bound: {slos_text(slos)}"
           f"\n{bounded_max_text(bounded)}")
-    loads = _loads_of(args.results, args.system)
+    from perfkit.loads import loads_of
+
+    loads = loads_of(args.results, args.system)
     if len(loads):
         from perfkit.loads import best_within, load_table
 
@@ -474,18 +481,6 @@ def _cmd_summary(args) -> int:
         _write_tables_csv(tables, args.csv)
         print(f"\nwrote {len(tables)} tables as CSV to {printable(args.csv)}")
     return 0
-
-
-def _loads_of(results: str, system: str | None):
-    """The stored load levels of a results directory (of one system, where given); empty where none."""
-    import pandas as pd
-
-    from perfkit.loads import LOADS, read_loads
-
-    if not os.path.isdir(os.path.join(results, LOADS)):
-        return pd.DataFrame()
-    df = read_loads(results)
-    return df[df["system"] == system] if system else df
 
 
 # ---- perfkit compare -----------------------------------------------------------------------------
@@ -528,8 +523,10 @@ def _cmd_compare(args) -> int:
     at_slo = compare_slo(t_dir, b_dir, slos, t_sys, b_sys, n_boot=args.n_boot, confidence=args.confidence,
                          seed=args.seed)
     at_interactivity = frontier_ratios(t_dir, b_dir, t_sys, b_sys)
+    from perfkit.loads import loads_of
+
     load_ratios = None
-    t_loads, b_loads = _loads_of(t_dir, c.target), _loads_of(b_dir, c.baseline)
+    t_loads, b_loads = loads_of(t_dir, c.target), loads_of(b_dir, c.baseline)
     if len(t_loads) and len(b_loads):
         from perfkit.loads import compare_loads
 

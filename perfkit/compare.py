@@ -70,6 +70,9 @@ class Comparison:
 
 # ---- loading one side ----------------------------------------------------------------------------
 
+CLIENT_BOUND = "client-bound"
+
+
 def load_side(source, system: str | None = None, side: str = "target") -> pd.DataFrame:
     """One side's rows: `source` is a results directory (or a DataFrame), `system` a label to select.
 
@@ -89,6 +92,13 @@ def load_side(source, system: str | None = None, side: str = "target") -> pd.Dat
     if not system and len(labels) > 1:
         raise UsageError(f"{side} results hold several systems ({', '.join(labels)}): name the {side} system")
     df = latest_per_point(df, WORKLOAD)
+    if "client_bound" in df:
+        # A served point whose client fell behind (perfkit.serving.point.CLIENT_LAG_P99_MS) may show the
+        # client's limit, not the server's: it takes no part in a ratio, and is listed as such.
+        bound = (df["status"] == "ok") & (df["client_bound"].astype("boolean").fillna(False)).astype(bool)
+        if bound.any():
+            df = df.copy()
+            df.loc[bound, "status"] = CLIENT_BOUND
     # The loader's notes (skipped files, already said) would be deep-copied by pandas into every slice of
     # the thousands a comparison takes: the side's rows travel without them.
     df.attrs = {}
@@ -207,7 +217,7 @@ def _mismatch_message(t: pd.DataFrame, b: pd.DataFrame) -> str:
 def _system_info(df: pd.DataFrame, side: str) -> dict:
     info = {"side": side}
     for col in ("system", "device_name", "dtype", "backend", "attn_implementation", "torch_version",
-                "transformers_version", "git_commit"):
+                "transformers_version", "git_commit", "server_version", "served_model", "endpoint_api"):
         vals = sorted({str(v) for v in df[col].dropna().unique()}) if col in df else []
         info[col] = ", ".join(vals) if vals else "unknown"
     return info

@@ -89,6 +89,14 @@ def read_loads(out_dir: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=LOAD_SCHEMA.names)
 
 
+def loads_of(results: str, system: str | None = None) -> pd.DataFrame:
+    """The stored levels of a results directory (of one system, where given); empty where there are none."""
+    if not os.path.isdir(os.path.join(results, LOADS)):
+        return pd.DataFrame(columns=LOAD_SCHEMA.names)
+    df = read_loads(results)
+    return df[df["system"] == system].reset_index(drop=True) if system else df
+
+
 def stored_keys(out_dir: str) -> set[str]:
     return set(read_loads(out_dir)["load_key"]) if os.path.isdir(os.path.join(out_dir, LOADS)) else set()
 

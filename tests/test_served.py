@@ -246,7 +246,7 @@ def test_comparison_of_two_servers_renders(vllm_server, served_checkpoints, tmp_
     verdicts, and the comparison report renders as an in-process one does."""
     need_hf()
     params = write(tmp_path / "p.yaml", name="two-servers", models=[vllm_server.model],
-                   systems=[vllm_system(vllm_server.base_url), hf_system(label="hf-serve")],
+                   systems=[vllm_system(vllm_server.base_url), hf_system(label="hf-serve"), {"label": "local"}],
                    grid={"input_lens": [16], "output_lens": [4], "batch_sizes": [1, 2]}, repeats=3)
     out = tmp_path / "out"
     r = run_cli("sweep", params, "--out", str(out), "--no-progress")
@@ -259,7 +259,11 @@ def test_comparison_of_two_servers_renders(vllm_server, served_checkpoints, tmp_
     assert r.returncode == 0, r.stderr
     html = glob.glob(os.path.join(reports, "**", "*.html"), recursive=True)
     page = "\n".join(open(p).read() for p in html)
-    assert "vllm" in page and "hf-serve" in page and "served" in page
+    assert "vllm" in page and "hf-serve" in page and "Served systems" in page and "on both sides alike" in page
+    # a served system against the same checkpoint in perfkit's own loop: compared directly, and said so
+    r = run_cli("compare", f"{out}:vllm", f"{out}:local")
+    assert r.returncode == 0, r.stderr
+    assert "served over the completions API" in r.stdout and "backend hf-loop" in r.stdout
 
 
 def test_steady_load_closed_loop_and_poisson_and_their_comparison(vllm_server, tmp_path):
@@ -296,3 +300,9 @@ def test_steady_load_closed_loop_and_poisson_and_their_comparison(vllm_server, t
     assert c.returncode == 0, c.stderr
     tail = c.stdout.split("under steady load")[1]
     assert "4 users" in tail and "output_tok_s" in tail and "no interval (offered rate)" in tail
+    reports = tmp_path / "reports"
+    r = publish("compare", f"{out}:vllm", f"{out}:vllm-chat", "--reports", str(reports))
+    assert r.returncode == 0, r.stderr
+    (page,) = (open(p).read() for p in glob.glob(os.path.join(reports, "compare-*.html")))
+    section = page.split("Under steady load")[1]
+    assert "4 users" in section and "30 req/s" in section and "no load level in common" not in section

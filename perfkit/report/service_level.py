@@ -189,3 +189,47 @@ def speed_of_light_figure(df: pd.DataFrame, probe=None):
                 ax.set_yticks([])
     tidy_layout(fig)
     return fig
+
+
+def load_pareto_figures(loads: pd.DataFrame, slos, hue: str = "system") -> list[tuple[str, object]]:
+    """Served systems under steady load (perfkit.loads): one figure per model, a panel per (I, O), each
+    level a point at (interactivity = 1000 / median TPOT over requests, window output throughput), labelled
+    with its level and joined per system and kind of load in order of load; the SLOs' tpot limits dashed.
+    Returns [] where no ok level has a decode step."""
+    ok = loads[(loads["status"] == "ok") & loads["interactivity_tok_s"].notna()].copy()
+    if ok.empty:
+        return []
+    ok[hue] = ok[hue].map(lambda v: label_text(v, 120))
+    order = sorted(ok[hue].astype(str).unique())
+    palette = dict(zip(order, SIDE_PALETTE * (len(order) // len(SIDE_PALETTE) + 1)))
+    out = []
+    for model in sorted(ok["model"].unique()):
+        keys = sorted({(i, o) for i, o in ok.loc[ok["model"] == model, ["input_len", "output_len"]]
+                       .itertuples(index=False)})[:MAX_PANELS]
+        cols = min(len(keys), 3)
+        rows = math.ceil(len(keys) / cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.8 * rows), squeeze=False)
+        for ax in axes.flat[len(keys):]:
+            ax.set_visible(False)
+        for ax, (i, o) in zip(axes.flat, keys):
+            p = ok[(ok["model"] == model) & (ok["input_len"] == i) & (ok["output_len"] == o)]
+            sns.scatterplot(data=p, x="interactivity_tok_s", y="output_tok_s", hue=hue, hue_order=order,
+                            style="load_kind", palette=palette, ax=ax, s=28, legend=ax is axes.flat[0])
+            for (label, _), g in p.groupby([hue, "load_kind"]):
+                g = g.sort_values("load_value")
+                ax.plot(g["interactivity_tok_s"], g["output_tok_s"], color=palette[str(label)], lw=1.0, alpha=0.7)
+            for x, y, text in zip(p["interactivity_tok_s"], p["output_tok_s"], p["load_label"]):
+                ax.annotate(label_text(text, 40), (x, y), textcoords="offset points", xytext=(3, 3), fontsize=6)
+            for slo in slos:
+                x = 1000.0 / slo.tpot_ms_max
+                ax.axvline(x, color="grey", lw=0.8, ls="--")
+            ax.set_title(f"I={i}, O={o}", fontsize=9)
+            ax.set_xlabel("interactivity (tok/s per user, 1000 / median TPOT)", fontsize=8)
+            ax.set_ylabel("output throughput over the window (tok/s)", fontsize=8)
+            ax.set_ylim(bottom=0)
+            ax.grid(alpha=0.3)
+        fig.suptitle(f"{label_text(model)}: under steady load (lines join each system's levels in order of load; "
+                     "dashed: SLO tpot limits)", x=0.02, ha="left", fontsize=10)
+        tidy_layout(fig)
+        out.append((model, fig))
+    return out

@@ -128,6 +128,12 @@ def provenance(df: pd.DataFrame, runs: list[dict] | None = None) -> pd.DataFrame
             "measured (UTC)": f"{created.min()} … {created.max()}" if len(created) else "unknown",
             "points": int(len(g)), "runs": len(run_ids),
         })
+        if set(g["backend"].dropna()) == {"served"}:  # timed from outside: what answered is the server
+            rows[-1].update({"server version": vals("server_version"), "API": vals("endpoint_api"),
+                             "served model": vals("served_model"),
+                             "timing": "client-side: ttft includes HTTP, tokenization and queueing",
+                             "client-bound points": int(g["client_bound"].eq(True).sum())
+                             if "client_bound" in g else 0})
     # One column per system, one row per property: commits and dates stay readable.
     return pd.DataFrame(rows).set_index("system").T.rename_axis("property").reset_index()
 
@@ -327,7 +333,19 @@ def how_to_read(c: Comparison) -> str:
             f"2 half as good. Each ratio carries a "
             f"{c.confidence:.0%} bootstrap interval from the raw repeats ({c.n_boot} resamples, seed {c.seed}); "
             f"the verdict is *within noise* when that interval contains 1. Green: target better, red: target worse, "
-            f"grey: within noise.")
+            f"grey: within noise." + _served_note(c))
+
+
+def _served_note(c: Comparison) -> str:
+    served = [row["system"] for _, row in c.systems.iterrows() if row["backend"] == "served"]
+    if not served:
+        return ""
+    both = len(served) == len(c.systems)
+    return (f" **Served systems** ({md_escape(', '.join(served))}) are timed by perfkit's client over HTTP: their "
+            "ttft includes HTTP, the server's tokenization and its queueing"
+            + (", on both sides alike." if both else ", which an in-process ttft does not: the ttft ratio compares "
+               "what a client sees with what the device does.")
+            + " Client-bound points (the client fell behind) take no part in any ratio.")
 
 
 SOL_SHOWN = {"prefill_tflop_s": "prefill TFLOP/s", "mfu_spec": "MFU (spec)", "mfu_probed": "MFU (probed)",
