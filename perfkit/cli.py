@@ -222,7 +222,7 @@ def _served_system_of(args):
     if args.extra_body is not None:
         try:
             spec["endpoint"]["extra_body"] = json.loads(args.extra_body)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise UsageError(f"--extra-body is not JSON ({str(exc)[:80]}), expected an object such as "
                              "'{\"ignore_eos\": true}'") from None
     return served_system(spec, "--endpoint")

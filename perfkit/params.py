@@ -337,14 +337,23 @@ def _endpoint(c: _Checker, value, key: str):
             c.fail(f"{key}.base_url", "is too long or not printable", "a URL of at most 2,000 characters")
         why = check_base_url(base_url)
         if why:
-            c.fail(f"{key}.base_url", f"{shown(base_url)} {why}", "a URL such as http://127.0.0.1:8000/v1")
+            try:
+                from perfkit.serving.endpoint import shown_url
+
+                as_shown = shown(shown_url(base_url))  # never a password, even in the refusal
+            except ValueError:
+                as_shown = "the URL"
+            c.fail(f"{key}.base_url", f"{as_shown} {why}", "a URL such as http://127.0.0.1:8000/v1")
     if launch is not None:
         c.str_(launch, f"{key}.launch")
         if len(launch) > 4000 or not launch.isprintable():
             c.fail(f"{key}.launch", "is too long or not printable", "a one-line command of at most 4,000 characters")
+        _check_placeholders(c, launch, f"{key}.launch")
     served_model = d.get("served_model")
     if served_model is not None:
         c.str_(served_model, f"{key}.served_model")
+        if len(served_model) > 1000 or not served_model.isprintable():
+            c.fail(f"{key}.served_model", "is too long or not printable", "a model name of at most 1,000 characters")
     tokenizer = d.get("tokenizer")
     if tokenizer is not None:
         c.str_(tokenizer, f"{key}.tokenizer")
@@ -366,7 +375,7 @@ def _endpoint(c: _Checker, value, key: str):
         import json
 
         extra_body = json.dumps(extra, sort_keys=True, allow_nan=False)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         c.fail(f"{key}.extra_body", f"cannot be sent as JSON ({str(exc)[:80]})", "JSON values")
     if len(extra_body) > MAX_EXTRA_BODY_BYTES:
         c.fail(f"{key}.extra_body", f"is {len(extra_body):,} bytes as JSON", f"at most {MAX_EXTRA_BODY_BYTES:,}")
@@ -383,12 +392,15 @@ def _endpoint(c: _Checker, value, key: str):
             c.fail(f"{key}.env", f"{shown(k)} is not a variable name", "NAME: value pairs")
         if not isinstance(v, (str, int, float)) or isinstance(v, bool):
             c.fail(f"{key}.env.{_key(k)}", f"{shown(v)} is not a string or number", "a value")
+        if "\0" in str(v):
+            c.fail(f"{key}.env.{_key(k)}", "holds a NUL byte", "a value an environment can hold")
         pairs.append((k, str(v)))
     if env and launch is None:
         c.fail(f"{key}.env", "is set without launch", "env only for a server perfkit starts")
     ready_path = d.get("ready_path", "/health")
     c.str_(ready_path, f"{key}.ready_path")
-    if not ready_path.startswith("/") or len(ready_path) > MAX_NAME or not ready_path.isprintable():
+    if (not ready_path.startswith("/") or len(ready_path) > MAX_NAME or not ready_path.isprintable()
+            or any(ch.isspace() for ch in ready_path)):
         c.fail(f"{key}.ready_path", f"{shown(ready_path)} is not a path", "a path such as /health")
     timeouts = {}
     for name, default in (("ready_timeout_s", 300.0), ("request_timeout_s", 600.0)):
@@ -403,6 +415,26 @@ def _endpoint(c: _Checker, value, key: str):
     return Endpoint(api=api, base_url=base_url, served_model=served_model, tokenizer=tokenizer, prompt=prompt,
                     extra_body=extra_body, api_key_env=api_key_env, launch=launch, launch_env=tuple(sorted(pairs)),
                     ready_path=ready_path, device_name=device_name, **timeouts)
+
+
+LAUNCH_FIELDS = ("port", "model", "served_model")
+
+
+def _check_placeholders(c: _Checker, launch: str, key: str) -> None:
+    """A launch command's {fields}: only {port}, {model} and {served_model}, plain (no attribute, index,
+    conversion or format spec: str.format would reach into the values' attributes)."""
+    import string
+
+    try:
+        fields = [(f, conv, spec) for _, f, spec, conv in string.Formatter().parse(launch) if f is not None]
+    except ValueError as exc:
+        c.fail(key, f"cannot be read as a template ({exc})", "a command with {port}, {model} or {served_model}; "
+               "{{ and }} for literal braces")
+    for field, conversion, spec in fields:
+        if field not in LAUNCH_FIELDS or conversion or spec:
+            written = field + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "")
+            c.fail(key, f"placeholder {{{shown(written)[1:-1]}}} is not one perfkit fills in",
+                   "only {port}, {model} and {served_model} ({{ and }} for literal braces)")
 
 
 def _served_system(c: _Checker, d: dict, key: str, label: str) -> System:

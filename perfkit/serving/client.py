@@ -92,17 +92,24 @@ def missing_client_hint() -> str:
 def _bounded(text: str, secret: str | None) -> str:
     """A server's message as a row keeps it: one line, the API key (should a server echo it) removed,
     at most MAX_ERROR_CHARS characters. Escaping for the terminal happens where it is printed."""
-    text = " ".join(str(text).split())
-    if secret:
+    text = str(text)
+    if secret:  # before folding whitespace: a key with a tab or two spaces would no longer match after
         text = text.replace(secret, "***")
-    return text[:MAX_ERROR_CHARS]
+    return " ".join(text.split())[:MAX_ERROR_CHARS]
+
+
+def masked(text, secret: str | None):
+    """`text` with the API key replaced by ***, for what a row or a message keeps of a server's words."""
+    if text is None or not secret:
+        return text
+    return str(text).replace(secret, "***")
 
 
 def _message_of(body: bytes) -> str:
     """The `message` of an OpenAI-style error body ({"error": {"message"}} or {"detail"}), else the text."""
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
         return body.decode("utf-8", "replace")
     if isinstance(data, dict):
         err = data.get("error", data.get("detail", data))
@@ -110,6 +117,28 @@ def _message_of(body: bytes) -> str:
             return str(err["message"])
         return json.dumps(err)[:MAX_ERROR_CHARS * 2]
     return str(data)
+
+
+class _Unreadable(Exception):
+    """A chunk that is JSON but not a completion chunk: its message says which field."""
+
+
+def _text(value) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise _Unreadable(f"a text is a {type(value).__name__}, not a string")
+    return value
+
+
+def _count(usage: dict, field: str) -> int | None:
+    """A usage count: absent (None), or an integer >= 0 (a bool, a string, a negative count is refused)."""
+    value = usage.get(field)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise _Unreadable(f"usage.{field} is {str(value)[:20]!r}, not a count")
+    return value
 
 
 class _Stream:
@@ -121,42 +150,54 @@ class _Stream:
         self.running = 0  # the last running completion count a chunk carried
 
     def event(self, data: str, now_ns: int) -> bool:
-        """One event's data; False at the stream's end ([DONE])."""
+        """One event's data; False at the stream's end ([DONE]) or at a chunk that cannot be read (the
+        request's error then says why)."""
         r = self.r
         r.events += 1
         if data.strip() == "[DONE]":
             return False
         try:
-            chunk = json.loads(data)
-        except ValueError:
-            r.error = _bounded(f"a chunk is not JSON: {data[:80]!r}", self.secret)
-            return False
+            return self._chunk(data, now_ns)
+        except _Unreadable as exc:
+            r.error = _bounded(f"a chunk cannot be read ({exc}): {data[:80]!r}", self.secret)
+        except (ValueError, RecursionError) as exc:  # not JSON, or nested past the parser's depth
+            r.error = _bounded(f"a chunk is not JSON ({type(exc).__name__}): {data[:80]!r}", self.secret)
+        return False
+
+    def _chunk(self, data: str, now_ns: int) -> bool:
+        r = self.r
+        chunk = json.loads(data)
         if not isinstance(chunk, dict):
-            r.error = _bounded(f"a chunk is not a JSON object: {data[:80]!r}", self.secret)
-            return False
-        if "error" in chunk:  # an engine's error mid-stream (vLLM sends one as an event)
+            raise _Unreadable("not a JSON object")
+        if chunk.get("error") is not None:  # an engine's error mid-stream (vLLM sends one as an event)
             err = chunk["error"]
             r.error = _bounded(err.get("message", err) if isinstance(err, dict) else err, self.secret)
             return False
         choices = chunk.get("choices") or []
+        if not isinstance(choices, list):
+            raise _Unreadable("choices is not a list")
         text = ""
         for choice in choices:
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue
             if self.api == "chat":
                 delta = choice.get("delta") or {}
-                text = (delta.get("content") or "") + (delta.get("reasoning_content") or "")
+                if not isinstance(delta, dict):
+                    raise _Unreadable("delta is not an object")
+                text = _text(delta.get("content")) + _text(delta.get("reasoning_content"))
             else:
-                text = choice.get("text") or ""
+                text = _text(choice.get("text"))
             if choice.get("finish_reason"):
-                r.finish_reason = choice["finish_reason"]
+                r.finish_reason = str(choice["finish_reason"])[:40]
         usage = chunk.get("usage")
         done = None
-        if isinstance(usage, dict):
-            if isinstance(usage.get("prompt_tokens"), int):
-                r.prompt_tokens = usage["prompt_tokens"]
-            if isinstance(usage.get("completion_tokens"), int):
-                done = usage["completion_tokens"]
+        if usage is not None:
+            if not isinstance(usage, dict):
+                raise _Unreadable("usage is not an object")
+            prompt = _count(usage, "prompt_tokens")
+            if prompt is not None:
+                r.prompt_tokens = prompt
+            done = _count(usage, "completion_tokens")
         # How tokens are counted is decided at the first chunk that carries one: the running usage if that
         # chunk has it (then every chunk does), else one token per non-empty chunk. A final chunk's usage
         # (with or without choices) then only gives the total to check against.
@@ -194,11 +235,18 @@ async def stream_one(session, url: str, headers: dict, body: dict, record: Reque
     lines, events = SSELineDecoder(), SSEDecoder()
     record.send_ns = time.perf_counter_ns()
     try:
-        async with session.post(url, json=body, headers=headers) as response:
+        # identity: the client reads the raw stream as it arrives (a compressed one would be read as garbage)
+        async with session.post(url, json=body, headers={**headers, "Accept-Encoding": "identity"}) as response:
             record.http_status = response.status
             if response.status != 200:
                 blob = await response.content.read(8192)
                 record.error = _bounded(f"HTTP {response.status}: {_message_of(blob)}", secret)
+                return
+            kind = response.headers.get("Content-Type", "")
+            if not kind.startswith("text/event-stream"):
+                blob = await response.content.read(200)
+                record.error = _bounded(f"the answer is not an event stream (Content-Type {kind[:60]!r}, it begins "
+                                        f"{blob[:80]!r}): expected a streaming OpenAI-compatible server", secret)
                 return
             going = True
             async for data in response.content.iter_any():
@@ -216,6 +264,8 @@ async def stream_one(session, url: str, headers: dict, body: dict, record: Reque
                     sse = events.decode(line)
                     if sse is not None:
                         reader.event(sse.data, record.end_ns)
+                if record.events == 0 and record.error is None:
+                    record.error = "the event stream ended without a single event"
             else:  # read the body's end after [DONE], untimed, so the connection is kept for the next request
                 async for _ in response.content.iter_any():
                     pass

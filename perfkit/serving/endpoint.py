@@ -69,7 +69,7 @@ def shown_url(url: str) -> str:
     u = urllib.parse.urlsplit(url)
     host = u.hostname or ""
     netloc = f"[{host}]" if ":" in host else host
-    if u.port:
+    if u.port is not None:
         netloc += f":{u.port}"
     return urllib.parse.urlunsplit((u.scheme, netloc, u.path, "", ""))
 
@@ -85,4 +85,8 @@ def check_base_url(url: str) -> str | None:
         return "is not an http:// or https:// URL with a host"
     if u.query or u.fragment:
         return "has a query or fragment"
+    if u.username is not None or u.password is not None:
+        return "holds a user or password (put the key in the variable endpoint.api_key_env names)"
+    if any(c.isspace() for c in url):
+        return "holds whitespace"
     return None

@@ -31,7 +31,9 @@ class LoadLevel:
     duration_s: float | None = None  # stop issuing new requests after this long (None: after the count)
 
     def label(self) -> str:
-        return f"{int(self.value)} users" if self.kind == "users" else f"{self.value:g} req/s"
+        if self.kind == "users":
+            return f"{int(self.value)} user{'' if int(self.value) == 1 else 's'}"
+        return f"{self.value:g} req/s"
 
 
 @dataclasses.dataclass
@@ -88,6 +90,8 @@ def run_load(url: str, headers: dict, body_for, api: str, level: LoadLevel, requ
                     for i in range(total):
                         due += rng.expovariate(level.value)
                         delay = due - time.monotonic()
+                        if level.duration_s is not None:  # never sleep past the level's end
+                            delay = min(delay, start + level.duration_s - time.monotonic())
                         if delay > 0:
                             await asyncio.sleep(delay)
                         if past_duration():

@@ -25,7 +25,8 @@ def text_of(tokenizer, ids: list[int], n: int) -> str:
     if not plain:
         raise UsageError("the tokenizer has only special tokens, expected a vocabulary to write prompts with")
     # a special id is replaced by a plain one, deterministically (the same prompt every time)
-    pool = [i if i not in special else plain[i % len(plain)] for i in ids] or plain[:1]
+    # (so is an id beyond this tokenizer's vocabulary: a registry model's ids with a smaller tokenizer)
+    pool = [i if i < vocab and i not in special else plain[i % len(plain)] for i in ids] or plain[:1]
     want = list(pool[:n])
     for _ in range(MAX_ROUNDS):
         text = tokenizer.decode(want, skip_special_tokens=True)

@@ -62,6 +62,7 @@ def _die_with_parent() -> None:
 
 def probe(url: str, timeout_s: float = 5.0, headers: dict | None = None):
     """GET `url` (no proxies): (status, body bytes) or (None, the connection error's message)."""
+    import http.client
     import urllib.error
     import urllib.request
 
@@ -71,7 +72,7 @@ def probe(url: str, timeout_s: float = 5.0, headers: dict | None = None):
             return r.status, r.read(65536)
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read(65536)
-    except (urllib.error.URLError, OSError, ValueError) as exc:
+    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
         reason = getattr(exc, "reason", exc)
         return None, f"{type(reason).__name__}: {reason}"
 
@@ -79,8 +80,9 @@ def probe(url: str, timeout_s: float = 5.0, headers: dict | None = None):
 class Server:
     """One endpoint's server, started or reached. `start()` returns when it is ready; `stop()` always works."""
 
-    def __init__(self, endpoint: Endpoint, model: str, log_dir: str | None, label: str):
+    def __init__(self, endpoint: Endpoint, model: str, log_dir: str | None, label: str, secret: str | None = None):
         self.endpoint, self.model, self.log_dir, self.label = endpoint, model, log_dir, label
+        self.secret = secret  # the API key: masked in whatever of the server's words perfkit keeps
         self.proc: subprocess.Popen | None = None
         self.log_path: str | None = None
         self.base_url = endpoint.base_url
@@ -147,19 +149,21 @@ class Server:
 
     def describe(self, headers: dict) -> dict:
         """What the server says of itself: its version (/version, vLLM's and SGLang's) and /v1/models."""
+        from perfkit.serving.client import masked
+
         root = root_of(self.base_url)
         out = {"url": self.base_url, "version": None, "models": None}
+        odd = (ValueError, AttributeError, TypeError, RecursionError)  # whatever a server says, it is not fatal
         status, body = probe(root + "/version", headers=headers)
         if status == 200:
-            with contextlib.suppress(ValueError, AttributeError):
-                out["version"] = str(json.loads(body).get("version"))[:100]
+            with contextlib.suppress(*odd):
+                out["version"] = masked(str(json.loads(body).get("version")), self.secret)[:100]
         status, body = probe(self.base_url.rstrip("/") + "/models", headers=headers)
+        out["models"] = f"unavailable (HTTP {status})" if status is not None else "unavailable"
         if status == 200:
-            with contextlib.suppress(ValueError, TypeError):
-                ids = [m.get("id") for m in json.loads(body).get("data", [])]
-                out["models"] = json.dumps(ids)[:MAX_MODELS_CHARS]
-        else:
-            out["models"] = f"unavailable (HTTP {status})" if status is not None else "unavailable"
+            with contextlib.suppress(*odd):
+                ids = [str(m.get("id")) for m in json.loads(body).get("data", []) if isinstance(m, dict)]
+                out["models"] = masked(json.dumps(ids), self.secret)[:MAX_MODELS_CHARS]
         return out
 
     def log_tail(self, lines: int = 3) -> str:
@@ -171,7 +175,10 @@ class Server:
                 tail = [ln for ln in f.read().decode("utf-8", "replace").splitlines() if ln.strip()][-lines:]
         except OSError:
             return ""
-        return f"; its log ({self.log_path}) ends: " + " | ".join(" ".join(t.split())[:200] for t in tail)
+        from perfkit.serving.client import masked
+
+        return f"; its log ({self.log_path}) ends: " + " | ".join(
+            " ".join(masked(t, self.secret).split())[:200] for t in tail)
 
     # ---- stopping ----
     def stop(self) -> None:

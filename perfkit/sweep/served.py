@@ -34,6 +34,9 @@ def api_key(endpoint: Endpoint) -> str | None:
     if not key:
         raise UsageError(f"endpoint api_key_env {endpoint.api_key_env}: that environment variable is not set, "
                          "expected it to hold the server's API key")
+    if not key.isprintable() or any(c.isspace() for c in key):  # the key itself is never shown
+        raise UsageError(f"endpoint api_key_env {endpoint.api_key_env}: the key holds whitespace or a control "
+                         "character (a line ending from an env file?), expected one printable token")
     return key
 
 
@@ -101,9 +104,10 @@ class ServedEndpoint:
 
         require_client()
         log_dir = os.path.join(self.out_dir, SERVERS_DIR) if self.out_dir else None
-        self.server = Server(self.endpoint, self.model, log_dir, self.system.label)
-        self.server.start()
         self.headers = headers_for(self.endpoint)
+        self.secret = api_key(self.endpoint)
+        self.server = Server(self.endpoint, self.model, log_dir, self.system.label, self.secret)
+        self.server.start()
         self.info = self.server.describe(self.headers)
         if self.server.log_path:
             self.info["log"] = os.path.relpath(self.server.log_path, self.out_dir)
@@ -129,8 +133,7 @@ class ServedEndpoint:
         e = self.endpoint
         bodies = [completion_body(e, self.model, p, output_len, self.continuous_usage) for p in prompts]
         url = self.server.base_url.rstrip("/") + ("/chat/completions" if e.api == "chat" else "/completions")
-        return run_batches(url, self.headers, bodies, e.api, warmup, repeats, e.request_timeout_s,
-                           secret=self.headers.get("Authorization", "")[7:] or None)
+        return run_batches(url, self.headers, bodies, e.api, warmup, repeats, e.request_timeout_s, self.secret)
 
     def _check_exact(self) -> None:
         """One request before any timed one: does the server take running usage stats, how many prompt
@@ -152,10 +155,17 @@ class ServedEndpoint:
             if r.http_status in (400, 422) and self.endpoint.prompt_mode() == "token_ids":
                 hint = " (a server that takes no token-id prompts needs endpoint prompt: text)"
             raise ServedPointError(f"the first request failed: {r.error}{hint}")
+        expected = PROBE_PROMPT_TOKENS
         if r.prompt_tokens is not None and self.endpoint.prompt_mode() == "text":
+            # what the server adds to a text prompt (a BOS, a chat template): later prompts are that much shorter
             self.overhead = r.prompt_tokens - PROBE_PROMPT_TOKENS
+            if self.overhead < 0:
+                raise ServedPointError(f"the server counted {r.prompt_tokens} prompt tokens for a text of "
+                                       f"{PROBE_PROMPT_TOKENS}: expected at least as many (is its tokenizer the "
+                                       "endpoint's tokenizer?)")
+            expected += self.overhead
         try:
-            check_request(0, r, PROBE_PROMPT_TOKENS, PROBE_OUTPUT_TOKENS)
+            check_request(0, r, expected, PROBE_OUTPUT_TOKENS)
         except ServedPointError as exc:
             raise ServedPointError(f"exactness check before the first timed request: {exc}") from None
 
@@ -206,7 +216,7 @@ class ServedEndpoint:
         bodies = [completion_body(e, self.model, p, output_len, self.continuous_usage) for p in prompts]
         url = self.server.base_url.rstrip("/") + ("/chat/completions" if e.api == "chat" else "/completions")
         run = run_load(url, self.headers, lambda i: bodies[i % len(bodies)], e.api, level, e.request_timeout_s,
-                       seed, secret=self.headers.get("Authorization", "")[7:] or None)
+                       seed, self.secret)
         try:
             return load_row(spec.system, spec.model, spec.input_len, output_len, run, self.info)
         except Exception:
