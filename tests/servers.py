@@ -27,6 +27,25 @@ HF_LAUNCH = f"{HF_SERVE} serve {{model}} --host 127.0.0.1 --port {{port}} --devi
 HF_ENV = {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
 
 
+def rows_of(out_dir, sub: str = "points") -> list[dict]:
+    """The rows of a results directory's point files (or `sub`: loads), read straight from Parquet."""
+    import glob
+
+    import pyarrow.parquet as pq
+
+    return [pq.read_table(p).to_pylist()[0] for p in sorted(glob.glob(os.path.join(out_dir, sub, "*.parquet")))]
+
+
+def all_text_under(folder) -> str:
+    """Every byte of every file below `folder`, as text (Parquet files included: a key would show in them)."""
+    out = []
+    for dirpath, _, files in os.walk(folder):
+        for name in files:
+            with open(os.path.join(dirpath, name), "rb") as f:
+                out.append(f.read().decode("latin-1"))
+    return "\n".join(out)
+
+
 def need(path: str, what: str) -> None:
     if os.path.exists(path):
         return

@@ -20,7 +20,7 @@ import time
 import pytest
 import yaml
 from helpers import ROOT, publish, run_cli
-from servers import HF_LAUNCH, KEY_ENV, hf_system, need_hf, vllm_system
+from servers import HF_LAUNCH, KEY_ENV, all_text_under, hf_system, need_hf, rows_of, vllm_system
 
 pytestmark = pytest.mark.slow
 
@@ -31,22 +31,6 @@ def write(path, **params) -> str:
     with open(path, "w") as f:
         yaml.safe_dump(base, f)
     return str(path)
-
-
-def rows_of(out_dir) -> list[dict]:
-    import pyarrow.parquet as pq
-
-    return [pq.read_table(p).to_pylist()[0] for p in sorted(glob.glob(os.path.join(out_dir, "points", "*.parquet")))]
-
-
-def all_text_under(folder) -> str:
-    """Every byte of every file below `folder`, as text (Parquet files included: a key would show in them)."""
-    out = []
-    for dirpath, _, files in os.walk(folder):
-        for name in files:
-            with open(os.path.join(dirpath, name), "rb") as f:
-                out.append(f.read().decode("latin-1"))
-    return "\n".join(out)
 
 
 def check_exact(row: dict) -> None:

@@ -24,6 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import yaml
 from helpers import call_cli, params_dict
+from servers import all_text_under, rows_of
 
 from perfkit.errors import UsageError
 from perfkit.params import parse_params
@@ -236,21 +237,6 @@ def write_params(tmp_path, systems, name="hostile", **extra) -> str:
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(d, sort_keys=False))
     return str(path)
-
-
-def rows_of(out_dir, sub="points") -> list[dict]:
-    import pyarrow.parquet as pq
-
-    return [pq.read_table(p).to_pylist()[0] for p in sorted(glob.glob(os.path.join(out_dir, sub, "*.parquet")))]
-
-
-def all_text_under(folder) -> str:
-    out = []
-    for dirpath, _, files in os.walk(folder):
-        for name in files:
-            with open(os.path.join(dirpath, name), "rb") as f:
-                out.append(f.read().decode("latin-1"))
-    return "\n".join(out)
 
 
 def run_point(url, *flags, out=None):
