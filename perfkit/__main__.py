@@ -2,4 +2,7 @@ import sys
 
 from perfkit.cli import main
 
-sys.exit(main())
+# Guarded: a child process that multiprocessing spawns (perfkit.sweep.child) imports this module again
+# under another name, and must not run the command line a second time.
+if __name__ == "__main__":
+    sys.exit(main())

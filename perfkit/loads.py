@@ -145,7 +145,8 @@ def compare_loads(target: pd.DataFrame, baseline: pd.DataFrame, seed: int = 0, n
     from perfkit.compare import ratio, verdict
 
     keys = WORKLOAD + LEVEL
-    t_ok, b_ok = (d[d["status"] == "ok"].set_index(keys) for d in (target, baseline))
+    # a client-bound level (the client fell behind) may show the client's limit: no part in any ratio
+    t_ok, b_ok = (d[(d["status"] == "ok") & ~d["client_bound"].eq(True)].set_index(keys) for d in (target, baseline))
     out = []
     for key in sorted(set(t_ok.index) & set(b_ok.index)):
         t, b = t_ok.loc[key], b_ok.loc[key]
@@ -159,9 +160,14 @@ def compare_loads(target: pd.DataFrame, baseline: pd.DataFrame, seed: int = 0, n
             if not ts or not bs:
                 continue
             tv, bv = float(np.median(ts)), float(np.median(bs))
+            if not (tv > 0 and bv > 0):  # every token of most requests read at once: no latency to set apart
+                out.append({**base, "metric": metric, "target": tv, "baseline": bv, "ratio": np.nan,
+                            "ratio_lo": np.nan, "ratio_hi": np.nan, "verdict": "no ratio (a median of 0 ms)"})
+                continue
             td = _median_draws(ts, rng_for(seed, "target", "load", metric, key), n_boot)
             bd = _median_draws(bs, rng_for(seed, "baseline", "load", metric, key), n_boot)
-            lo, hi = (float(q) for q in np.quantile(td / bd, [alpha / 2, 1 - alpha / 2]))
+            with np.errstate(divide="ignore", invalid="ignore"):  # a draw's median of 0: an infinite ratio
+                lo, hi = (float(q) for q in np.quantile(td / bd, [alpha / 2, 1 - alpha / 2]))
             out.append({**base, "metric": metric, "target": tv, "baseline": bv, "ratio": ratio("latency", tv, bv),
                         "ratio_lo": lo, "ratio_hi": hi, "verdict": verdict(lo, hi)})
         tv, bv = float(t["output_tok_s"]), float(b["output_tok_s"])

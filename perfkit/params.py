@@ -33,7 +33,7 @@ LOAD_KEYS = ("users", "rates", "requests", "warmup_requests", "duration_s")
 MAX_REQUESTS = 1_000_000  # of one load level
 MAX_RATE = 100_000.0  # requests per second
 REQUIRED_TOP = ("models", "systems", "grid")
-SYSTEM_KEYS = ("label", "backend", "dtype", "device", "attn_implementation", "endpoint")
+SYSTEM_KEYS = ("label", "backend", "dtype", "device", "attn_implementation", "endpoint", "env")
 ENDPOINT_KEYS = ("api", "base_url", "served_model", "tokenizer", "prompt", "extra_body", "api_key_env", "launch",
                  "env", "ready_path", "ready_timeout_s", "request_timeout_s", "device_name")
 # Request fields a system's extra_body may not set: they are the point's definition (perfkit sets them).
@@ -384,17 +384,7 @@ def _endpoint(c: _Checker, value, key: str):
         c.fail(f"{key}.api_key_env", f"{shown(api_key_env)} is not a variable name",
                "the NAME of an environment variable that holds the key (never the key itself)")
     env = d.get("env", {}) or {}
-    if not isinstance(env, dict) or len(env) > MAX_LIST:
-        c.fail(f"{key}.env", f"{shown(env)} is not a mapping", "NAME: value pairs for the server's environment")
-    pairs = []
-    for k, v in env.items():
-        if not isinstance(k, str) or not k.isidentifier():
-            c.fail(f"{key}.env", f"{shown(k)} is not a variable name", "NAME: value pairs")
-        if not isinstance(v, (str, int, float)) or isinstance(v, bool):
-            c.fail(f"{key}.env.{_key(k)}", f"{shown(v)} is not a string or number", "a value")
-        if "\0" in str(v):
-            c.fail(f"{key}.env.{_key(k)}", "holds a NUL byte", "a value an environment can hold")
-        pairs.append((k, str(v)))
+    pairs = _env_pairs(c, env, f"{key}.env", "the server's environment")
     if env and launch is None:
         c.fail(f"{key}.env", "is set without launch", "env only for a server perfkit starts")
     ready_path = d.get("ready_path", "/health")
@@ -437,9 +427,28 @@ def _check_placeholders(c: _Checker, launch: str, key: str) -> None:
                    "only {port}, {model} and {served_model} ({{ and }} for literal braces)")
 
 
+def _env_pairs(c: _Checker, value, key: str, what: str) -> tuple:
+    """An environment mapping {NAME: value} as sorted (NAME, str(value)) pairs."""
+    if not isinstance(value, dict) or len(value) > MAX_LIST:
+        c.fail(key, f"{shown(value)} is not a mapping", f"NAME: value pairs for {what}")
+    pairs = []
+    for k, v in value.items():
+        if not isinstance(k, str) or not k.isidentifier():
+            c.fail(key, f"{shown(k)} is not a variable name", "NAME: value pairs")
+        if not isinstance(v, (str, int, float)) or isinstance(v, bool):
+            c.fail(f"{key}.{_key(k)}", f"{shown(v)} is not a string or number", "a value")
+        if "\0" in str(v) or len(str(v)) > 4096:
+            c.fail(f"{key}.{_key(k)}", "holds a NUL byte or is too long", "a value an environment can hold")
+        pairs.append((k, str(v)))
+    return tuple(sorted(pairs))
+
+
 def _served_system(c: _Checker, d: dict, key: str, label: str) -> System:
     from perfkit.serving.endpoint import SERVED_ATTN, SERVED_BACKEND, SERVED_DEVICE
 
+    if "env" in d:
+        c.fail(f"{key}.env", "is set for a served system", "endpoint.env (with endpoint.launch) for the server's "
+               "environment")
     for k in ("device", "attn_implementation"):
         if k in d:
             c.fail(f"{key}.{k}", "is set for a served system", "no device or attn_implementation: the server has its "
@@ -470,7 +479,8 @@ def _system(c: _Checker, value, key: str) -> System:
     if kind not in ("cpu", "cuda") or (index and not index.isdigit()) or (kind == "cpu" and index):
         c.fail(f"{key}.device", f"unknown device {shown(device)}", "cpu or cuda[:N]")
     attn = c.choice(d.get("attn_implementation", "sdpa"), f"{key}.attn_implementation", ATTN_IMPLEMENTATIONS)
-    return System(label, backend, canonical_dtype(dtype), device, attn)
+    env = _env_pairs(c, d.get("env") or {}, f"{key}.env", "the system's own process (set before torch loads)")
+    return System(label, backend, canonical_dtype(dtype), device, attn, env=env)
 
 
 def parse_params(data, source: str = "params", yes: bool = False) -> SweepParams:

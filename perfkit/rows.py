@@ -60,6 +60,7 @@ SCHEMA = pa.schema(
         ("req_tpot_p50_ms", _F), ("req_tpot_p90_ms", _F), ("req_tpot_p99_ms", _F),
         ("req_itl_p50_ms", _F), ("req_itl_p90_ms", _F), ("req_itl_p99_ms", _F),
         ("client_lag_p99_ms", _F), ("client_lag_max_ms", _F), ("client_bound", _B), ("requests_json", _S),
+        ("system_env", _S),  # a system's own environment (JSON), set in the process that measured it
     ]
 )
 
@@ -93,6 +94,8 @@ def point_fields(system: System, model: str, input_len: int, output_len: int, ba
         fields["checkpoint"] = checkpoint
     if system.endpoint is not None:  # how its requests are made and which server answers them
         fields["endpoint"] = system.endpoint.key()
+    if system.env:  # the environment its process ran in (an ISA limit, a thread count) defines it too
+        fields["env"] = [list(kv) for kv in system.env]
     return fields
 
 
@@ -173,7 +176,7 @@ def with_provenance(row: dict, run_id: str, env: dict, key_fields: dict) -> dict
         if field in key_fields:
             out[field] = key_fields[field]
     for field in ("device", "device_name", "driver_version", "cuda_version", "cudnn_version", "torch_version",
-                  "transformers_version", "git_commit", "gpu_index"):
+                  "transformers_version", "git_commit", "gpu_index", "system_env"):
         out[field] = env.get(field)
     out["host"] = env.get("hostname")  # where it ran: with gpu_index, which of a node's or cluster's devices
     out["created_utc"] = utc_now()

@@ -29,14 +29,18 @@ class System:
     device: str = "cpu"
     attn_implementation: str = "sdpa"
     endpoint: Endpoint | None = None  # a served system (backend "served"): the server answers, perfkit times
+    env: tuple = ()  # sorted (NAME, VALUE) pairs set before torch loads: its units run in a child process
 
     @property
     def served(self) -> bool:
         return self.endpoint is not None
 
     def env_key(self) -> str:
-        """Whose provenance its rows carry: the device for an in-process system, the server for a served one."""
-        return f"{SERVED_BACKEND}:{self.label}" if self.served else self.device
+        """Whose provenance its rows carry: the device for an in-process system (its own entry where it sets
+        an environment), the server for a served one."""
+        if self.served:
+            return f"{SERVED_BACKEND}:{self.label}"
+        return f"{self.device}|env:{self.label}" if self.env else self.device
 
 
 @dataclasses.dataclass(frozen=True)

@@ -215,3 +215,23 @@ def test_the_endpoint_defines_the_points_key_but_not_a_launched_port():
     other_url = parse_params(params_dict(systems=[{"label": "srv", "endpoint": {
         "base_url": "http://10.0.0.1:9000/v1", "extra_body": {"ignore_eos": True}}}])).systems[0]
     assert point_key(point_fields(other_url, "tiny-llama3-8b", 8, 4, 1, 1, 3, 0)) in keys
+
+
+def _level(system, tpot, e2e, bound=False, kind="users"):
+    return {"system": system, "model": "m", "input_len": 8, "output_len": 4, "load_kind": kind, "load_value": 4.0,
+            "load_label": "4 users", "status": "ok", "output_tok_s": 100.0, "client_bound": bound,
+            "ttft_ms_samples": [5.0, 6.0, 7.0], "tpot_ms_samples": tpot, "e2e_ms_samples": e2e}
+
+
+def test_load_comparisons_leave_out_zero_medians_and_client_bound_levels():
+    import pandas as pd
+
+    from perfkit.loads import compare_loads
+
+    t = pd.DataFrame([_level("t", [0.0, 0.0, 1.0], [10.0, 11.0, 12.0])])
+    b = pd.DataFrame([_level("b", [2.0, 2.0, 2.5], [20.0, 21.0, 22.0])])
+    out = compare_loads(t, b, n_boot=200).set_index("metric")
+    assert out.loc["tpot_ms", "verdict"] == "no ratio (a median of 0 ms)"
+    assert out.loc["ttft_ms", "ratio"] == 1.0 and out.loc["e2e_ms", "verdict"] == "target better"
+    bound = pd.DataFrame([_level("t", [1.0, 1.0, 1.0], [10.0, 11.0, 12.0], bound=True)])
+    assert compare_loads(bound, b, n_boot=200).empty

@@ -505,3 +505,100 @@ def test_the_budget_learns_from_a_run_whose_own_output_length_already_plateaued(
     assert df.loc[df["output_len"] == 64, "batch"].max() == 4  # O = 64 stopped on a plateau at B = 4
     assert df.loc[df["output_len"] == 2, "batch"].max() == 8  # O = 2 went on, measured by the O = 64 run
     assert not outcome.failures and not outcome.stopped_early
+
+
+# ---- memory checked before building ----------------------------------------------------------------
+
+def test_a_model_that_cannot_fit_is_predicted_out_of_memory_and_never_built(tmp_path, monkeypatch):
+    """With 2 GB available, llama2-13b in bf16 (26 GB of weights) is refused unbuilt: every point of it an
+    "oom" row that says predicted, with the numbers; the tiny model beside it fits and is measured."""
+    from helpers import write_params
+
+    import perfkit.memory_check as memory_check
+    import perfkit.sweep.units as units
+    from perfkit.sweep import run_sweep
+
+    built = []
+    real_build = units.build_model
+
+    def build(name, *args, **kwargs):
+        built.append(name)
+        return real_build(name, *args, **kwargs)
+
+    monkeypatch.setattr(units, "build_model", build)
+    monkeypatch.setattr(memory_check, "available_bytes", lambda device: 2 * 10**9)
+    params = write_params(tmp_path / "p.yaml", models=["tiny-llama2-13b", "llama2-13b"],
+                          systems=[{"label": "cpu", "dtype": "bfloat16"}],
+                          grid={"input_lens": [8], "output_lens": [2], "batch_sizes": [1, 2]})
+    out = run_sweep(params, out_dir=str(tmp_path / "out"), progress=False)
+    assert set(built) == {"tiny-llama2-13b"}  # (once per pass)
+    big = [r for r in out.ooms if r["model"] == "llama2-13b"]
+    assert len(big) == 1 and big[0]["batch"] == 1  # the search stops at the first out-of-memory batch
+    assert "out of memory predicted, not built: llama2-13b in bfloat16 needs 26.0 GB of weights" in big[0]["error"]
+    assert "2.0 GB available on cpu" in big[0]["error"]
+    assert out.measured == 3 and not out.failures
+
+
+def test_a_point_whose_cache_cannot_fit_is_predicted_out_of_memory(tmp_path, monkeypatch):
+    """The model fits; the batch's KV cache and activations do not: that batch is "oom" (predicted), not run."""
+    import perfkit.memory_check as memory_check
+    from perfkit.memory_check import PredictedOutOfMemory, check_build, check_point
+
+    monkeypatch.setattr(memory_check, "available_bytes", lambda device: 3 * 2**30)
+    check_build("tiny-llama3-8b", "float32", "cpu")  # a few MB of weights: fits
+    check_point("tiny-llama3-8b", "float32", "cpu", 1, 128, 8)
+    with pytest.raises(PredictedOutOfMemory, match=r"batch 4096 needs .* of KV cache .* conservative estimate"):
+        check_point("tiny-llama3-8b", "float32", "cpu", 4096, 2048, 8)
+    monkeypatch.setattr(memory_check, "available_bytes", lambda device: None)  # unknown: never refused
+    check_point("tiny-llama3-8b", "float32", "cpu", 4096, 2048, 8)
+
+
+# ---- systems that need their own environment ---------------------------------------------------------
+
+@pytest.mark.slow
+def test_a_system_with_its_own_environment_runs_in_a_child_that_has_it(tmp_path):
+    """Two systems alike but for `env`: the one whose environment sets the fault hook gets its injected
+    errors (so the variable was in its process), the other none; both are their own points, each row
+    records its environment, and this process's environment is as it was."""
+    import json
+    import os
+
+    from helpers import write_params
+
+    from perfkit.sweep import run_sweep
+
+    before = {k: os.environ.get(k) for k in ("PERFKIT_SWEEP_FAULT", "OMP_NUM_THREADS")}
+    params = write_params(tmp_path / "p.yaml", models=["tiny-llama3-8b"],
+                          systems=[{"label": "plain"},
+                                   {"label": "own", "env": {"PERFKIT_SWEEP_FAULT": "error:2", "OMP_NUM_THREADS": 1}}],
+                          grid={"input_lens": [8], "output_lens": [2], "batch_sizes": [1, 2]})
+    out = run_sweep(params, out_dir=str(tmp_path / "out"), progress=False)
+    assert {k: os.environ.get(k) for k in before} == before
+    rows = {(r["system"], r["batch"]): r for r in _rows(tmp_path / "out")}
+    assert {k: r["status"] for k, r in rows.items()} == {("plain", 1): "ok", ("plain", 2): "ok",
+                                                       ("own", 1): "ok", ("own", 2): "error"}
+    assert "injected failure at batch 2" in rows[("own", 2)]["error"] and not out.lost
+    assert json.loads(rows[("own", 1)]["system_env"]) == {"OMP_NUM_THREADS": "1", "PERFKIT_SWEEP_FAULT": "error:2"}
+    assert rows[("plain", 1)]["system_env"] is None
+    assert rows[("own", 1)]["point_key"] != rows[("plain", 1)]["point_key"]
+    again = run_sweep(params, out_dir=str(tmp_path / "out"), progress=False)
+    assert again.measured == 1 and again.skipped == 3  # only the failed point is measured again (errors retry)
+
+
+def test_an_environment_is_checked_like_any_key():
+    from helpers import params_dict
+
+    from perfkit.params import parse_params
+
+    with pytest.raises(UsageError, match=r"systems\[0\].env: 'not a name' is not a variable name"):
+        parse_params(params_dict(systems=[{"label": "x", "env": {"not a name": 1}}]))
+    with pytest.raises(UsageError, match=r"systems\[0\].env.A: \[1\] is not a string or number"):
+        parse_params(params_dict(systems=[{"label": "x", "env": {"A": [1]}}]))
+    (s,) = parse_params(params_dict(systems=[{"label": "x", "env": {"B": 2, "A": "x"}}])).systems
+    assert s.env == (("A", "x"), ("B", "2")) and s.env_key() == "cpu|env:x"
+
+
+def _rows(out_dir) -> list[dict]:
+    from servers import rows_of
+
+    return rows_of(out_dir)

@@ -130,6 +130,10 @@ def environments(params: SweepParams, systems: list[System], searches: list[Batc
             except UsageError as exc:
                 raise UsageError(f"{params.source}: system {system.label!r}: {exc}") from None
             envs[system.device] = environment(system.device)
+        if system.env:  # its own process's environment, recorded with every row it measures
+            from perfkit.sweep.child import system_env_json
+
+            envs[system.env_key()] = {**envs[system.device], "system_env": system_env_json(system)}
         if not system.served:
             here = envs[system.device]["device_name"]
         other = sorted(devices.get(system.label, set()) - {here})
@@ -221,5 +225,24 @@ def _serial(work: Work, writer: SweepWriter, budget: Budget, envs: dict, run_id:
             if unit.system.served and not first_only:
                 continue
             passes = (True, False) if unit.system.served else (first_only,)
+            if unit.system.env:
+                _in_child(work, writer, budget, envs, run_id, runner, unit, passes)
+                continue
             for event in runner.run(unit, passes):
                 writer.handle(event, unit.searches)
+
+
+def _in_child(work: Work, writer: SweepWriter, budget: Budget, envs: dict, run_id: str, runner: UnitRunner,
+              unit: Unit, passes: tuple) -> None:
+    """A unit whose system sets its own environment, in a child process started with it (perfkit.sweep.child).
+    Its events arrive as a Ray worker's do: the writer judges them on this process's copy of the searches."""
+    from perfkit.sweep.child import ChildJob, run_in_child, warn_lost
+
+    job = ChildJob(work.params, run_id, envs, budget, units.stored_rows(work.params, unit.searches, runner.done),
+                   unit, passes)
+    try:
+        for event in run_in_child(job):
+            writer.handle(event, unit.searches, remote=True)
+    except RuntimeError as exc:  # the child died (killed, out of host memory): its finished points are stored
+        writer.lost.append(str(exc))
+        warn_lost(str(exc))

@@ -322,8 +322,10 @@ class _Dispatch:
                       list(self.writer.builds), units.stored_rows(self.writer.params, unit.searches, self.done),
                       units.measure_point, units.build_model, self.c.expected[self.kinds[u]], self.kinds[u])
         task = _unit_gpu if self.kinds[u] == "cuda" else _unit_cpu
-        self.running[u] = (task.options(max_retries=UNIT_RETRIES, retry_exceptions=False).remote(job, self.inbox),
-                           first_only)
+        options = {"max_retries": UNIT_RETRIES, "retry_exceptions": False}
+        if unit.system.env:  # a system's own environment: the worker process starts with it (before torch loads)
+            options["runtime_env"] = {"env_vars": dict(unit.system.env)}
+        self.running[u] = (task.options(**options).remote(job, self.inbox), first_only)
         self.hellos[u] = 0
 
     def take(self, timeout: float) -> None:
@@ -559,8 +561,12 @@ def _run_unit(job: UnitJob, inbox) -> bool:
             raise _Superseded(f"unit {job.index}: a newer attempt took over")
 
     send(Hello({"host": env["hostname"], "pid": os.getpid(), "gpu_index": env["gpu_index"], "env": env}))
-    budget = Budget(job.params, job.deadline, {system.device: DurationEstimator(hardware.lookup(env["device_name"]))},
-                    time.time, job.builds)
+    if system.env:
+        from perfkit.sweep.child import system_env_json
+
+        env = {**env, "system_env": system_env_json(system)}
+    budget = Budget(job.params, job.deadline,
+                    {system.env_key(): DurationEstimator(hardware.lookup(env["device_name"]))}, time.time, job.builds)
     budget.learn(list(ray.get(job.references)) + list(job.measured))
     device = "cuda" if job.kind == "cuda" else system.device  # a task's one GPU is its "cuda"
 

@@ -17,6 +17,7 @@ from typing import Protocol
 
 import torch
 
+from perfkit import memory_check
 from perfkit.errors import UsageError, one_line, printable
 from perfkit.measure import PointMeasurement, is_out_of_memory, measure_point
 from perfkit.metrics import truncate_e2e_s
@@ -93,7 +94,7 @@ def units_of(searches: list[BatchSearch]) -> list[Unit]:
         if u.system.served:  # a served system's unit is its own server, for one model
             key = ("served", u.system.label, u.model)
         else:
-            key = (u.model, u.system.dtype, u.system.device, u.system.attn_implementation)
+            key = (u.model, u.system.dtype, u.system.device, u.system.attn_implementation, u.system.env)
         groups.setdefault(key, []).append(s)
     return [Unit(group[0].spec.system, group[0].spec.model, group) for group in groups.values()]
 
@@ -127,11 +128,15 @@ class BuiltModel:
 
     def acquire(self) -> None:
         s = self.system
+        # A model that cannot fit is refused here, unbuilt: on a host, running out is a SIGKILL, not an error
+        memory_check.check_build(self.name, s.dtype, self.device)
         self.model = self.build_fn(self.name, parse_dtype(s.dtype), self.device, s.attn_implementation,
                                    seed=self.seed)
 
     def measure(self, system: System, point: Point, warmup: int, repeats: int, seed: int) -> PointMeasurement:
         here = system if system.device == self.device else dataclasses.replace(system, device=self.device)
+        memory_check.check_point(self.name, system.dtype, self.device, point.batch, point.input_len,
+                                 point.output_len)
         return self.measure_fn(self.model, here, point, warmup=warmup, repeats=repeats, seed=seed)
 
     def recover(self) -> None:
