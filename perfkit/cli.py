@@ -553,8 +553,13 @@ def _cmd_compare(args) -> int:
             print(f"\n{len(table)} workload(s) {name}:")
             print(table_text(table))
     if load_ratios is not None:
+        from perfkit.loads import client_bound_levels
+
         print("\nunder steady load, at each level both ran (medians over requests; bootstrap over requests)")
         print(table_text(load_ratios) if len(load_ratios) else "(no level in common)")
+        left_out = client_bound_levels(t_loads, b_loads)
+        if left_out:
+            print(printable(f"left out, client-bound on a side (the client fell behind): {', '.join(left_out)}"))
     if args.csv:
         _write_tables_csv({"study": c.study, "points": c.points, "slo": at_slo, "frontier": at_interactivity},
                           args.csv)

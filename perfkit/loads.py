@@ -135,6 +135,14 @@ def _median_draws(samples, rng, n_boot: int) -> np.ndarray:
     return np.median(x[boot_indices(x.size, rng, n_boot)], axis=1)
 
 
+def client_bound_levels(target: pd.DataFrame, baseline: pd.DataFrame) -> list[str]:
+    """The levels both sides ran that compare_loads leaves out because a side was client-bound."""
+    keys = WORKLOAD + LEVEL
+    both = target.merge(baseline, on=keys, suffixes=("_t", "_b"))
+    bound = both[both["client_bound_t"].eq(True) | both["client_bound_b"].eq(True)]
+    return [f"{r.model} I={r.input_len} O={r.output_len} {r.load_label_t}" for r in bound.itertuples()]
+
+
 def compare_loads(target: pd.DataFrame, baseline: pd.DataFrame, seed: int = 0, n_boot: int = 2000,
                   alpha: float = 0.05) -> pd.DataFrame:
     """At each level both sides ran: median TTFT, TPOT and e2e over requests as Ratio_Latency (target /

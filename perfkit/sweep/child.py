@@ -16,8 +16,8 @@ import multiprocessing
 import os
 import sys
 
+import perfkit.sweep.units as units
 from perfkit.errors import printable
-from perfkit.sweep import units
 
 _END = "end"
 
