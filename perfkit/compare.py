@@ -216,8 +216,9 @@ def _mismatch_message(t: pd.DataFrame, b: pd.DataFrame) -> str:
 
 def _system_info(df: pd.DataFrame, side: str) -> dict:
     info = {"side": side}
+    served = ("server_version", "served_model", "endpoint_api") if (df.get("backend") == "served").any() else ()
     for col in ("system", "device_name", "dtype", "backend", "attn_implementation", "torch_version",
-                "transformers_version", "git_commit", "server_version", "served_model", "endpoint_api"):
+                "transformers_version", "git_commit", *served):
         vals = sorted({str(v) for v in df[col].dropna().unique()}) if col in df else []
         info[col] = ", ".join(vals) if vals else "unknown"
     return info

@@ -284,11 +284,16 @@ def test_steady_load_closed_loop_and_poisson_and_their_comparison(vllm_server, t
     assert c.returncode == 0, c.stderr
     tail = c.stdout.split("under steady load")[1]
     # every level is set side by side, or named as left out where the client fell behind on a side
-    left_out = tail.split("left out, client-bound on a side")[1] if "left out, client-bound" in tail else ""
+    # Every level is set side by side, or named as left out where the client fell behind on a side (on a
+    # 2-core machine shared with the server that depends on the moment: both outcomes are checked).
+    table, _, left_out = tail.partition("left out, client-bound on a side")
+    bound = {lv["load_label"] for lv in levels if lv["client_bound"]}
     for label in ("1 user", "4 users", "30 req/s"):
-        assert label in tail
-    assert "output_tok_s" in tail
-    assert "no interval (offered rate)" in tail or "30 req/s" in left_out
+        assert label in (left_out if label in bound else table)
+    if bound != {"1 user", "4 users", "30 req/s"}:
+        assert "output_tok_s" in table
+    if "30 req/s" not in bound:
+        assert "no interval (offered rate)" in table
     reports = tmp_path / "reports"
     r = publish("compare", f"{out}:vllm", f"{out}:vllm-chat", "--reports", str(reports))
     assert r.returncode == 0, r.stderr
