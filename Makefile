@@ -59,7 +59,7 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" tests
 
 # CI's smoke against the newest transformers 5.x (the pin is the GPU machine's 5.17; the newest must work too):
-# a second venv, torch first from the pinned CPU build as above, then perfkit's core and test extra under
+# a second venv, torch first from the pinned CPU build as above, then perfkit's core, test and serve extras under
 # constraints.txt less its transformers line, so only transformers floats (torch and the rest stay pinned).
 # The fast subset runs there with transformers' deprecation of our `past_key_values=` calls as an error.
 # Like the GPU machine, it has no report extras (Jupyter, papermill, matplotlib: code that never meets
@@ -73,7 +73,7 @@ $(NEWEST)/.installed-stamp: pyproject.toml constraints.txt
 	$(NEWEST_PY) -m pip install --quiet --upgrade pip
 	$(NEWEST_PY) -m pip install --quiet -c constraints.txt torch==2.13.0
 	grep -v '^transformers==' constraints.txt > $(NEWEST)/constraints.txt
-	$(NEWEST_PY) -m pip install --quiet -c $(NEWEST)/constraints.txt -e '.[test]'
+	$(NEWEST_PY) -m pip install --quiet -c $(NEWEST)/constraints.txt -e '.[test,serve]'
 	touch $@
 
 test-newest: $(NEWEST)/.installed-stamp
