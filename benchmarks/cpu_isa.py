@@ -17,6 +17,8 @@ import os
 import subprocess
 import sys
 
+from perfkit.provenance import cpu_model
+
 # One shape of llama3-8b / mistral-7b: the MLP's up projection (hidden 4096 -> intermediate 14336).
 K, N = 4096, 14336
 
@@ -34,17 +36,6 @@ for m in (1, 2):
     print(f"  decode shape, batch {{m}}: {{{K} * {N} * 2 / seconds(m, 30) / 1e9:6.1f}} GB/s of weights")
 print(f"  prompt shape, 128 tokens: {{2 * 128 * {K} * {N} / seconds(128, 5) / 1e12:6.3f}} TFLOP/s")
 """
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 def main() -> int:

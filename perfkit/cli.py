@@ -108,13 +108,12 @@ def _out_of_memory_exits(where: str):
 def _cmd_run(args) -> int:
     if args.endpoint is not None:
         return _cmd_run_served(args)
-    from perfkit.console import format_row, print_json
     from perfkit.measure import default_device, default_dtype, measure_point, validate
     from perfkit.models import build_model, parse_dtype
-    from perfkit.provenance import environment, new_run_id
+    from perfkit.provenance import environment
     from perfkit.registry import checkpoint_fingerprint
-    from perfkit.results import check_out_dir, write_point, write_run
-    from perfkit.rows import point_fields, to_row, with_provenance
+    from perfkit.results import check_out_dir
+    from perfkit.rows import to_row
     from perfkit.workload import Point, System, canonical_dtype
 
     device = args.device or default_device()
@@ -145,12 +144,22 @@ def _cmd_run(args) -> int:
     with _out_of_memory_exits(f"batch {args.batch}"):
         measurement = measure_point(model, system, point, warmup=args.warmup, repeats=args.repeats, seed=args.seed)
 
-    env = environment(device)
+    return _store_run(args, system, point, checkpoint, to_row(measurement), environment(device))
+
+
+def _store_run(args, system, point, checkpoint: str | None, row: dict, env: dict) -> int:
+    """`perfkit run`'s row, completed with its provenance, appended to --out (run record first, removed again
+    where the point cannot be written) and printed. A `run` always appends: its key is a sweep point's plus
+    the run."""
+    from perfkit.console import format_row, print_json
+    from perfkit.provenance import new_run_id
+    from perfkit.results import write_point, write_run
+    from perfkit.rows import point_fields, with_provenance
+
     run_id = new_run_id()
-    # A `run` always appends: its key is a sweep point's plus the run.
     key_fields = {**point_fields(system, point.model, point.input_len, point.output_len, point.batch,
                                  args.warmup, args.repeats, args.seed, checkpoint=checkpoint), "run_id": run_id}
-    row = with_provenance(to_row(measurement), run_id, env, key_fields)
+    row = with_provenance(row, run_id, env, key_fields)
     if args.out:
         record = write_run(args.out, run_id, {**env, "run_id": run_id, "command": sys.argv})
         try:
@@ -159,8 +168,8 @@ def _cmd_run(args) -> int:
             with contextlib.suppress(OSError):
                 os.unlink(record)
             raise
-    if args.json:
-        print_json(row)
+    if args.json:  # a served row's raw request records stay in the file, not on the terminal
+        print_json({k: v for k, v in row.items() if k != "requests_json"})
     else:
         print(format_row(row))
         if args.out:
@@ -230,13 +239,11 @@ def _served_system_of(args):
 
 def _cmd_run_served(args) -> int:
     """`perfkit run --endpoint URL`: one point on a running server, timed from here."""
-    from perfkit.console import format_row, print_json
     from perfkit.measure import validate
     from perfkit.params import MAX_CONCURRENCY
-    from perfkit.provenance import environment, new_run_id
+    from perfkit.provenance import environment
     from perfkit.registry import checkpoint_fingerprint
-    from perfkit.results import check_out_dir, write_point, write_run
-    from perfkit.rows import point_fields, with_provenance
+    from perfkit.results import check_out_dir
     from perfkit.sweep.served import ServedEndpoint, preflight, served_environment
     from perfkit.workload import Point, System
 
@@ -265,26 +272,8 @@ def _cmd_run_served(args) -> int:
         raise
     finally:
         resource.release()
-    env = served_environment(system, environment("cpu"))
-    run_id = new_run_id()
-    key_fields = {**point_fields(system, point.model, point.input_len, point.output_len, point.batch,
-                                 args.warmup, args.repeats, args.seed, checkpoint=checkpoint), "run_id": run_id}
-    row = with_provenance(measurement.row(), run_id, env, key_fields)
-    if args.out:
-        record = write_run(args.out, run_id, {**env, "run_id": run_id, "command": sys.argv})
-        try:
-            write_point(args.out, row)
-        except OSError:
-            with contextlib.suppress(OSError):
-                os.unlink(record)
-            raise
-    if args.json:
-        print_json({k: v for k, v in row.items() if k != "requests_json"})
-    else:
-        print(format_row(row))
-        if args.out:
-            print(printable(f"appended to {args.out}"))
-    return 0
+    return _store_run(args, system, point, checkpoint, measurement.row(),
+                      served_environment(system, environment("cpu")))
 
 
 # ---- perfkit sweep -------------------------------------------------------------------------------

@@ -104,8 +104,8 @@ class ServedEndpoint:
 
         require_client()
         log_dir = os.path.join(self.out_dir, SERVERS_DIR) if self.out_dir else None
-        self.headers = headers_for(self.endpoint)
-        self.secret = api_key(self.endpoint)
+        self.secret = api_key(self.endpoint)  # read once: masked in whatever of the server's words is kept
+        self.headers = {"Authorization": f"Bearer {self.secret}"} if self.secret else {}
         self.server = Server(self.endpoint, self.model, log_dir, self.system.label, self.secret)
         self.server.start()
         self.info = self.server.describe(self.headers)
@@ -126,14 +126,21 @@ class ServedEndpoint:
             raise UsageError(f"tokenizer {shown(path)} cannot be read ({one_line(exc, 200)}): expected a "
                              "tokenizers tokenizer.json") from None
 
-    def _ask(self, prompts: list, output_len: int, warmup: int = 0, repeats: int = 1):
-        from perfkit.serving.client import run_batches
+    def _url(self) -> str:
+        return self.server.base_url.rstrip("/") + ("/chat/completions" if self.endpoint.api == "chat"
+                                                   else "/completions")
+
+    def _bodies(self, prompts: list, output_len: int) -> list[dict]:
         from perfkit.serving.point import completion_body
 
+        return [completion_body(self.endpoint, self.model, p, output_len, self.continuous_usage) for p in prompts]
+
+    def _ask(self, prompts: list, output_len: int, warmup: int = 0, repeats: int = 1):
+        from perfkit.serving.client import run_batches
+
         e = self.endpoint
-        bodies = [completion_body(e, self.model, p, output_len, self.continuous_usage) for p in prompts]
-        url = self.server.base_url.rstrip("/") + ("/chat/completions" if e.api == "chat" else "/completions")
-        return run_batches(url, self.headers, bodies, e.api, warmup, repeats, e.request_timeout_s, self.secret)
+        return run_batches(self._url(), self.headers, self._bodies(prompts, output_len), e.api, warmup, repeats,
+                           e.request_timeout_s, self.secret)
 
     def _check_exact(self) -> None:
         """One request before any timed one: does the server take running usage stats, how many prompt
@@ -206,17 +213,15 @@ class ServedEndpoint:
         """One steady-load level (perfkit.serving.load) at (spec's model and input length, output_len): the
         same seeded prompts as a point (one per request, cycling through a batch of the level's size)."""
         from perfkit.serving.load import load_row, run_load
-        from perfkit.serving.point import completion_body
 
         self.server.check_alive()
         e = self.endpoint
         distinct = min(level.warmup_requests + level.requests, 256)
         prompts = self._prompts(self._token_ids(Point(spec.model, spec.input_len, output_len, distinct), seed),
                                 spec.input_len)
-        bodies = [completion_body(e, self.model, p, output_len, self.continuous_usage) for p in prompts]
-        url = self.server.base_url.rstrip("/") + ("/chat/completions" if e.api == "chat" else "/completions")
-        run = run_load(url, self.headers, lambda i: bodies[i % len(bodies)], e.api, level, e.request_timeout_s,
-                       seed, self.secret)
+        bodies = self._bodies(prompts, output_len)
+        run = run_load(self._url(), self.headers, lambda i: bodies[i % len(bodies)], e.api, level,
+                       e.request_timeout_s, seed, self.secret)
         try:
             return load_row(spec.system, spec.model, spec.input_len, output_len, run, self.info)
         except Exception:
