@@ -297,7 +297,7 @@ def _cmd_sweep(args) -> int:
         print(plan_text(plan(args.params, args.systems, args.out, discard_stale=args.discard_stale, yes=args.yes)))
         return 0
     out = run_sweep(args.params, args.systems, args.out, args.max_minutes, progress=not args.no_progress,
-                    discard_stale=args.discard_stale, yes=args.yes, ray=args.ray)
+                    discard_stale=args.discard_stale, yes=args.yes, ray=args.ray, interleave=args.interleave)
     multi_user_max = None
     if out.measured or out.skipped:
         from perfkit.results import load_results
@@ -696,6 +696,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--discard-stale", action="store_true",
                    help="move the stored points of its systems that this params file does not define (another "
                         "version of it) to RESULTS_DIR/stale/<timestamp>/ instead of refusing")
+    order = p.add_mutually_exclusive_group()
+    order.add_argument("--interleave", action="store_true", default=None,
+                       help="alternate the systems' repeats of each point (A B B A ...), each system holding its "
+                            "model in its own process (default: the params file's interleave)")
+    order.add_argument("--no-interleave", action="store_false", dest="interleave",
+                       help="one system's whole grid after another's, whatever the params file says")
     _add_ray_arg(p)
     p.add_argument("--isolation-check", action="store_true",
                    help="with --ray: measure the first point alone on one GPU (CPU worker) of a node, then with "

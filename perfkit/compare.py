@@ -2,7 +2,8 @@
 
 Ratio_Latency = L_target / L_baseline and Ratio_Throughput = T_baseline / T_target, so that every ratio
 reads the same way: **< 1 means the target is better**. The intervals resample each side's raw repeats
-(perfkit.bootstrap), seeded, so a rebuilt report shows the same intervals. numpy and pandas only (no
+(perfkit.bootstrap), seeded, so a rebuilt report shows the same intervals; where both sides' repeats were
+interleaved (perfkit.sweep.interleave), they resample the pairs (repeat i of each side) together. numpy and pandas only (no
 plotting), so it runs wherever results are read. See docs/comparisons.md.
 """
 
@@ -15,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from perfkit import metrics
-from perfkit.bootstrap import boot_medians, rng_for
+from perfkit.bootstrap import boot_indices, boot_medians, rng_for
 from perfkit.errors import UsageError
 from perfkit.summary import latest_per_point, prompt_phase_rows
 
@@ -133,14 +134,15 @@ def _work(row, metric: str) -> float:
     return tokens(int(row["batch"]), int(row["input_len"]), int(row["output_len"]))
 
 
-def _side_value(rows: list, metric: str, kind: str, sample: str, rng, n_boot: int):
-    """(value, batch, bootstrap draws) of one side: a median latency, a throughput, or a max throughput."""
+def _side_value(rows: list, metric: str, kind: str, sample: str, draw):
+    """(value, batch, bootstrap draws) of one side: a median latency, a throughput, or a max throughput.
+    `draw(row, x)`: the bootstrap medians of a row's samples x."""
     values, batches, draws = [], [], []
     for row in rows:
         x = samples_ms(row, sample)
         if x.size == 0 or not np.all(np.isfinite(x)):
             continue  # a row without usable samples has no figure (and no say in the max)
-        med, boot = float(np.median(x)), boot_medians(x, rng, n_boot)
+        med, boot = float(np.median(x)), draw(row, x)
         if kind == "throughput":
             w = _work(row, metric)
             med, boot = w / (med / 1e3), w / (boot / 1e3)
@@ -176,22 +178,63 @@ def verdict(lo: float, hi: float) -> str:
     return NOISE
 
 
+PAIRED, INDEPENDENT = "paired", "independent"
+
+
+def _interleaved_with(tr, br, sample: str) -> bool:
+    """Whether repeat i of row `tr` and repeat i of row `br` were taken side by side: both rows come from
+    one interleaved job (perfkit.sweep.interleave: the same interleave_id) with as many samples each."""
+    if tr.get("repeat_order") != "interleaved" or br.get("repeat_order") != "interleaved":
+        return False
+    ids = tr.get("interleave_id")
+    if ids is None or not isinstance(ids, (str, tuple)) or ids != br.get("interleave_id"):
+        return False
+    return samples_ms(tr, sample).size == samples_ms(br, sample).size
+
+
+def _paired(t_rows: list, b_rows: list, sample: str) -> bool:
+    """Whether every batch of a figure was interleaved on both sides, so the bootstrap can resample pairs."""
+    by_batch = {int(r["batch"]): r for r in b_rows}
+    return len(t_rows) == len(by_batch) and all(
+        int(tr["batch"]) in by_batch and _interleaved_with(tr, by_batch[int(tr["batch"])], sample) for tr in t_rows)
+
+
 def _ratio_row(kind, metric, t_rows, b_rows, sample, seed, key, n_boot, alpha):
-    rng_t, rng_b = rng_for(seed, "target", metric, key), rng_for(seed, "baseline", metric, key)
-    t, t_batch, t_draws = _side_value(t_rows, metric, kind, sample, rng_t, n_boot)
-    b, b_batch, b_draws = _side_value(b_rows, metric, kind, sample, rng_b, n_boot)
+    paired = _paired(t_rows, b_rows, sample)
+    if paired:
+        # Repeat i of the target and repeat i of the baseline ran next to each other: resample the pairs (the
+        # same indices on both sides), so what drifted between repeats moves both and cancels in the ratio.
+        shared: dict[int, np.ndarray] = {}
+
+        def draw(row, x):
+            b = int(row["batch"])
+            if b not in shared:
+                shared[b] = boot_indices(x.size, rng_for(seed, PAIRED, metric, key, b), n_boot)
+            return np.median(x[shared[b]], axis=1)
+
+        draw_t = draw_b = draw
+    else:
+        rng_t, rng_b = rng_for(seed, "target", metric, key), rng_for(seed, "baseline", metric, key)
+        def draw_t(row, x):
+            return boot_medians(x, rng_t, n_boot)
+
+        def draw_b(row, x):
+            return boot_medians(x, rng_b, n_boot)
+    t, t_batch, t_draws = _side_value(t_rows, metric, kind, sample, draw_t)
+    b, b_batch, b_draws = _side_value(b_rows, metric, kind, sample, draw_b)
     if t_draws is None or b_draws is None:
         return None
     r = ratio(kind, t, b)
+    how = PAIRED if paired else INDEPENDENT
     fewest = min(samples_ms(row, sample).size for row in list(t_rows) + list(b_rows)
                  if samples_ms(row, sample).size)
     if fewest < MIN_REPEATS_FOR_VERDICT:
         return {"target": t, "baseline": b, "target_batch": t_batch, "baseline_batch": b_batch,
-                "ratio": r, "ratio_lo": np.nan, "ratio_hi": np.nan, "verdict": TOO_FEW}
+                "ratio": r, "ratio_lo": np.nan, "ratio_hi": np.nan, "verdict": TOO_FEW, "bootstrap": how}
     boot = ratio(kind, t_draws, b_draws)
     lo, hi = (float(q) for q in np.quantile(boot, [alpha / 2, 1 - alpha / 2]))
     return {"target": t, "baseline": b, "target_batch": t_batch, "baseline_batch": b_batch,
-            "ratio": r, "ratio_lo": lo, "ratio_hi": hi, "verdict": verdict(lo, hi)}
+            "ratio": r, "ratio_lo": lo, "ratio_hi": hi, "verdict": verdict(lo, hi), "bootstrap": how}
 
 
 # ---- the comparison ---------------------------------------------------------------------------------
@@ -263,16 +306,17 @@ def compare(target, baseline, target_system: str | None = None, baseline_system:
             res.pop("target_batch"), res.pop("baseline_batch")
             points.append({**dict(zip(WORKLOAD, key)), "metric": metric, "kind": kind, "unit": unit, **res})
     points = pd.DataFrame(points, columns=WORKLOAD + ["metric", "kind", "unit", "target", "baseline", "ratio",
-                                                      "ratio_lo", "ratio_hi", "verdict"])
+                                                      "ratio_lo", "ratio_hi", "verdict", "bootstrap"])
 
     # what the study's figures read, without the rest of each row (pandas copies every column it slices)
     read = [c for c in ("system", "model", "input_len", "output_len", "batch", "backend", "derived_from_output_len",
-                        "ttft_ms_samples", "e2e_ms_samples") if c in t.columns and c in b.columns]
+                        "ttft_ms_samples", "e2e_ms_samples", "repeat_order", "interleave_id")
+            if c in t.columns and c in b.columns]
     study = pd.DataFrame(_study_rows(t.loc[t["status"] == "ok", read], b.loc[b["status"] == "ok", read], seed,
                                      n_boot, alpha),
                          columns=["model", "input_len", "output_len", "metric", "kind", "unit", "target",
                                   "target_batch", "baseline", "baseline_batch", "ratio", "ratio_lo", "ratio_hi",
-                                  "verdict"])
+                                  "verdict", "bootstrap"])
     systems = pd.DataFrame([_system_info(t, "target"), _system_info(b, "baseline")])
     return Comparison(_label(t, target_system), _label(b, baseline_system), points, study, only_target,
                       only_baseline, not_ok, systems, confidence, n_boot, seed)
@@ -303,8 +347,13 @@ def _rows_for(sel: pd.DataFrame, keys: list, rule: str) -> list:
     rows = []
     for batch, g in sel.groupby("batch", sort=True):
         pooled = [v for lst in g["ttft_ms_samples"] if lst is not None for v in lst]
-        rows.append({"batch": int(batch), "input_len": int(g["input_len"].to_numpy()[0]), "output_len": 1,
-                     "ttft_ms_samples": pooled, "e2e_ms_samples": None})
+        row = {"batch": int(batch), "input_len": int(g["input_len"].to_numpy()[0]), "output_len": 1,
+               "ttft_ms_samples": pooled, "e2e_ms_samples": None}
+        # pooled in the sides' common row order (output length, load_side's sort): where every pooled row was
+        # interleaved, the i-th pooled repeats of the two sides still ran side by side
+        if "repeat_order" in g and (g["repeat_order"] == "interleaved").all():
+            row.update({"repeat_order": "interleaved", "interleave_id": tuple(g["interleave_id"])})
+        rows.append(row)
     return rows
 
 
@@ -332,9 +381,16 @@ def summary_line(c: Comparison) -> str:
     n = len(c.study)
     geo = metrics.geometric_mean(c.study["ratio"])
     target, baseline = side_names(c.target, c.baseline)
-    return (f"{target} vs {baseline}: of {n} study figures, target better in {counts.get(BETTER, 0)}, "
+    line = (f"{target} vs {baseline}: of {n} study figures, target better in {counts.get(BETTER, 0)}, "
             f"worse in {counts.get(WORSE, 0)}, within noise in {counts.get(NOISE, 0)}; "
             f"geometric-mean ratio {geo:.3g} (< 1 favours the target).")
+    paired = int((c.study["bootstrap"] == PAIRED).sum()) if "bootstrap" in c.study else 0
+    if paired == n:
+        line += " Every interval resamples pairs of repeats measured side by side (an interleaved sweep)."
+    elif paired:
+        line += (f" {paired} of the {n} intervals resample pairs of repeats measured side by side (an interleaved "
+                 "sweep); the rest resample each side alone.")
+    return line
 
 
 # ---- naming a side: DIR[:LABEL] ----------------------------------------------------------------------

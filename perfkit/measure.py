@@ -114,40 +114,84 @@ def measure_point(model, system: System, point: Point, warmup: int = 1, repeats:
     """Time `point` on an already built `model`. Raises torch.OutOfMemoryError as is (a sweep records it)."""
     if repeats < 1 or warmup < 0:
         raise UsageError(f"need repeats >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
-    device = model.device
-    backend = get_backend(system.backend)
-    prompt = synthetic_prompt(point.batch, point.input_len, model.config.vocab_size, seed)
-    ttft_s, e2e_s, step_s = [], [], []
-    kernels = KernelRecorder()
-    with on_device(device), torch.inference_mode(), PeakMemory(device) as mem:
-        # Set-up and warm-up are untimed: there, and only there, the SDPA kernel of each call is recorded.
-        with recording(kernels):
-            with _out_of_memory_names("in set-up (the backend's cache and graph, before any prompt)"):
-                setup_s = backend.prepare(model, point.batch, point.input_len, point.output_len)
-            t1 = time.perf_counter()
-            for _ in range(warmup):
-                _run_naming_phase(backend, model, prompt, point.output_len, clock_for(device, point.output_len + 1))
-            synchronize(device)
-            warmup_s = time.perf_counter() - t1
-        meter = EnergyMeter(device)
-        energy_j, power_w = [], []
+    with PointSession(model, system, point, warmup, seed) as session:
         for _ in range(repeats):
-            # One counter read on each side of the repeat, outside the timed loop; _one_repeat has
-            # synchronized the device before it returns, so the second read covers all of its work.
-            before = meter.read()
-            ttft, e2e, steps, tokens = _one_repeat(backend, model, prompt, point.output_len, device)
-            joules, watts = repeat_energy(before, meter.read())
-            energy_j.append(joules)
-            power_w.append(watts)
-            ttft_s.append(ttft)
-            e2e_s.append(e2e)
-            step_s.append(steps)
-        tokens = tokens.to("cpu")
-    # A backend that may fall back (static: no graph past a sliding window, or a failed capture) says how it
-    # ran; the row keeps it, so a figure is never read as a graph-replay figure when it was not one.
-    mode = getattr(backend, "mode", "eager")
-    return PointMeasurement(point, system, ttft_s, e2e_s, step_s, warmup_s, setup_s, mem.peak_bytes, mem.scope, tokens,
-                            mode, energy_j, power_w, kernels.kernels("prefill"), kernels.kernels("decode"))
+            session.repeat()
+        return session.finish()
+
+
+class PointSession:
+    """One point on a built model, opened (backend set-up and warm-up, untimed) and then timed one repeat at
+    a time; `finish()` gives the PointMeasurement. measure_point runs its repeats back to back; an
+    interleaved sweep (perfkit.sweep.interleave) alternates the repeats of several systems' sessions, each
+    in its own process, so that whatever drifts on the machine meanwhile lands on every side alike.
+
+    The memory peak and the device context span the session: its figure covers set-up, warm-up and every
+    repeat, as in measure_point. Use it as a context manager (the exit closes what `finish` did not)."""
+
+    def __init__(self, model, system: System, point: Point, warmup: int = 1, seed: int = 0):
+        if warmup < 0:
+            raise UsageError(f"need warmup >= 0, got warmup={warmup}")
+        self.point, self.system, self.device = point, system, model.device
+        self.model, self.backend = model, get_backend(system.backend)
+        self.prompt = synthetic_prompt(point.batch, point.input_len, model.config.vocab_size, seed)
+        self.ttft_s, self.e2e_s, self.step_s, self.energy_j, self.power_w = [], [], [], [], []
+        self.tokens = None
+        self._stack = contextlib.ExitStack()
+        try:
+            self._stack.enter_context(on_device(self.device))
+            self._stack.enter_context(torch.inference_mode())
+            self._mem = self._stack.enter_context(PeakMemory(self.device))
+            # Set-up and warm-up are untimed: there, and only there, the SDPA kernel of each call is recorded.
+            self._kernels = KernelRecorder()
+            with recording(self._kernels):
+                with _out_of_memory_names("in set-up (the backend's cache and graph, before any prompt)"):
+                    self.setup_s = self.backend.prepare(model, point.batch, point.input_len, point.output_len)
+                t1 = time.perf_counter()
+                for _ in range(warmup):
+                    _run_naming_phase(self.backend, model, self.prompt, point.output_len,
+                                      clock_for(self.device, point.output_len + 1))
+                synchronize(self.device)
+                self.warmup_s = time.perf_counter() - t1
+            self._meter = EnergyMeter(self.device)
+        except BaseException:
+            self._stack.close()
+            raise
+
+    def __enter__(self) -> PointSession:
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self._stack.close()
+        return False
+
+    def repeat(self) -> float:
+        """One timed repeat; returns its ttft (s)."""
+        # One counter read on each side of the repeat, outside the timed loop; _one_repeat has
+        # synchronized the device before it returns, so the second read covers all of its work.
+        before = self._meter.read()
+        ttft, e2e, steps, self.tokens = _one_repeat(self.backend, self.model, self.prompt, self.point.output_len,
+                                                    self.device)
+        joules, watts = repeat_energy(before, self._meter.read())
+        self.energy_j.append(joules)
+        self.power_w.append(watts)
+        self.ttft_s.append(ttft)
+        self.e2e_s.append(e2e)
+        self.step_s.append(steps)
+        return ttft
+
+    def finish(self) -> PointMeasurement:
+        """The measurement of the repeats so far (at least one); closes the session."""
+        if not self.ttft_s:
+            raise UsageError("a point session finished before any timed repeat")
+        tokens = self.tokens.to("cpu")
+        self._stack.close()  # the memory peak is read on the way out
+        # A backend that may fall back (static: no graph past a sliding window, or a failed capture) says how
+        # it ran; the row keeps it, so a figure is never read as a graph-replay figure when it was not one.
+        mode = getattr(self.backend, "mode", "eager")
+        return PointMeasurement(self.point, self.system, self.ttft_s, self.e2e_s, self.step_s, self.warmup_s,
+                                self.setup_s, self._mem.peak_bytes, self._mem.scope, tokens, mode, self.energy_j,
+                                self.power_w, self._kernels.kernels("prefill"), self._kernels.kernels("decode"))
 
 
 # Out-of-memory that does not arrive as torch.OutOfMemoryError: cuBLAS/cuDNN workspace allocations and

@@ -86,3 +86,21 @@ def check_point(model: str, dtype: str, device: str, batch: int, input_len: int,
             f"out of memory predicted, not run: batch {batch} needs {_gb(kv)} of KV cache + {_gb(act)} of "
             f"activations (a conservative estimate) + {_gb(HEADROOM_BYTES)} headroom, {_gb(free)} available on "
             f"{device} with the model built (perfkit.memory_check)")
+
+
+def together_problem(builds: list[tuple[str, str, str]]) -> str | None:
+    """Why these (model, dtype, device) builds cannot all be held at once, or None: the sum of their weights
+    (and one headroom per process that holds one) against what each device has available now. An
+    interleaved sweep (perfkit.sweep.interleave) asks before it builds; unknown memory never refuses."""
+    from perfkit import roofline as rl
+
+    need: dict[str, int] = {}
+    for model, dtype, device in builds:
+        need[device] = need.get(device, 0) + rl.weight_bytes(model, dtype) + HEADROOM_BYTES
+    for device, needed in need.items():
+        free = available_bytes(device)
+        if free is not None and needed > free:
+            held = [f"{m} in {d}" for m, d, dev in builds if dev == device]
+            return (f"{' and '.join(held)} need {_gb(needed)} of weights and headroom together, {_gb(free)} "
+                    f"available on {device}")
+    return None

@@ -28,7 +28,7 @@ from perfkit.workload import (
 )
 
 TOP_KEYS = ("name", "models", "systems", "grid", "warmup", "repeats", "seed", "search", "derive_output_lens",
-            "beyond_context", "max_minutes", "max_points", "slos", "loads")
+            "beyond_context", "max_minutes", "max_points", "slos", "loads", "interleave")
 LOAD_KEYS = ("users", "rates", "requests", "warmup_requests", "duration_s")
 MAX_REQUESTS = 1_000_000  # of one load level
 MAX_RATE = 100_000.0  # requests per second
@@ -83,6 +83,9 @@ class SweepParams:
     max_points: int | None = None  # the largest grid the file allows (None: DEFAULT_MAX_POINTS)
     slos: tuple | None = None  # latency bounds (perfkit.slo.SLO) the tables use; None: perfkit.slo.DEFAULT_SLOS
     loads: tuple = ()  # steady-load levels (perfkit.serving.load.LoadLevel) for every served system
+    # the systems' repeats of each point alternate (A B B A ...), each system in its own process
+    # (perfkit.sweep.interleave); False: one system's whole grid after another's
+    interleave: bool = False
     source: str | None = None  # the file it came from
 
     def system(self, label: str) -> System:
@@ -543,6 +546,9 @@ def parse_params(data, source: str = "params", yes: bool = False) -> SweepParams
     derive = d.get("derive_output_lens", False)
     if not isinstance(derive, bool):
         c.fail("derive_output_lens", f"{shown(derive)} is not a boolean", "true or false")
+    interleave = d.get("interleave", False)
+    if not isinstance(interleave, bool):
+        c.fail("interleave", f"{shown(interleave)} is not a boolean", "true or false")
     for i, system in enumerate(systems):
         # The static backend sizes its cache (and so every attention over it) for I + O: a 1024-token run's
         # first 128 steps are not the work of a 128-token run, so shorter outputs cannot be read off it.
@@ -585,7 +591,8 @@ def parse_params(data, source: str = "params", yes: bool = False) -> SweepParams
                        min_gain=min_gain, patience=patience, derive_output_lens=derive, beyond_context=beyond,
                        max_minutes=None if max_minutes is None else float(max_minutes),
                        max_points=max_points, slos=_slos(d.get("slos"), source),
-                       loads=_loads(c, d.get("loads"), any(s.served for s in systems)), source=source)
+                       loads=_loads(c, d.get("loads"), any(s.served for s in systems)), interleave=interleave,
+                       source=source)
     check_point_count(params, yes=yes)
     return params
 

@@ -421,6 +421,25 @@ def check_row(row: dict, key: str | None = None) -> str | None:
     energy = row.get("energy_j_samples") or []
     if energy and not _same(row.get("energy_j"), statistics.median(energy)):
         return f"energy_j {_number(row.get('energy_j')):.6g} is not the median of its energy_j_samples"
+    return _order_problem(row, len(ttft))
+
+
+_REPEAT_ORDERS = (None, "interleaved", "grouped", "alone")
+
+
+def _order_problem(row: dict, repeats: int) -> str | None:
+    """An interleaved sweep's order fields (perfkit.sweep.interleave), where a row has them: one slot per
+    repeat, ascending and distinct, and an interleave_id wherever the repeats were interleaved."""
+    order, slots = row.get("repeat_order"), row.get("repeat_slots")
+    if order not in _REPEAT_ORDERS:
+        return f"repeat_order {order!r}, expected interleaved, grouped, alone or none"
+    if slots is None:
+        return "repeat_order without repeat_slots, expected one slot per repeat" if order else None
+    slots = list(slots)
+    if len(slots) != repeats or any(b <= a for a, b in zip(slots, slots[1:])) or (slots and slots[0] < 0):
+        return f"repeat_slots {slots[:8]!r} for {repeats} repeats, expected as many ascending, distinct slots"
+    if order == "interleaved" and not row.get("interleave_id"):
+        return "repeat_order interleaved without an interleave_id, expected the id its pair shares"
     return None
 
 

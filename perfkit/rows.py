@@ -61,6 +61,11 @@ SCHEMA = pa.schema(
         ("req_itl_p50_ms", _F), ("req_itl_p90_ms", _F), ("req_itl_p99_ms", _F),
         ("client_lag_p99_ms", _F), ("client_lag_max_ms", _F), ("client_bound", _B), ("requests_json", _S),
         ("system_env", _S),  # a system's own environment (JSON), set in the process that measured it
+        # the order of the repeats (perfkit.sweep.interleave): null where one system's grid ran after another's;
+        # "interleaved" (this row's repeats alternated with the other systems' rows of the same interleave_id,
+        # repeat_slots giving each repeat's place in that shared sequence), "grouped" (the systems could not
+        # be held at once: whole points alternated) or "alone" (no other system measured this point with it)
+        ("repeat_order", _S), ("interleave_id", _S), ("repeat_slots", pa.list_(_I)), ("order_note", _S),
     ]
 )
 

@@ -58,7 +58,7 @@ def _child_main(conn, job: ChildJob) -> None:
 
 
 @contextlib.contextmanager
-def _environment(env: dict):
+def environment_added(env: dict):
     """os.environ with `env` added while a child is started (a spawned child inherits it), then restored."""
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
@@ -78,7 +78,7 @@ def run_in_child(job: ChildJob):
     the writer's already."""
     ctx = multiprocessing.get_context("spawn")
     receive, send = ctx.Pipe(duplex=False)
-    with _environment(dict(job.unit.system.env)):
+    with environment_added(dict(job.unit.system.env)):
         proc = ctx.Process(target=_child_main, args=(send, job), daemon=True,
                            name=f"perfkit-unit-{job.unit.system.label}")
         proc.start()

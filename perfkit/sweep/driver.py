@@ -51,7 +51,7 @@ class SweepOutcome:
 
 def run_sweep(params_or_path, systems: list[str] | None = None, out_dir: str | None = None,
               max_minutes: float | None = None, progress: bool = True, discard_stale: bool = False,
-              yes: bool = False, ray: str | None = None) -> SweepOutcome:
+              yes: bool = False, ray: str | None = None, interleave: bool | None = None) -> SweepOutcome:
     """Measure every point of a params file (skipping those already stored in `out_dir`).
 
     Holds the results directory's lock throughout (a second sweep into it is refused, naming this one);
@@ -62,8 +62,17 @@ def run_sweep(params_or_path, systems: list[str] | None = None, out_dir: str | N
     the file system refuses (a full disk, the file size limit) ends it the same way, with `write_error` set.
 
     `ray`: run the units as Ray tasks, one GPU (or CPU) each: "local" (or "") starts a Ray instance here,
-    "auto", "ray://HOST:PORT" or "HOST:PORT" joins a running cluster. None: serially, in this process."""
+    "auto", "ray://HOST:PORT" or "HOST:PORT" joins a running cluster. None: serially, in this process.
+
+    `interleave`: alternate the systems' repeats point by point, each system in its own process
+    (perfkit.sweep.interleave); None takes the params file's `interleave`."""
     params = as_params(params_or_path, yes)
+    if interleave is not None:
+        params = dataclasses.replace(params, interleave=interleave)
+    if params.interleave:
+        from perfkit.sweep.interleave import check_interleavable
+
+        check_interleavable(select(params, systems), ray is not None)
     check_point_count(params, select(params, systems), yes=True)
     out_dir = out_dir or default_out_dir(params.name)
     store.check_out_dir(out_dir, subdirs=out_subdirs(discard_stale))
@@ -215,6 +224,11 @@ def _serial(work: Work, writer: SweepWriter, budget: Budget, envs: dict, run_id:
 
     from perfkit.loads import stored_keys
 
+    if p.interleave:
+        from perfkit.sweep.interleave import run_interleaved
+
+        run_interleaved(work, writer, budget, run_id)
+        return
     runner = UnitRunner(p, run_id, envs.__getitem__, budget, Faults(os.environ.get(FAULT_ENV)), resource_for,
                         done=work.stored.rows, done_loads=stored_keys(writer.out_dir) if p.loads else set())
     groups = units_of(work.searches)

@@ -211,6 +211,41 @@ def truncated(m: PointMeasurement, output_len: int) -> PointMeasurement:
     )
 
 
+def judged_rows(params: SweepParams, run_id: str, env: dict, budget: Budget, search: BatchSearch, job: BatchRun,
+                status: str, error: str | None, m) -> dict[int, dict]:
+    """One job's rows, {output_len: row}: read off the measurement `m` (shorter outputs truncated from it) or
+    failed with `status` and `error`; judged by `search` (which advances), with their provenance from `env`.
+    A measured run teaches the budget's estimator what such a job costs."""
+    u = job.spec
+    rows = {}
+    for o in job.output_lens:
+        if status == "ok":
+            rows[o] = row_of(m if o == u.run_output_len else truncated(m, o))
+        else:
+            rows[o] = failed_row(u.system, Point(u.model, u.input_len, o, job.batch), status, error)
+    search.judge(rows)
+    full = {}
+    for o, row in rows.items():
+        full[o] = with_provenance(row, run_id, env, key_fields(params, u, o, job.batch))
+        full[o]["sweep_name"] = params.name
+    if status == "ok":  # the run as measured (at run_output_len, which the search may have stopped)
+        estimator = budget.estimator(u.system.label)
+        if estimator is not None:
+            estimator.learn({**row_of(m), "warmup": params.warmup})
+    return full
+
+
+def stored_judged(params: SweepParams, done: dict, search: BatchSearch, job: BatchRun) -> dict | None:
+    """The job's rows stored by an earlier invocation past an error that stopped the replay (errors are
+    retried, the points after them are not), judged by `search`; None where any is missing or failed."""
+    stored = {o: done.get(key_of(params, job.spec, o, job.batch)) for o in job.output_lens}
+    if not all(r is not None and r["status"] in ("ok", "oom") for r in stored.values()):
+        return None
+    rows = {o: dict(r) for o, r in stored.items()}
+    search.judge(rows)
+    return rows
+
+
 def stored_rows(params: SweepParams, searches: list[BatchSearch], done: dict[str, dict]) -> dict[str, dict]:
     """The stored rows, by key, of the jobs these searches have still to run (a job stored past an error is
     judged from them): what a unit's Ray task needs of the results directory."""
@@ -357,12 +392,8 @@ class UnitRunner:
     def _job(self, resource: Resource, failure, index: int, search: BatchSearch, job: BatchRun):
         u, p = job.spec, self.params
         yield Status(f"{u.system.label} {u.model} I={u.input_len} O={u.run_output_len} B={job.batch}")
-        stored = {o: self.done.get(key_of(p, u, o, job.batch)) for o in job.output_lens}
-        if all(r is not None and r["status"] in ("ok", "oom") for r in stored.values()):
-            # Stored by an earlier invocation past an error that stopped the replay (errors are retried, the
-            # points after them are not): judge the stored rows, spend no device time on them again.
-            rows = {o: dict(r) for o, r in stored.items()}
-            search.judge(rows)
+        rows = stored_judged(p, self.done, search, job)
+        if rows is not None:  # no device time spent on them again
             yield Judged(index, rows, False)
             return
         status, error, m = "ok", None, None
@@ -377,20 +408,6 @@ class UnitRunner:
                 status, error = ("oom" if is_out_of_memory(exc) else "error"), one_line(exc, with_type=True)
             if status != "ok":  # outside the except block: the traceback no longer pins the tensors
                 resource.recover()
-        rows = {}
-        for o in job.output_lens:
-            if status == "ok":
-                rows[o] = row_of(m if o == u.run_output_len else truncated(m, o))
-            else:
-                rows[o] = failed_row(u.system, Point(u.model, u.input_len, o, job.batch), status, error)
-        search.judge(rows)
-        env = self.env_for(u.system.env_key())
-        full = {}
-        for o, row in rows.items():
-            full[o] = with_provenance(row, self.run_id, env, key_fields(p, u, o, job.batch))
-            full[o]["sweep_name"] = p.name
-        if status == "ok":  # the run as measured (at run_output_len, which the search may have stopped)
-            estimator = self.budget.estimator(u.system.label)
-            if estimator is not None:
-                estimator.learn({**row_of(m), "warmup": p.warmup})
-        yield Judged(index, full, True)
+        rows = judged_rows(p, self.run_id, self.env_for(u.system.env_key()), self.budget, search, job, status,
+                           error, m)
+        yield Judged(index, rows, True)
