@@ -149,9 +149,7 @@ class PointSession:
                     self.setup_s = self.backend.prepare(model, point.batch, point.input_len, point.output_len)
                 t1 = time.perf_counter()
                 for _ in range(warmup):
-                    _run_naming_phase(self.backend, model, self.prompt, point.output_len,
-                                      clock_for(self.device, point.output_len + 1))
-                synchronize(self.device)
+                    self.untimed_run()
                 self.warmup_s = time.perf_counter() - t1
             self._meter = EnergyMeter(self.device)
         except BaseException:
@@ -164,6 +162,12 @@ class PointSession:
     def __exit__(self, *exc) -> bool:
         self._stack.close()
         return False
+
+    def untimed_run(self) -> None:
+        """One run of the point that is not timed (a warm-up)."""
+        _run_naming_phase(self.backend, self.model, self.prompt, self.point.output_len,
+                          clock_for(self.device, self.point.output_len + 1))
+        synchronize(self.device)
 
     def repeat(self) -> float:
         """One timed repeat; returns its ttft (s)."""

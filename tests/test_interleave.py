@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import glob
 import os
 
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import CPU, make_row, run_cli, write_params, write_rows
+from helpers import CPU, make_row, publish, run_cli, write_params, write_rows
 
 from perfkit.compare import BETTER, NOISE, PAIRED, compare
 from perfkit.errors import UsageError
@@ -49,8 +50,14 @@ def test_systems_that_cannot_be_interleaved_are_refused_in_one_line():
     with pytest.raises(UsageError, match="--ray"):
         check_interleavable([a, b], ray=True)
     served = System("v", backend="served", endpoint=Endpoint(base_url="http://127.0.0.1:1/v1"))
-    with pytest.raises(UsageError, match="served system 'v'"):
-        check_interleavable([a, served], ray=False)
+    check_interleavable([a, served], ray=False)  # a server is a process of its own: it alternates as one
+    with pytest.raises(UsageError, match="interleave with loads"):
+        check_interleavable([a, served], False, loads=("a level",))
+    launched = System("l", backend="served", endpoint=Endpoint(launch="serve {model} --port {port}"))
+    gpu = System("g", device="cuda")
+    check_interleavable([launched, a], ray=False)  # on the CPU, each side's memory check sees the other
+    with pytest.raises(UsageError, match="server 'l' and in-process system 'g' on a GPU"):
+        check_interleavable([launched, gpu], ray=False)
 
 
 def test_the_cli_refuses_an_interleaved_sweep_of_one_system_before_any_work(tmp_path):
@@ -164,9 +171,18 @@ def test_an_interleaved_sweep_alternates_the_repeats_and_compares_paired(tmp_pat
         assert slots == {"cpu": [0, 3, 4], "cpu-fp16": [1, 2, 5]}
     c = compare(str(out), str(out), "cpu-fp16", "cpu")
     assert set(c.points["bootstrap"]) == {PAIRED} and set(c.study["bootstrap"]) == {PAIRED}
-    # each system ran in its own process: the rows say which process measured them only by their order, but
-    # their provenance is complete as a sequential sweep's
+    # each system ran in its own process; the rows' provenance is complete as a sequential sweep's
     assert df["torch_version"].notna().all() and df["device_name"].notna().all()
+    # and the same reports render from them as from a sequential sweep's rows
+    reports = tmp_path / "reports"
+    r = publish("compare", f"{out}:cpu-fp16", f"{out}:cpu", "--reports", str(reports))
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = publish("report", str(out), "--system", "cpu", "--reports", str(reports))
+    assert r.returncode == 0, r.stderr[-3000:]
+    pages = {os.path.basename(p): open(p).read() for p in glob.glob(str(reports / "**" / "*.html"), recursive=True)}
+    compare_page = next(text for name, text in pages.items() if "compare" in name)
+    assert "Every interval resamples pairs of repeats measured side by side" in compare_page
+    assert len(pages) >= 2
 
 
 @pytest.mark.slow

@@ -300,3 +300,28 @@ def test_steady_load_closed_loop_and_poisson_and_their_comparison(vllm_server, t
     (page,) = (open(p).read() for p in glob.glob(os.path.join(reports, "compare-*.html")))
     section = page.split("Under steady load")[1]
     assert "no load levels on both sides" not in section  # both sides' levels found and set side by side
+
+
+def test_interleaved_sweep_of_two_servers_and_an_in_process_loop(vllm_server, served_checkpoints, tmp_path):
+    """vLLM, `transformers serve` and perfkit's own loop on one checkpoint, their repeats alternating point by
+    point (A B C C B A ...): every served request is still exact, and compare pairs the repeats."""
+    need_hf()
+    params = write(tmp_path / "p.yaml", name="interleaved", models=[vllm_server.model], interleave=True,
+                   systems=[vllm_system(vllm_server.base_url), hf_system(label="hf-serve"), {"label": "local"}],
+                   grid={"input_lens": [16], "output_lens": [4], "batch_sizes": [1, 2]}, repeats=2)
+    out = tmp_path / "out"
+    r = run_cli("sweep", params, "--out", str(out), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    rows = rows_of(out)
+    assert len(rows) == 6 and {row["status"] for row in rows} == {"ok"}
+    for row in rows:
+        assert row["repeat_order"] == "interleaved"
+        if row["backend"] == "served":
+            check_exact(row)
+    for batch in (1, 2):
+        slots = {row["system"]: row["repeat_slots"] for row in rows if row["batch"] == batch}
+        assert slots == {"vllm": [0, 5], "hf-serve": [1, 4], "local": [2, 3]}
+        assert len({row["interleave_id"] for row in rows if row["batch"] == batch}) == 1
+    r = run_cli("compare", f"{out}:vllm", f"{out}:hf-serve")
+    assert r.returncode == 0, r.stderr
+    assert "Every interval resamples pairs of repeats measured side by side" in r.stdout

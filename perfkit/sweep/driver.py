@@ -72,7 +72,7 @@ def run_sweep(params_or_path, systems: list[str] | None = None, out_dir: str | N
     if params.interleave:
         from perfkit.sweep.interleave import check_interleavable
 
-        check_interleavable(select(params, systems), ray is not None)
+        check_interleavable(select(params, systems), ray is not None, params.loads)
     check_point_count(params, select(params, systems), yes=True)
     out_dir = out_dir or default_out_dir(params.name)
     store.check_out_dir(out_dir, subdirs=out_subdirs(discard_stale))
@@ -227,7 +227,7 @@ def _serial(work: Work, writer: SweepWriter, budget: Budget, envs: dict, run_id:
     if p.interleave:
         from perfkit.sweep.interleave import run_interleaved
 
-        run_interleaved(work, writer, budget, run_id)
+        run_interleaved(work, writer, budget, run_id, envs)
         return
     runner = UnitRunner(p, run_id, envs.__getitem__, budget, Faults(os.environ.get(FAULT_ENV)), resource_for,
                         done=work.stored.rows, done_loads=stored_keys(writer.out_dir) if p.loads else set())

@@ -5,9 +5,11 @@ tenant's load, the clock frequency, a cache warming) lands in the ratio, and an 
 taken minutes apart cannot see it. Here each system holds its model in its own process (a worker started
 with the system's environment, so no warm-up or library state is shared), every worker opens the point
 (set-up and warm-up, untimed), and then the repeats run A B B A A B B A ... (three systems: A B C C B A
-...), so a drift linear in time adds the same to every side. Each row records its repeats' places in the
-shared sequence (`repeat_slots`) and the job's `interleave_id`, so a comparison can pair repeat i of one
-side with repeat i of the other (perfkit.compare). Rows are otherwise the rows of a sequential sweep.
+...), so a drift linear in time adds the same to every side. A repeat that follows another system's run is
+preceded by one untimed run of its own system (the caches are its own again, as in a sequential sweep):
+an interleaved point costs about half as many runs again as a sequential one. Each row records its repeats'
+places in the shared sequence (`repeat_slots`) and the job's `interleave_id`, so a comparison can pair
+repeat i of one side with repeat i of the other (perfkit.compare). Rows are otherwise a sequential sweep's.
 
 Where the systems' models cannot be held at once (perfkit.memory_check.together_problem), the order falls
 back to grouped: each point whole on one system, then whole on the next, which goes first alternating point
@@ -33,7 +35,7 @@ from perfkit.workload import Point, System
 INTERLEAVED, GROUPED, ALONE = "interleaved", "grouped", "alone"
 
 
-def check_interleavable(systems: list[System], ray: bool) -> None:
+def check_interleavable(systems: list[System], ray: bool, loads: tuple = ()) -> None:
     """Refuse, in one line, a sweep whose systems cannot be interleaved."""
     if ray:
         raise UsageError("interleave with --ray: an interleaved sweep alternates its systems on this machine, "
@@ -42,11 +44,15 @@ def check_interleavable(systems: list[System], ray: bool) -> None:
         names = ", ".join(repr(s.label) for s in systems) or "none"
         raise UsageError(f"interleave needs two or more systems to alternate, this sweep runs {names}: expected "
                          "more systems (--system) or interleave: false")
-    served = [s.label for s in systems if s.served]
-    if served:
-        raise UsageError(f"interleave with served system {served[0]!r}: an interleaved sweep alternates in-process "
-                         "systems, each holding its model in a process of its own, expected in-process systems "
-                         "(sweep served systems with interleave: false)")
+    if loads and any(s.served for s in systems):
+        raise UsageError("interleave with loads: a load level is a window of steady traffic to one server, not "
+                         "repeats that can alternate, expected interleave: false for a sweep with loads")
+    launched = [s.label for s in systems if s.served and s.endpoint.launch]
+    on_gpu = [s.label for s in systems if not s.served and s.device.startswith("cuda")]
+    if launched and on_gpu:
+        raise UsageError(f"interleave with server {launched[0]!r} and in-process system {on_gpu[0]!r} on a GPU: a "
+                         "server takes its share of the GPU's memory when it starts, so perfkit cannot know that "
+                         "both fit, expected interleave: false (or the server on another machine, by base_url)")
 
 
 def abba(labels: list[str], repeats: int) -> list[str]:
@@ -101,6 +107,11 @@ def _worker_main(conn, system: System, seed: int) -> None:
                                  point.output_len)
         session = PointSession(resource.model, system, point, warmup, point_seed)
 
+    def repeat(rewarm: bool) -> float:
+        if rewarm:  # the other system's run went before: its caches are made this one's again, untimed
+            session.untimed_run()
+        return session.repeat()
+
     def finish():
         nonlocal session
         m, session = session.finish(), None
@@ -113,7 +124,7 @@ def _worker_main(conn, system: System, seed: int) -> None:
         resource = None
 
     handlers = {"environment": environment_of, "build": build, "open": open_point,
-                "repeat": lambda: session.repeat(), "finish": finish, "release": release}
+                "repeat": repeat, "finish": finish, "release": release}
     try:
         while True:
             try:
@@ -166,6 +177,10 @@ class Worker:
             raise WorkerDied(self.dead) from None
         if kind == "error":
             raise WorkerFailed(*value)
+        if command == "finish":
+            import torch
+
+            value = dataclasses.replace(value, tokens=torch.from_numpy(value.tokens))
         return value
 
     def stop(self) -> None:
@@ -181,6 +196,59 @@ class Worker:
         self._conn.close()
 
 
+class ServedWorker:
+    """A served system's side of an interleaved sweep: its server is a process of its own already, so its
+    resource (perfkit.sweep.served.ServedEndpoint) stays in the sweep's process, behind Worker's commands."""
+
+    def __init__(self, system: System, seed: int, env: dict, out_dir: str):
+        self.system, self.seed, self.env, self.out_dir, self.dead = system, seed, env, out_dir, None
+        self.resource, self.session = None, None
+
+    def call(self, command: str, *args):
+        from perfkit.measure import is_out_of_memory
+
+        try:
+            return getattr(self, "_" + command)(*args)
+        except Exception as exc:  # noqa: BLE001 - the point's (or the server's) error, as a worker's
+            self.session = None
+            what = f"{self.resource.what}: " if command == "build" and self.resource is not None else ""
+            raise WorkerFailed("oom" if is_out_of_memory(exc) else "error",
+                               what + one_line(exc, with_type=True)) from None
+
+    def _environment(self) -> dict:
+        return self.env
+
+    def _build(self, model: str) -> None:
+        from perfkit.sweep.served import ServedEndpoint
+
+        self.resource = ServedEndpoint(self.system, model, self.seed, self.out_dir)
+        try:
+            self.resource.acquire()
+        except BaseException:
+            self.resource.release()
+            raise
+
+    def _open(self, job, warmup: int, seed: int) -> None:
+        u = job.spec
+        self.session = self.resource.open_point(self.system, Point(u.model, u.input_len, u.run_output_len,
+                                                                   job.batch), warmup, seed)
+
+    def _repeat(self, rewarm: bool) -> None:
+        self.session.repeat()  # always after an untimed batch of its own (ServedPointSession)
+
+    def _finish(self):
+        m, self.session = self.session.finish(), None
+        return m
+
+    def _release(self) -> None:
+        if self.resource is not None:
+            self.resource.release()
+        self.resource = None
+
+    def stop(self) -> None:
+        self._release()
+
+
 # ---- the sweep ---------------------------------------------------------------------------------------
 
 @dataclasses.dataclass
@@ -194,9 +262,10 @@ class _Member:
 class Interleaver:
     """Runs a sweep's searches with the systems' repeats interleaved; the writer stores every job as it ends."""
 
-    def __init__(self, work, writer, budget, run_id: str):
+    def __init__(self, work, writer, budget, run_id: str, envs: dict):
         self.work, self.params, self.writer, self.budget, self.run_id = work, work.params, writer, budget, run_id
-        self.workers: dict[str, Worker] = {}
+        self.sweep_envs = envs  # the sweep's provenance by env_key (a served system's is its server's)
+        self.workers: dict[str, Worker | ServedWorker] = {}
         self.envs: dict[str, dict] = {}
         self.jobs = 0  # jobs measured, for the grouped order's turn
 
@@ -211,7 +280,11 @@ class Interleaver:
 
     def _worker(self, system: System) -> Worker:
         if system.label not in self.workers:
-            self.workers[system.label] = w = Worker(system, self.params.seed)
+            if system.served:
+                w = ServedWorker(system, self.params.seed, self.sweep_envs[system.env_key()], self.writer.out_dir)
+            else:
+                w = Worker(system, self.params.seed)
+            self.workers[system.label] = w
             self.envs[system.label] = w.call("environment")
         return self.workers[system.label]
 
@@ -230,8 +303,9 @@ class Interleaver:
                    if any(g.get(s.label) and not g[s.label].search.finished() for g in groups)]
         if not systems:
             return
-        problem = memory_check.together_problem([(model, s.dtype, s.device) for s in systems]) \
-            if len(systems) > 1 else None
+        # a server's memory is its own business (and the in-process systems' checks see what it took)
+        held = [(model, s.dtype, s.device) for s in systems if not s.served]
+        problem = memory_check.together_problem(held) if len(systems) > 1 and len(held) > 1 else None
         built: dict[str, tuple | None] = {}  # label -> None (built) or (status, error) of a failed build
         if problem is None:
             for system in systems:
@@ -316,10 +390,6 @@ class Interleaver:
         self.jobs += 1
         for label, job in jobs.items():
             status, error, m = results[label]
-            if m is not None:
-                import torch
-
-                m = dataclasses.replace(m, tokens=torch.from_numpy(m.tokens))
             member = group[label]
             env = self.envs.get(label) or {}
             rows = units.judged_rows(self.params, self.run_id, env, self.budget, member.search, job, status, error, m)
@@ -355,10 +425,15 @@ class Interleaver:
             if label not in results:
                 self._call(label, results, "open", job, p.warmup, p.seed)
         slots: dict[str, list[int]] = {label: [] for label in jobs}
+        # A repeat that follows another system's run starts with one untimed run of its own: on a CPU the other
+        # model's run evicted this one's weights from the caches (measured on the tiny demo models: ttft 2-4 %
+        # slower, its spread twice a sequential sweep's), and a sequential sweep's repeats all start warm.
+        previous = None
         for slot, label in enumerate(abba([x for x in jobs if x not in results], p.repeats)):
             if label not in results:
-                self._call(label, results, "repeat")
+                self._call(label, results, "repeat", previous != label)
                 slots[label].append(slot)
+                previous = label
         for label in jobs:
             if label not in results:
                 m = self._call(label, results, "finish")
@@ -388,7 +463,7 @@ class Interleaver:
             for _ in range(p.repeats):
                 if label in results:
                     break
-                self._call(label, results, "repeat")
+                self._call(label, results, "repeat", False)
                 slots[label].append(at)
                 at += 1
             if label not in results:
@@ -399,7 +474,7 @@ class Interleaver:
         return results, slots
 
 
-def run_interleaved(work, writer, budget, run_id: str) -> None:
+def run_interleaved(work, writer, budget, run_id: str, envs: dict) -> None:
     """The serial sweep's work with the systems interleaved (perfkit.sweep.driver calls it)."""
-    check_interleavable(work.chosen, ray=False)
-    Interleaver(work, writer, budget, run_id).run()
+    check_interleavable(work.chosen, False, work.params.loads)
+    Interleaver(work, writer, budget, run_id, envs).run()

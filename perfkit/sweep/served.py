@@ -209,6 +209,11 @@ class ServedEndpoint:
             self.server.check_alive()  # a server that died mid-point says so, rather than "connection refused"
             raise
 
+    def open_point(self, system: System, point: Point, warmup: int, seed: int) -> ServedPointSession:
+        """The point opened for an interleaved sweep (perfkit.sweep.interleave): warmed up, then timed one
+        batch at a time."""
+        return ServedPointSession(self, system, point, warmup, seed)
+
     def measure_load(self, spec, output_len: int, level, seed: int) -> dict:
         """One steady-load level (perfkit.serving.load) at (spec's model and input length, output_len): the
         same seeded prompts as a point (one per request, cycling through a batch of the level's size)."""
@@ -234,3 +239,32 @@ class ServedEndpoint:
     def release(self) -> None:
         if self.server is not None:
             self.server.stop()
+
+
+class ServedPointSession:
+    """One point on a served system, timed one batch of B requests at a time (perfkit.measure.PointSession's
+    served twin). Each timed batch is preceded by an untimed one in the same client: a new client opens its
+    connections during its first batch, and a timed batch must not pay for that."""
+
+    def __init__(self, resource: ServedEndpoint, system: System, point: Point, warmup: int, seed: int):
+        resource.server.check_alive()
+        self.resource, self.system, self.point = resource, system, point
+        self.prompts = resource._prompts(resource._token_ids(point, seed), point.input_len)
+        self.warmup_s, _, _ = resource._ask(self.prompts, point.output_len, warmup, 0)
+        self.batches, self.lags_ms = [], []
+
+    def repeat(self) -> None:
+        _, batches, lags = self.resource._ask(self.prompts, self.point.output_len, 1, 1)
+        self.batches.extend(batches)
+        self.lags_ms.extend(lags)
+
+    def finish(self):
+        from perfkit.serving.point import measurement_of
+
+        r = self.resource
+        try:
+            return measurement_of(self.system, self.point, self.warmup_s, self.batches, self.lags_ms,
+                                  r.endpoint.prompt_mode(), r.info)
+        except Exception:
+            r.server.check_alive()  # a server that died mid-point says so, rather than "connection refused"
+            raise
