@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import math
 import os
 import sys
@@ -294,7 +295,14 @@ def _cmd_sweep(args) -> int:
         print(isolation_text(isolation_check(params, args.systems, args.ray)))
         return 0
     if args.dry_run:
-        print(plan_text(plan(args.params, args.systems, args.out, discard_stale=args.discard_stale, yes=args.yes)))
+        params = as_params(args.params, args.yes)
+        if args.interleave is not None:
+            params = dataclasses.replace(params, interleave=args.interleave)
+        if params.interleave:
+            from perfkit.sweep.interleave import check_interleavable
+
+            check_interleavable(select(params, args.systems), args.ray is not None, params.loads)
+        print(plan_text(plan(params, args.systems, args.out, discard_stale=args.discard_stale, yes=args.yes)))
         return 0
     out = run_sweep(args.params, args.systems, args.out, args.max_minutes, progress=not args.no_progress,
                     discard_stale=args.discard_stale, yes=args.yes, ray=args.ray, interleave=args.interleave)

@@ -154,6 +154,9 @@ def plan_text(pl, limit: int = PLAN_LINES) -> str:
                             if c.get("search") else ""))
     lines.append(f"already done: {pl.count('done'):,}; to measure: {pl.count('todo'):,}; "
                  f"up to {pl.count('search'):,} more if the batch searches keep gaining")
+    if pl.params.interleave:
+        lines.append("order: interleaved: each point's repeats alternate between the systems (A B B A ...), each "
+                     "system holding its model in its own process")
     if pl.other_points:
         lines.append(f"note: {pl.out_dir} also holds {pl.other_points} points of other systems (not part of this "
                      "plan)")

@@ -234,3 +234,14 @@ def test_a_resumed_interleaved_sweep_measures_only_what_is_missing(tmp_path):
     assert row["repeat_order"] == "alone"  # its peer's point was stored: nothing to alternate with
     kept = again[again.point_key != victim].set_index("point_key")
     assert (kept["run_id"] == df.set_index("point_key").loc[kept.index, "run_id"]).all()
+
+
+def test_a_dry_run_says_the_order_and_the_flag_overrides_the_file(tmp_path):
+    params = write_params(tmp_path / "p.yaml", systems=[CPU, FP16])
+    r = run_cli("sweep", params, "--out", str(tmp_path / "out"), "--dry-run", "--interleave")
+    assert r.returncode == 0, r.stderr
+    assert "order: interleaved" in r.stdout
+    params = write_params(tmp_path / "q.yaml", systems=[CPU, FP16], interleave=True)
+    r = run_cli("sweep", params, "--out", str(tmp_path / "out"), "--dry-run", "--no-interleave")
+    assert r.returncode == 0, r.stderr
+    assert "order:" not in r.stdout
