@@ -245,3 +245,23 @@ def test_a_dry_run_says_the_order_and_the_flag_overrides_the_file(tmp_path):
     r = run_cli("sweep", params, "--out", str(tmp_path / "out"), "--dry-run", "--no-interleave")
     assert r.returncode == 0, r.stderr
     assert "order:" not in r.stdout
+
+
+@pytest.mark.slow
+def test_a_system_whose_process_dies_leaves_its_points_and_its_peers_measuring(tmp_path):
+    """fp16's process is killed (SIGKILL, as the host's OOM killer would) when it opens batch 2: its batch-1
+    point is stored, batch 2 is an error row naming the exit, the sweep says the unit was lost (exit 1), and
+    the other system measures the rest alone."""
+    fp16 = {**FP16, "env": {"PERFKIT_SWEEP_FAULT": "kill:2"}}
+    params = write_params(tmp_path / "p.yaml", systems=[CPU, fp16], interleave=True)
+    out = tmp_path / "out"
+    r = run_cli("sweep", params, "--out", str(out), "--no-progress", timeout=600)
+    assert r.returncode == 1, r.stderr[-3000:]
+    assert "exited with code -9" in r.stderr and "Traceback" not in r.stderr
+    from perfkit.results import load_results
+
+    df = load_results(str(out)).set_index(["system", "batch"])
+    assert df.loc[("cpu-fp16", 1), "status"] == "ok"
+    assert df.loc[("cpu-fp16", 2), "status"] == "error" and "-9" in df.loc[("cpu-fp16", 2), "error"]
+    assert ("cpu-fp16", 4) not in df.index
+    assert df.loc[("cpu", 2), "repeat_order"] == "alone" and df.loc[("cpu", 4), "status"] == "ok"

@@ -158,18 +158,19 @@ def free_memory(device: str) -> None:
 
 
 class Faults:
-    """The PERFKIT_SWEEP_FAULT test hook: "KIND:MIN_BATCH[:MODEL][,...]" (KIND oom, host-oom or error) makes
-    every point with batch >= MIN_BATCH (of MODEL, if named) raise torch.OutOfMemoryError, the host
+    """The PERFKIT_SWEEP_FAULT test hook: "KIND:MIN_BATCH[:MODEL][,...]" (KIND oom, host-oom, error or kill)
+    makes every point with batch >= MIN_BATCH (of MODEL, if named) raise torch.OutOfMemoryError, the host
     allocator's RuntimeError (a real allocation of 2**60 bytes, refused at once) or RuntimeError just before
-    it is measured, so the failure paths can be exercised on a CPU. It never touches the timed code."""
+    it is measured, or (kill) SIGKILL the process that measures it, as the host's OOM killer would: meant for
+    a system's own process (`env`), whose death the sweep survives. It never touches the timed code."""
 
     def __init__(self, spec: str | None):
         self.spec, self.rules = spec, []
         for part in filter(None, (spec or "").split(",")):
             fields = part.strip().split(":", 2)
-            if len(fields) < 2 or fields[0] not in ("oom", "host-oom", "error") or not fields[1].isdigit():
+            if len(fields) < 2 or fields[0] not in ("oom", "host-oom", "error", "kill") or not fields[1].isdigit():
                 raise UsageError(f"{FAULT_ENV}={spec[:200]!r}: bad rule {part[:100]!r}, expected "
-                                 "KIND:MIN_BATCH[:MODEL] with KIND oom, host-oom or error")
+                                 "KIND:MIN_BATCH[:MODEL] with KIND oom, host-oom, error or kill")
             self.rules.append((fields[0], int(fields[1]), fields[2] if len(fields) == 3 else None))
 
     def check(self, job: BatchRun) -> None:
@@ -179,6 +180,11 @@ class Faults:
                     raise torch.OutOfMemoryError(f"injected out of memory at batch {job.batch} ({FAULT_ENV})")
                 if kind == "host-oom":  # torch's host allocator refuses 2**60 bytes at once: no memory is touched
                     torch.empty(2**60, dtype=torch.uint8)
+                if kind == "kill":
+                    import os
+                    import signal
+
+                    os.kill(os.getpid(), signal.SIGKILL)
                 raise RuntimeError(f"injected failure at batch {job.batch} ({FAULT_ENV})")
 
 
