@@ -439,6 +439,10 @@ def _cmd_summary(args) -> int:
     if args.csv:
         check_out_dir(args.csv, "--csv", "a directory for the tables' CSV files", subdirs=(),
                       files=_csv_names(args.csv))
+    from perfkit.loads import loads_only
+
+    if loads_only(args.results, args.system):  # levels but no batch point (an imported serving benchmark)
+        return _summary_of_loads(args, given)
     df = open_results(args.results, system=args.system, where=args.results)
     from perfkit.console import bounded_max_text, slos_text
     from perfkit.results import load_runs
@@ -448,6 +452,7 @@ def _cmd_summary(args) -> int:
     tables = summarize(df)
     tables["speed_of_light"] = speed_of_light_table(df, probe=args.results)
     print(results_header(args.results, df))
+    _print_imported(df)
     if "client_bound" in df and (df["status"].eq("ok") & df["client_bound"].eq(True)).any():
         n = int((df["status"].eq("ok") & df["client_bound"].eq(True)).sum())
         print(f"warning: {n} served points are client-bound (the client's event loop fell behind by more than 5 ms "
@@ -469,12 +474,45 @@ def _cmd_summary(args) -> int:
 
         print(f"\n--- loads: served systems under steady load (closed-loop users, Poisson rates); latency over "
               f"requests\n{table_text(load_table(loads))}")
+        _print_imported(loads)
         print(f"\n--- loads within slo: the level of largest output throughput whose p99 ttft and p99 tpot over "
               f"requests meet each bound: {slos_text(slos)}\n{table_text(best_within(loads, slos))}")
         tables["loads"] = load_table(loads)
     if args.csv:
         tables["pareto"] = frontier(df)  # the measured points no other point beats on tok/s per user and in all
         tables["slo"] = bounded
+        _write_tables_csv(tables, args.csv)
+        print(f"\nwrote {len(tables)} tables as CSV to {printable(args.csv)}")
+    return 0
+
+
+def _print_imported(df) -> None:
+    """One line per system of `df` (points or load levels) imported from another tool (perfkit.imports)."""
+    imported = df[df["source_tool"].notna()] if "source_tool" in df else df.iloc[0:0]
+    for (system, tool, version), g in imported.groupby(["system", "source_tool", "source_version"], sort=True):
+        print(printable(f"{system}: imported from {tool} {version} ({', '.join(sorted(set(g['source_file'])))}; "
+                        "its source_note says which figures are the tool's own: docs/import.md)"))
+
+
+def _summary_of_loads(args, given) -> int:
+    """`perfkit summary` of a directory (or label) with load levels and no batch point."""
+    from perfkit.console import slos_text, table_text
+    from perfkit.loads import best_within, load_table, loads_of
+    from perfkit.results import load_runs
+    from perfkit.slo import slos_for
+
+    loads = loads_of(args.results, args.system)
+    slos = given or slos_for(None, load_runs(args.results))
+    systems = ", ".join(sorted(loads["system"].dropna().unique()))
+    print(printable(f"{args.results}: {len(loads)} load levels of {systems} (no batch point: the study's tables "
+                    "need points)"))
+    _print_imported(loads)
+    tables = {"loads": load_table(loads)}
+    print(f"\n--- loads: served systems under steady load (closed-loop users, Poisson rates); latency over "
+          f"requests\n{table_text(tables['loads'])}")
+    print(f"\n--- loads within slo: the level of largest output throughput whose p99 ttft and p99 tpot over "
+          f"requests meet each bound: {slos_text(slos)}\n{table_text(best_within(loads, slos))}")
+    if args.csv:
         _write_tables_csv(tables, args.csv)
         print(f"\nwrote {len(tables)} tables as CSV to {printable(args.csv)}")
     return 0
@@ -493,7 +531,7 @@ def _check_bootstrap(args) -> None:
 
 
 def _cmd_compare(args) -> int:
-    from perfkit.compare import compare, resolve_side
+    from perfkit.compare import resolve_side
     from perfkit.console import (
         frontier_ratio_text,
         ratio_table_text,
@@ -512,7 +550,12 @@ def _cmd_compare(args) -> int:
     if args.csv:
         check_out_dir(args.csv, "--csv", "a directory for study.csv and points.csv", subdirs=(),
                       files=_csv_names(args.csv))
-    c = compare(t_dir, b_dir, t_sys, b_sys, n_boot=args.n_boot, confidence=args.confidence, seed=args.seed)
+    from perfkit.loads import compare_systems
+
+    # compare(), or the load levels alone where a side has no batch point (an imported serving benchmark)
+    c = compare_systems(t_dir, b_dir, t_sys, b_sys, n_boot=args.n_boot, confidence=args.confidence, seed=args.seed)
+    if c.loads_only:
+        return _print_loads_comparison(c, args)
     from perfkit.results import load_runs
     from perfkit.slo import compare_slo, frontier_ratios, slos_for
 
@@ -561,6 +604,39 @@ def _cmd_compare(args) -> int:
         _write_tables_csv({"study": c.study, "points": c.points, "slo": at_slo, "frontier": at_interactivity},
                           args.csv)
         print(f"\nwrote {printable(os.path.join(args.csv, 'study.csv'))}, points.csv, slo.csv and frontier.csv")
+    return 0
+
+
+def _print_loads_comparison(c, args) -> int:
+    """A comparison of load levels alone (a side with no batch point, such as an imported serving benchmark)."""
+    from perfkit.console import side_text, table_text, verdicts_text
+
+    print(f"target   {printable(c.target)}: " + side_text(c, "target"))
+    print(f"baseline {printable(c.baseline)}: " + side_text(c, "baseline"))
+    print(verdicts_text(c))
+    print("\nunder steady load, at each level both ran (medians over requests; bootstrap over requests; "
+          "< 1: target better)")
+    print(table_text(c.loads))
+    print("\n(no batch point on a side: the study's figures, the service-level and interactivity comparisons "
+          "need points)")
+    if args.csv:
+        _write_tables_csv({"loads": c.loads}, args.csv)
+        print(f"\nwrote {printable(os.path.join(args.csv, 'loads.csv'))}")
+    return 0
+
+
+# ---- perfkit import ------------------------------------------------------------------------------
+
+def _cmd_import(args) -> int:
+    from perfkit.imports import import_files
+
+    done = import_files(args.format, args.paths, system=args.system, out_dir=args.out, model=args.model)
+    for line in done.left_out:
+        print(printable(f"perfkit: note: {line}"), file=sys.stderr)
+    what = " and ".join(f"{n} {name}" for n, name in ((len(done.points), "points"), (len(done.loads), "load levels"))
+                        if n)
+    print(printable(f"imported {what} from {args.format} as {', '.join(repr(s) for s in done.systems)} into "
+                    f"{args.out} (run {done.run_id})"))
     return 0
 
 
@@ -747,6 +823,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_int, default=0, help="seed of the bootstrap (default 0)")
     _add_slo_arg(p)
     p.set_defaults(func=_cmd_compare)
+
+    from perfkit.imports import FORMATS
+
+    p = sub.add_parser("import", help="turn another benchmarking tool's result files into perfkit rows "
+                                      "(docs/import.md)")
+    p.add_argument("format", metavar="FORMAT", help=f"the tool's format: {' | '.join(FORMATS)}")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="its result files")
+    p.add_argument("--system", required=True, metavar="LABEL", help="the system label the rows get")
+    p.add_argument("--out", required=True, metavar="RESULTS_DIR", help="the results directory to import into")
+    p.add_argument("--model", default=None, metavar="NAME",
+                   help="the model name of every row (default: as the tool names it), so that the rows meet "
+                        "another system's workloads")
+    p.set_defaults(func=_cmd_import)
 
     _add_publish(sub)
     return parser

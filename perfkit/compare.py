@@ -3,8 +3,8 @@
 Ratio_Latency = L_target / L_baseline and Ratio_Throughput = T_baseline / T_target, so that every ratio
 reads the same way: **< 1 means the target is better**. The intervals resample each side's raw repeats
 (perfkit.bootstrap), seeded, so a rebuilt report shows the same intervals; where both sides' repeats were
-interleaved (perfkit.sweep.interleave), they resample the pairs (repeat i of each side) together. numpy and pandas only (no
-plotting), so it runs wherever results are read. See docs/comparisons.md.
+interleaved (perfkit.sweep.interleave), they resample the pairs (repeat i of each side) together. numpy and
+pandas only (no plotting), so it runs wherever results are read. See docs/comparisons.md.
 """
 
 from __future__ import annotations
@@ -67,6 +67,10 @@ class Comparison:
     confidence: float
     n_boot: int
     seed: int
+    # a comparison of load levels alone: a side's directory holds levels but no batch point of its system (a
+    # serving benchmark's run imported by perfkit.imports); `loads` then holds the level ratios
+    loads_only: bool = False
+    loads: pd.DataFrame | None = None
 
 
 # ---- loading one side ----------------------------------------------------------------------------
@@ -317,9 +321,37 @@ def compare(target, baseline, target_system: str | None = None, baseline_system:
                          columns=["model", "input_len", "output_len", "metric", "kind", "unit", "target",
                                   "target_batch", "baseline", "baseline_batch", "ratio", "ratio_lo", "ratio_hi",
                                   "verdict", "bootstrap"])
-    systems = pd.DataFrame([_system_info(t, "target"), _system_info(b, "baseline")])
+    systems = side_systems(t, b)
     return Comparison(_label(t, target_system), _label(b, baseline_system), points, study, only_target,
                       only_baseline, not_ok, systems, confidence, n_boot, seed)
+
+
+def measured_by(df: pd.DataFrame) -> dict:
+    """Who produced a side's rows: perfkit itself, or the tool its rows were imported from (perfkit.imports),
+    with the tool's version, command line and file."""
+    imported = df[df["source_tool"].notna()] if "source_tool" in df else df.iloc[0:0]
+    if imported.empty:
+        return {"measured by": "perfkit", "source command": "—", "source file": "—"}
+    joined = lambda col: ", ".join(sorted({str(v) for v in imported[col].dropna()})) or "not recorded"  # noqa: E731
+    version = joined("source_version")
+    by = f"{joined('source_tool')} " + (f"{version}" if version != "not recorded" else "(version not recorded)") + \
+        ", imported"
+    if len(imported) < len(df):
+        by += f"; {len(df) - len(imported)} rows measured by perfkit"
+    return {"measured by": by, "source command": joined("source_command"), "source file": joined("source_file")}
+
+
+def side_systems(t: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
+    """The two sides' provenance (Comparison.systems) from their rows (points, or load levels), with who
+    measured each where either side's rows came from another tool: a comparison of an imported system says
+    which side came from which tool."""
+    systems = pd.DataFrame([_system_info(t, "target"), _system_info(b, "baseline")])
+    by = [measured_by(t), measured_by(b)]
+    if all(x["measured by"] == "perfkit" for x in by):
+        return systems
+    for col in by[0]:
+        systems[col] = [x[col] for x in by]
+    return systems
 
 
 def _label(df, given):
@@ -377,6 +409,8 @@ def _study_rows(t: pd.DataFrame, b: pd.DataFrame, seed: int, n_boot: int, alpha:
 
 def summary_line(c: Comparison) -> str:
     """One sentence for the top of a report: how many study ratios favour each side."""
+    if c.loads_only:
+        return _loads_line(c)
     counts = c.study["verdict"].value_counts() if not c.study.empty else pd.Series(dtype=int)
     n = len(c.study)
     geo = metrics.geometric_mean(c.study["ratio"])
@@ -391,6 +425,17 @@ def summary_line(c: Comparison) -> str:
         line += (f" {paired} of the {n} intervals resample pairs of repeats measured side by side (an interleaved "
                  "sweep); the rest resample each side alone.")
     return line
+
+
+def _loads_line(c: Comparison) -> str:
+    counts = c.loads["verdict"].value_counts()
+    target, baseline = side_names(c.target, c.baseline)
+    levels = c.loads[["model", "input_len", "output_len", "load_kind", "load_value"]].drop_duplicates()
+    geo = metrics.geometric_mean(c.loads["ratio"].dropna())
+    return (f"{target} vs {baseline}: load levels only (no batch point on a side): of {len(c.loads)} ratios at "
+            f"{len(levels)} levels, target better in {counts.get(BETTER, 0)}, worse in {counts.get(WORSE, 0)}, "
+            f"within noise or without an interval in {len(c.loads) - counts.get(BETTER, 0) - counts.get(WORSE, 0)}; "
+            f"geometric-mean ratio {geo:.3g} (< 1 favours the target).")
 
 
 # ---- naming a side: DIR[:LABEL] ----------------------------------------------------------------------

@@ -253,11 +253,13 @@ def ratio_table_text(table: pd.DataFrame, confidence: float) -> str:
 
 def side_text(c, side: str) -> str:
     info = c.systems.set_index("side").loc[side]
+    # where a side's rows came from another tool (perfkit.imports), the line says which
+    by = f"; measured by {info['measured by']}" if "measured by" in info else ""
     if info["backend"] == "served":  # the engine's software is the server's, timed from outside (HTTP included)
         return printable(f"{info['device_name']}, {info['dtype']}, served over the {info.get('endpoint_api')} API "
-                         f"(server version {info.get('server_version')}; its ttft includes HTTP and queueing)")
+                         f"(server version {info.get('server_version')}; its ttft includes HTTP and queueing){by}")
     return printable(f"{info['device_name']}, {info['dtype']}, backend {info['backend']}, "
-                     f"torch {info['torch_version']}, transformers {info['transformers_version']}")
+                     f"torch {info['torch_version']}, transformers {info['transformers_version']}{by}")
 
 
 # ---- a device probe (perfkit probe) ------------------------------------------------------------------

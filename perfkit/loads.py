@@ -35,6 +35,9 @@ LOAD_SCHEMA = pa.schema([
     ("client_lag_p99_ms", _F), ("client_lag_max_ms", _F), ("client_bound", _B),
     ("endpoint_api", _S), ("served_model", _S), ("server_url", _S), ("server_version", _S),
     ("requests_json", _S), ("seed", _I), ("sweep_name", _S), ("git_commit", _S), ("host", _S), ("created_utc", _S),
+    # levels imported from another benchmarking tool (perfkit.imports, docs/import.md), as in rows.SCHEMA
+    ("source_tool", _S), ("source_version", _S), ("source_command", _S), ("source_file", _S),
+    ("source_settings", _S), ("source_note", _S),
 ])
 
 
@@ -97,6 +100,23 @@ def loads_of(results: str, system: str | None = None) -> pd.DataFrame:
     return df[df["system"] == system].reset_index(drop=True) if system else df
 
 
+def loads_only(results, system: str | None = None) -> bool:
+    """Whether results directory `results` holds load levels (of `system`, where given) but no batch point of
+    it: a system known only under steady load, such as one imported from a serving benchmark (perfkit.imports).
+    Summary, compare and the reports then show its levels alone, where they would otherwise refuse a directory
+    (or a label) without points."""
+    if not isinstance(results, (str, os.PathLike)) or not os.path.isdir(os.path.join(results, LOADS)):
+        return False
+    if loads_of(results, system).empty:
+        return False
+    if not glob.glob(os.path.join(results, "points", "*.parquet")):
+        return True
+    from perfkit.results import load_results
+
+    points = load_results(results)
+    return points.empty or (system is not None and system not in set(points["system"]))
+
+
 def stored_keys(out_dir: str) -> set[str]:
     return set(read_loads(out_dir)["load_key"]) if os.path.isdir(os.path.join(out_dir, LOADS)) else set()
 
@@ -143,6 +163,27 @@ def client_bound_levels(target: pd.DataFrame, baseline: pd.DataFrame) -> list[st
     return [f"{r.model} I={r.input_len} O={r.output_len} {r.load_label_t}" for r in bound.itertuples()]
 
 
+# How far a closed loop's requests in flight (the sum of their e2e over the window) may fall short of its N
+# users before Little's law, which gives a users level's throughput interval, no longer holds for it
+USERS_HELD_TOLERANCE = 0.1
+
+
+def _users_held(t, b, users: float) -> str | None:
+    """Why a closed loop's throughput ratio gets no interval: a side whose client did not keep its N users'
+    requests in flight (another tool's client that fell behind, say) breaks throughput = N·O / mean e2e, so
+    resampling e2e would give an interval that need not hold its own ratio. None where both sides held N."""
+    if not users:
+        return None
+    for side, row in (("target", t), ("baseline", b)):
+        e2e, window = row.get("e2e_ms_samples"), row.get("window_s")
+        if e2e is None or not len(e2e) or not window or not window > 0:
+            continue
+        held = float(np.sum(np.asarray(e2e, dtype=float))) / 1e3 / float(window)
+        if abs(held - users) > USERS_HELD_TOLERANCE * users:
+            return f"no interval (the {side} held {held:.2g} of {users:g} users' requests in flight on average)"
+    return None
+
+
 def compare_loads(target: pd.DataFrame, baseline: pd.DataFrame, seed: int = 0, n_boot: int = 2000,
                   alpha: float = 0.05) -> pd.DataFrame:
     """At each level both sides ran: median TTFT, TPOT and e2e over requests as Ratio_Latency (target /
@@ -180,6 +221,11 @@ def compare_loads(target: pd.DataFrame, baseline: pd.DataFrame, seed: int = 0, n
                         "ratio_lo": lo, "ratio_hi": hi, "verdict": verdict(lo, hi)})
         tv, bv = float(t["output_tok_s"]), float(b["output_tok_s"])
         lo = hi = np.nan
+        held = _users_held(t, b, float(key[keys.index("load_value")]))
+        if held is not None:
+            out.append({**base, "metric": "output_tok_s", "target": tv, "baseline": bv,
+                        "ratio": ratio("throughput", tv, bv), "ratio_lo": lo, "ratio_hi": hi, "verdict": held})
+            continue
         if key[keys.index("load_kind")] == "users":
             te = np.asarray(t["e2e_ms_samples"], dtype=float)
             be = np.asarray(b["e2e_ms_samples"], dtype=float)
@@ -192,3 +238,59 @@ def compare_loads(target: pd.DataFrame, baseline: pd.DataFrame, seed: int = 0, n
                     "verdict": verdict(lo, hi) if not np.isnan(lo) else "no interval (offered rate)"})
     return pd.DataFrame(out, columns=[*keys, "load_label", "metric", "target", "baseline", "ratio", "ratio_lo",
                                       "ratio_hi", "verdict"])
+
+
+def compare_systems(target, baseline, target_system: str | None = None, baseline_system: str | None = None,
+                    n_boot: int = 2000, confidence: float = 0.95, seed: int = 0):
+    """perfkit.compare.compare, or, where a side's directory holds load levels but no batch point of its
+    system (loads_only: an imported serving benchmark), the two systems' levels side by side: a Comparison
+    with `loads_only` set, its ratios in `loads` (compare_loads) and no point or study figure."""
+    from perfkit.compare import compare
+
+    if not (loads_only(target, target_system) or loads_only(baseline, baseline_system)):
+        return compare(target, baseline, target_system, baseline_system, n_boot=n_boot, confidence=confidence,
+                       seed=seed)
+    return _levels_comparison(target, baseline, target_system, baseline_system, n_boot, confidence, seed)
+
+
+def _side_levels(source, system: str | None, side: str) -> tuple[str, pd.DataFrame, pd.DataFrame]:
+    """(label, levels, the rows that describe the system: its points where it has any, else its levels)."""
+    from perfkit.errors import UsageError
+    from perfkit.results import load_results
+
+    if not os.path.isdir(source):
+        raise UsageError(f"{side} results directory {source!r} does not exist: expected the --out of a sweep, run "
+                         "or import")
+    levels = loads_of(source, system)
+    labels = sorted(levels["system"].dropna().unique())
+    if levels.empty:
+        raise UsageError(f"nothing to compare: the {side} ({source}{':' + system if system else ''}) has no load "
+                         "level and the other side has load levels only: expected both at the same load levels")
+    if len(labels) > 1:
+        raise UsageError(f"{side} results hold several systems ({', '.join(labels)}): name the {side} system")
+    points = load_results(source) if glob.glob(os.path.join(source, "points", "*.parquet")) else pd.DataFrame()
+    points = points[points["system"] == labels[0]] if len(points) else points
+    return labels[0], levels, points if len(points) else levels
+
+
+def _levels_comparison(target, baseline, target_system, baseline_system, n_boot: int, confidence: float,
+                       seed: int):
+    from perfkit.compare import WORKLOAD as POINT_WORKLOAD
+    from perfkit.compare import Comparison, side_systems
+    from perfkit.errors import UsageError
+
+    t_label, t_levels, t_rows = _side_levels(target, target_system, "target")
+    b_label, b_levels, b_rows = _side_levels(baseline, baseline_system, "baseline")
+    ratios = compare_loads(t_levels, b_levels, seed=seed, n_boot=n_boot, alpha=1 - confidence)
+    if ratios.empty:
+        raise UsageError(f"nothing to compare: {t_label} and {b_label} share no load level (the same model, "
+                         "input and output length, and users or rate): expected both measured at the same levels")
+    point_cols = POINT_WORKLOAD + ["metric", "kind", "unit", "target", "baseline", "ratio", "ratio_lo", "ratio_hi",
+                                   "verdict", "bootstrap"]
+    study_cols = ["model", "input_len", "output_len", "metric", "kind", "unit", "target", "target_batch", "baseline",
+                  "baseline_batch", "ratio", "ratio_lo", "ratio_hi", "verdict", "bootstrap"]
+    one_sided = pd.DataFrame(columns=POINT_WORKLOAD + ["status"])
+    return Comparison(t_label, b_label, pd.DataFrame(columns=point_cols), pd.DataFrame(columns=study_cols),
+                      one_sided, one_sided.copy(),
+                      pd.DataFrame(columns=POINT_WORKLOAD + ["target_status", "baseline_status"]),
+                      side_systems(t_rows, b_rows), confidence, n_boot, seed, loads_only=True, loads=ratios)

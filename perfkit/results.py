@@ -399,6 +399,8 @@ def check_row(row: dict, key: str | None = None) -> str | None:
         if timed:
             return f"status {status} with a figure ({timed[0]} {row[timed[0]]:g}), expected no timings"
         return None
+    if row.get("untimed") is not None:
+        return _untimed_problem(row)
     ttft, e2e = row.get("ttft_ms_samples"), row.get("e2e_ms_samples")
     if not ttft or not e2e:
         return "status ok without raw samples (ttft_ms_samples, e2e_ms_samples), expected one per repeat"
@@ -422,6 +424,40 @@ def check_row(row: dict, key: str | None = None) -> str | None:
     if energy and not _same(row.get("energy_j"), statistics.median(energy)):
         return f"energy_j {_number(row.get('energy_j')):.6g} is not the median of its energy_j_samples"
     return _order_problem(row, len(ttft))
+
+
+# The figures an imported row whose tool timed whole generations only (`untimed` "ttft": llama-bench's tg and
+# pg tests, perfkit.imports) cannot have: each needs a ttft per repeat.
+NEEDS_TTFT = ("ttft_ms", "ttft_iqr_ms", "ttft_p10_ms", "ttft_p90_ms", "tpot_ms", "tpot_iqr_ms", "tpot_p10_ms",
+              "tpot_p90_ms", "prefill_tok_s", "decode_tok_s")
+
+
+def _untimed_problem(row: dict) -> str | None:
+    """An ok row imported from a tool that timed no first token: its e2e samples and the figures they give
+    must agree, and every figure that needs a ttft must be null (never a stand-in)."""
+    from perfkit.metrics import point_metrics
+
+    if row.get("untimed") != "ttft" or not row.get("source_tool"):
+        return f"untimed {row.get('untimed')!r}, expected 'ttft' on a row imported from another tool, or none"
+    e2e = row.get("e2e_ms_samples")
+    if row.get("ttft_ms_samples") or not e2e:
+        return "untimed ttft with ttft samples or without e2e samples, expected e2e samples alone"
+    for name in ("e2e_ms_samples", "decode_step_ms_samples"):
+        bad = _bad_samples(name, row.get(name) or [])
+        if bad:
+            return bad
+    s = [t / 1e3 for t in e2e]
+    expected = point_metrics(row["batch"], row["input_len"], row["output_len"], s, s)
+    if row.get("repeats") != expected["repeats"]:
+        return f"repeats {row.get('repeats')!r} with {expected['repeats']} raw samples, expected them equal"
+    for col in ("e2e_ms", "e2e_iqr_ms", "e2e_p10_ms", "e2e_p90_ms", "output_tok_s", "total_tok_s"):
+        if not _same(row.get(col), expected[col]):
+            return (f"{col} {_number(row.get(col)):.6g} does not follow from its raw samples "
+                    f"({expected[col]:.6g} expected)")
+    timed = [c for c in NEEDS_TTFT if not math.isnan(_number(row.get(c)))]
+    if timed:
+        return f"untimed ttft with a figure {timed[0]}, expected none of the figures that need a ttft"
+    return _order_problem(row, len(e2e))
 
 
 _REPEAT_ORDERS = (None, "interleaved", "grouped", "alone")

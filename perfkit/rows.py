@@ -66,6 +66,12 @@ SCHEMA = pa.schema(
         # repeat_slots giving each repeat's place in that shared sequence), "grouped" (the systems could not
         # be held at once: whole points alternated) or "alone" (no other system measured this point with it)
         ("repeat_order", _S), ("interleave_id", _S), ("repeat_slots", pa.list_(_I)), ("order_note", _S),
+        # rows imported from another benchmarking tool (perfkit.imports, docs/import.md): the tool, its version
+        # and command line ("not recorded" where its file holds none), the file read, what defines the system
+        # in the tool (JSON), which figures are the tool's own or left out and why, and `untimed`: "ttft" where
+        # the tool timed only whole generations (ttft, tpot, prefill and decode figures null, e2e kept)
+        ("source_tool", _S), ("source_version", _S), ("source_command", _S), ("source_file", _S),
+        ("source_settings", _S), ("source_note", _S), ("untimed", _S),
     ]
 )
 

@@ -49,6 +49,8 @@ def prompt_phase_rows(df: pd.DataFrame) -> pd.Series:
     only its shortest O (the least extra work) stands for the prompt phase.
     """
     keep = not_derived(df)
+    if "untimed" in df:  # an imported row whose tool timed no first token has no prompt phase to pool
+        keep &= df["untimed"].isna()
     if "backend" in df and (df["backend"] == "static").any():
         group = [c for c in ("system", "model", "input_len", "batch") if c in df]
         shortest = df.groupby(group)["output_len"].transform("min")

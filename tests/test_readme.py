@@ -37,6 +37,8 @@ ALLOWED = [
     (r"^perfkit sweep\b", "measures every point of its params file: minutes on a CPU, hours on a GPU for the "
                           "study (the --dry-run lines are run)"),
     (r"^perfkit run\b", "builds and measures a model, seconds even for a tiny one: tests/test_cli.py runs one"),
+    (r"^perfkit import\b", "reads another tool's result files, which the README's paths only stand for: "
+                           "tests/test_import.py imports the real ones (tests/fixtures/imports/)"),
     (r"^perfkit probe\b", "times the device for its --budget-s: tests/test_probe.py runs one with a short budget"),
     (r"^python3? benchmarks/", "a benchmark: interleaved repeats for minutes"),
 ]

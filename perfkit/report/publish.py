@@ -364,10 +364,11 @@ def publish_report(results_dir: str, system: str | None = None, reports_dir: str
 def _comparison_job(target: str, baseline: str, target_system: str | None = None,
                     baseline_system: str | None = None, name: str | None = None) -> tuple[str, dict, str]:
     """A comparison's checks (compare's, quickly) and what _publish needs: (name, parameters, its bottom line)."""
-    from perfkit.compare import compare, summary_line
+    from perfkit.compare import summary_line
+    from perfkit.loads import compare_systems
 
     name = safe_name(name) if name is not None else None
-    c = compare(target, baseline, target_system, baseline_system, n_boot=200)  # the checks, quickly
+    c = compare_systems(target, baseline, target_system, baseline_system, n_boot=200)  # the checks, quickly
     name = name or _slug(f"compare-{c.target}-vs-{c.baseline}")
     return name, {"target_dir": _for_notebook(target), "baseline_dir": _for_notebook(baseline),
                   "target_system": target_system or "", "baseline_system": baseline_system or ""}, summary_line(c)

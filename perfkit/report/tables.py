@@ -17,7 +17,16 @@ import re
 
 import pandas as pd
 
-from perfkit.compare import BETTER, NOISE, POINT_METRICS, STUDY_TITLES, WORSE, Comparison, side_names
+from perfkit.compare import (
+    BETTER,
+    NOISE,
+    POINT_METRICS,
+    STUDY_TITLES,
+    WORSE,
+    Comparison,
+    measured_by,
+    side_names,
+)
 from perfkit.metrics import geometric_mean
 
 MIB = 2**20
@@ -134,6 +143,9 @@ def provenance(df: pd.DataFrame, runs: list[dict] | None = None) -> pd.DataFrame
                              "timing": "client-side: ttft includes HTTP, tokenization and queueing",
                              "client-bound points": int(g["client_bound"].eq(True).sum())
                              if "client_bound" in g else 0})
+        if "source_tool" in g and g["source_tool"].notna().any():  # imported from another tool (perfkit.imports)
+            rows[-1].update(measured_by(g))
+            rows[-1]["what the tool's figures mean"] = vals("source_note")
     # One column per system, one row per property: commits and dates stay readable.
     return pd.DataFrame(rows).set_index("system").T.rename_axis("property").reset_index()
 
@@ -296,6 +308,10 @@ def side_rows(results_dir: str, label: str) -> pd.DataFrame:
 
     df = load_results(results_dir)
     out = df[df["system"] == label]  # the label as the comparison resolved it, commas and all
+    if out.empty:  # a side known under steady load only (perfkit.compare's loads_only): its levels' rows
+        from perfkit.loads import loads_of
+
+        out = loads_of(results_dir, label)
     out.attrs["skipped_files"] = list(df.attrs.get("skipped_files") or [])  # files the loader could not read
     return out
 
