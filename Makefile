@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup servers lint test test-fast test-newest demo serve-demo full-size sweep report compare reports lab clean-venv
+.PHONY: setup servers lint test test-fast test-newest demo serve-demo full-size calibration sweep report compare reports lab clean-venv
 
 setup: $(STAMP)
 
@@ -152,6 +152,13 @@ full-size: $(STAMP)
 	$(PY) -m perfkit compare results/cpu-full-size:cpu-avx512-bf16 results/cpu-full-size:cpu-avx512
 	$(PUBLISH) report results/cpu-full-size --reports $(REPORTS)
 	$(PUBLISH) compare results/cpu-full-size:cpu-avx512-bf16 results/cpu-full-size:cpu-avx512 --reports $(REPORTS)
+
+# The calibration page: perfkit's endpoint mode against AIPerf (installed in build/tools/aiperf) on one vLLM server,
+# the same load for both, AIPerf's runs imported and compared (scripts/calibration.sh). About 10 minutes on a quiet
+# 2-core machine; a benchmark, never part of make test or CI.
+calibration: $(STAMP) servers
+	bash scripts/calibration.sh --fresh
+	$(PUBLISH) compare results/calibration:aiperf results/calibration:perfkit-endpoint --reports $(REPORTS)
 
 clean-venv:
 	rm -rf $(VENV) $(NEWEST) $(SERVERS)

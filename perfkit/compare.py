@@ -419,7 +419,7 @@ def summary_line(c: Comparison) -> str:
             f"worse in {counts.get(WORSE, 0)}, within noise in {counts.get(NOISE, 0)}; "
             f"geometric-mean ratio {geo:.3g} (< 1 favours the target).")
     paired = int((c.study["bootstrap"] == PAIRED).sum()) if "bootstrap" in c.study else 0
-    if paired == n:
+    if n and paired == n:
         line += " Every interval resamples pairs of repeats measured side by side (an interleaved sweep)."
     elif paired:
         line += (f" {paired} of the {n} intervals resample pairs of repeats measured side by side (an interleaved "

@@ -265,3 +265,54 @@ def test_a_system_whose_process_dies_leaves_its_points_and_its_peers_measuring(t
     assert df.loc[("cpu-fp16", 2), "status"] == "error" and "-9" in df.loc[("cpu-fp16", 2), "error"]
     assert ("cpu-fp16", 4) not in df.index
     assert df.loc[("cpu", 2), "repeat_order"] == "alone" and df.loc[("cpu", 4), "status"] == "ok"
+
+
+def test_every_timed_repeat_follows_an_untimed_run_of_its_own(monkeypatch):
+    """The worker's commands, in this process: the warm-up runs, then each repeat is an untimed run followed by
+    the timed one, back to back (as a sequential sweep's repeats follow one another)."""
+    import multiprocessing
+    import threading
+
+    import perfkit.measure as measure
+    from perfkit.sweep.interleave import _worker_main
+    from perfkit.sweep.search import BatchRun, SearchSpec
+
+    calls = []
+    real = measure._run_naming_phase
+    monkeypatch.setattr(measure, "_run_naming_phase", lambda *a: calls.append("run") or real(*a))
+    real_one = measure._one_repeat
+    monkeypatch.setattr(measure, "_one_repeat", lambda *a: calls.append("timed") or real_one(*a))
+    ours, theirs = multiprocessing.Pipe()
+    system = System("a")
+    worker = threading.Thread(target=_worker_main, args=(theirs, system, 0), daemon=True)
+    worker.start()
+
+    def call(command, *args):
+        ours.send((command, args))
+        kind, value = ours.recv()
+        assert kind == "ok", value
+        return value
+
+    call("build", "tiny-llama2-13b")
+    job = BatchRun(SearchSpec(system, "tiny-llama2-13b", 8, 4, (4,)), 1, (4,))
+    call("open", job, 2, 0)
+    assert calls == ["run", "run"]  # the point's warm-up
+    for _ in range(3):
+        call("repeat", True)
+    m = call("finish")
+    ours.send(("stop", ()))
+    worker.join(10)
+    # per repeat: an untimed run, then the timed repeat (whose own run goes through _run_naming_phase too)
+    assert calls[2:] == ["run", "timed", "run"] * 3
+    assert len(m.ttft_s) == 3
+
+
+def test_rows_with_different_numbers_of_repeats_are_not_paired():
+    df = _drifting_rows("interleaved")
+    rows = df.to_dict("records")
+    baseline = next(r for r in rows if r["system"] == "baseline")
+    short = make_row("baseline", "tiny-llama2-13b", 32, 8, 1, baseline["ttft_ms_samples"][:6],
+                     baseline["e2e_ms_samples"][:6], repeat_order="interleaved", interleave_id="job-1",
+                     repeat_slots=list(baseline["repeat_slots"])[:6])
+    c = compare(df[df.system == "target"], pd.DataFrame([short]))
+    assert set(c.points["bootstrap"]) == {"independent"}

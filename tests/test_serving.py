@@ -235,3 +235,38 @@ def test_load_comparisons_leave_out_zero_medians_and_client_bound_levels():
     assert out.loc["ttft_ms", "ratio"] == 1.0 and out.loc["e2e_ms", "verdict"] == "target better"
     bound = pd.DataFrame([_level("t", [1.0, 1.0, 1.0], [10.0, 11.0, 12.0], bound=True)])
     assert compare_loads(bound, b, n_boot=200).empty
+
+
+def _window_level(system, e2e_ms, window_s, kind="users", source_tool=None, value=4.0):
+    """A level whose window throughput follows from its e2e samples and window: O = 4 tokens per request."""
+    row = _level(system, [1.0] * len(e2e_ms), e2e_ms, kind=kind)
+    row.update({"load_value": value, "window_s": window_s, "source_tool": source_tool,
+                "output_tok_s": 4 * len(e2e_ms) / window_s})
+    return row
+
+
+def test_a_closed_loop_throughput_interval_centres_on_its_ratio_whatever_each_side_held():
+    """Little's law with each side's own requests in flight: the interval holds the ratio even where a side
+    held fewer than its users (its warm-up and drain), and perfkit's own rows are never refused for it."""
+    import numpy as np
+    import pandas as pd
+
+    from perfkit.loads import compare_loads
+
+    rng = np.random.default_rng(1)
+    t_e2e, b_e2e = list(100 + rng.normal(0, 2, 200)), list(100 + rng.normal(0, 2, 200))
+    # 200 requests of ~100 ms at 4 users would take 5 s; the target's window is longer: it held ~3.1 of 4
+    t = pd.DataFrame([_window_level("t", t_e2e, 6.5)])
+    b = pd.DataFrame([_window_level("b", b_e2e, 5.0)])
+    row = compare_loads(t, b, n_boot=500).set_index("metric").loc["output_tok_s"]
+    assert row["ratio_lo"] <= row["ratio"] <= row["ratio_hi"], row
+    assert row["verdict"] == "target worse"
+    # the same levels imported from another tool: the side that held ~3.1 of 4 gets no interval, with why
+    t_imported = pd.DataFrame([_window_level("t", t_e2e, 6.5, source_tool="aiperf")])
+    row = compare_loads(t_imported, b, n_boot=500).set_index("metric").loc["output_tok_s"]
+    assert np.isnan(row["ratio_lo"]) and "the target held 3.1 of 4 users" in row["verdict"]
+    # a rate level offers its throughput: never an interval, whoever measured it
+    t_rate = pd.DataFrame([_window_level("t", t_e2e, 6.5, kind="rate", source_tool="aiperf", value=30.0)])
+    b_rate = pd.DataFrame([_window_level("b", b_e2e, 5.0, kind="rate", value=30.0)])
+    row = compare_loads(t_rate, b_rate, n_boot=500).set_index("metric").loc["output_tok_s"]
+    assert row["verdict"] == "no interval (offered rate)"

@@ -5,9 +5,9 @@ tenant's load, the clock frequency, a cache warming) lands in the ratio, and an 
 taken minutes apart cannot see it. Here each system holds its model in its own process (a worker started
 with the system's environment, so no warm-up or library state is shared), every worker opens the point
 (set-up and warm-up, untimed), and then the repeats run A B B A A B B A ... (three systems: A B C C B A
-...), so a drift linear in time adds the same to every side. A repeat that follows another system's run is
-preceded by one untimed run of its own system (the caches are its own again, as in a sequential sweep):
-an interleaved point costs about half as many runs again as a sequential one. Each row records its repeats'
+...), so a drift linear in time adds the same to every side. Every timed repeat follows an untimed run of
+its own system (the caches are its own again, as in a sequential sweep), so an interleaved point costs
+about twice the runs of a sequential one. Each row records its repeats'
 places in the shared sequence (`repeat_slots`) and the job's `interleave_id`, so a comparison can pair
 repeat i of one side with repeat i of the other (perfkit.compare). Rows are otherwise a sequential sweep's.
 
@@ -48,6 +48,14 @@ def check_interleavable(systems: list[System], ray: bool, loads: tuple = ()) -> 
         raise UsageError("interleave with loads: a load level is a window of steady traffic to one server, not "
                          "repeats that can alternate, expected interleave: false for a sweep with loads")
     launched = [s.label for s in systems if s.served and s.endpoint.launch]
+    if len(launched) > 1:
+        import torch
+
+        if torch.cuda.is_available():
+            raise UsageError(f"interleave with servers {launched[0]!r} and {launched[1]!r} both launched on a machine "
+                             "with a GPU: each takes its share of GPU memory when it starts, and side by side the "
+                             "second would not start as it does alone, expected interleave: false (or one of them "
+                             "reached by base_url)")
     on_gpu = [s.label for s in systems if not s.served and s.device.startswith("cuda")]
     if launched and on_gpu:
         raise UsageError(f"interleave with server {launched[0]!r} and in-process system {on_gpu[0]!r} on a GPU: a "
@@ -108,7 +116,7 @@ def _worker_main(conn, system: System, seed: int) -> None:
         session = PointSession(resource.model, system, point, warmup, point_seed)
 
     def repeat(rewarm: bool) -> float:
-        if rewarm:  # the other system's run went before: its caches are made this one's again, untimed
+        if rewarm:  # an untimed run first: the caches are this system's again (the other's run may have gone before)
             session.untimed_run()
         return session.repeat()
 
@@ -133,18 +141,21 @@ def _worker_main(conn, system: System, seed: int) -> None:
                 return
             if command == "stop":
                 return
+            failure = None
             try:
-                conn.send(("ok", handlers[command](*args)))
+                reply = ("ok", handlers[command](*args))
             except Exception as exc:  # noqa: BLE001 - the point's (or the build's) error, sent back as one line
+                what = "building the model: " if command == "build" else ""
+                failure = ("oom" if is_out_of_memory(exc) else "error", what + one_line(exc, with_type=True))
+            if failure is not None:
+                # outside the handler: its traceback no longer pins the failed point's tensors, so what is
+                # freed here is free before the other system's process measures
                 if session is not None:
                     session.__exit__(None, None, None)
                     session = None
-                status = "oom" if is_out_of_memory(exc) else "error"
-                what = "building the model: " if command == "build" else ""
-                message = what + one_line(exc, with_type=True)
-                exc = None  # the traceback no longer pins the tensors
                 units.free_memory(system.device)
-                conn.send(("error", (status, message)))
+                reply = ("error", failure)
+            conn.send(reply)
     except KeyboardInterrupt:  # Ctrl-C reaches the whole process group: the sweep says what was stored
         return
     finally:
@@ -298,6 +309,8 @@ class Interleaver:
         return list(groups.values())
 
     def _model(self, model: str) -> None:
+        for label in [x for x, w in self.workers.items() if w.dead]:  # a process lost with an earlier model
+            self.workers.pop(label).stop()
         groups = self._groups(model)
         systems = [s for s in self.work.chosen
                    if any(g.get(s.label) and not g[s.label].search.finished() for g in groups)]
@@ -307,8 +320,10 @@ class Interleaver:
         held = [(model, s.dtype, s.device) for s in systems if not s.served]
         problem = memory_check.together_problem(held) if len(systems) > 1 and len(held) > 1 else None
         built: dict[str, tuple | None] = {}  # label -> None (built) or (status, error) of a failed build
-        if problem is None:
-            for system in systems:
+        for system in systems:
+            # a server is started once per model in either order: only in-process models are built point by
+            # point where they cannot be held together
+            if problem is None or system.served:
                 built[system.label] = self._build(system, model)
         # pass 1 (every workload's first batch), then the searches, as a sequential sweep takes them
         for first_only in (True, False):
@@ -325,8 +340,10 @@ class Interleaver:
             self._worker(system).call("build", model)
         except WorkerFailed as exc:
             failure = (exc.status, exc.message)
-        except WorkerDied as exc:
-            failure = ("error", str(exc))
+        except WorkerDied as exc:  # its process ended (the host's OOM killer, say): the system's points of this
+            failure = ("error", str(exc))  # model wait for the same command; the next model gets a new process
+            warn_lost(str(exc))
+            self.writer.lost.append(str(exc))
         record = {"system": system.label, "model": model, "dtype": system.dtype, "seconds": time.perf_counter() - t}
         self.writer.handle(units.Acquired(record), [], remote=True)
         return failure
@@ -352,7 +369,7 @@ class Interleaver:
             jobs = {label: m.search.next_job() for label, m in live.items()}
             batch = min(j.batch for j in jobs.values())
             together = {label: j for label, j in jobs.items() if j.batch == batch}
-            if not self.budget.fits(sum(self.budget.estimate_job(j) for j in together.values())):
+            if not self.budget.fits(sum(self._estimate(j, problem) for j in together.values())):
                 for label in together:
                     self.writer.handle(units.Waits(0), [])
                     waiting.add(label)
@@ -365,6 +382,16 @@ class Interleaver:
                     del together[label]
             if together:
                 self._measure(group, together, built, problem)
+
+    def _estimate(self, job, problem: str | None) -> float:
+        """Seconds of one system's job here: the budget's estimate of a sequential job, for twice the timed runs
+        (each follows an untimed one), plus a build per point in grouped order."""
+        p, system = self.params, job.spec.system
+        runs = p.warmup + p.repeats
+        seconds = self.budget.estimate_job(job) * (p.warmup + 2 * p.repeats) / runs
+        if problem is not None and not system.served:
+            seconds += self.budget.estimate_build(system, job.spec.model)
+        return seconds
 
     def _lost(self, label: str) -> bool:
         w = self.workers.get(label)
@@ -379,7 +406,7 @@ class Interleaver:
                                         f"B={first.batch}")
         ident = hashlib.sha256(f"{self.run_id}|{u.model}|{u.input_len}|{u.run_output_len}|{first.batch}|"
                                f"{'|'.join(labels)}".encode()).hexdigest()[:16]
-        results, slots = self._interleaved(jobs, built) if problem is None else self._grouped(jobs)
+        results, slots = self._interleaved(jobs, built) if problem is None else self._grouped(jobs, built)
         ran = [label for label in labels if results[label][0] == "ok"]
         if len(ran) < 2:
             order, note = ALONE, "measured alone: no other system measured this point with it"
@@ -425,15 +452,14 @@ class Interleaver:
             if label not in results:
                 self._call(label, results, "open", job, p.warmup, p.seed)
         slots: dict[str, list[int]] = {label: [] for label in jobs}
-        # A repeat that follows another system's run starts with one untimed run of its own: on a CPU the other
-        # model's run evicted this one's weights from the caches (measured on the tiny demo models: ttft 2-4 %
-        # slower, its spread twice a sequential sweep's), and a sequential sweep's repeats all start warm.
-        previous = None
+        # Every timed repeat starts right after an untimed run of its own, as a sequential sweep's repeats follow
+        # one another: on a CPU the other model's run evicts this one's weights from the caches (on the tiny demo
+        # models a repeat right after a switch ran 2-4 % slower), and re-warming only after a switch would leave
+        # ABBA's repeats in two states (after a switch, or not) that its pairs would mix.
         for slot, label in enumerate(abba([x for x in jobs if x not in results], p.repeats)):
             if label not in results:
-                self._call(label, results, "repeat", previous != label)
+                self._call(label, results, "repeat", True)
                 slots[label].append(slot)
-                previous = label
         for label in jobs:
             if label not in results:
                 m = self._call(label, results, "finish")
@@ -441,7 +467,7 @@ class Interleaver:
                     results[label] = ("ok", None, m)
         return results, slots
 
-    def _grouped(self, jobs: dict):
+    def _grouped(self, jobs: dict, built: dict):
         """Each system builds the model, measures the whole point and drops the model, in turn; who goes first
         alternates job by job. (results, slots) by label."""
         p = self.params
@@ -451,13 +477,15 @@ class Interleaver:
         at = 0
         for label in labels:
             job = jobs[label]
-            failure = self._build(self.work.params.system(label), job.spec.model)
+            system = self.work.params.system(label)
+            failure = built.get(label) if system.served else self._build(system, job.spec.model)
             if failure:
                 results[label] = (*failure, None)
                 continue
             self._call(label, results, "open", job, p.warmup, p.seed)
             if label in results:
-                self._release(label)
+                if not system.served:
+                    self._release(label)
                 continue
             slots[label] = []
             for _ in range(p.repeats):
@@ -470,7 +498,8 @@ class Interleaver:
                 m = self._call(label, results, "finish")
                 if m is not None:
                     results[label] = ("ok", None, m)
-            self._release(label)
+            if not system.served:
+                self._release(label)
         return results, slots
 
 
