@@ -184,6 +184,57 @@ def test_vllm_bench_closed_loop_and_poisson_rate(tmp_path):
     assert "never held a request back" in levels.loc["rate", "source_note"]
 
 
+def _in_flight_by_pairs(starts, ends, arrivals):
+    """The definition, pair by pair: for each arrival, the other requests whose [start, end) holds it."""
+    return max((sum(1 for j in range(len(starts)) if j != i and starts[j] <= t < ends[j])
+                for i, t in enumerate(arrivals)), default=0)
+
+
+def test_in_flight_at_arrival_counts_as_the_definition_does():
+    from perfkit.imports.vllm_bench import _in_flight_at_arrival
+
+    raw = json.load(open(os.path.join(VB, "poisson-r4-c2-n10.json")))
+    starts = raw["start_times"]
+    ends = [s + lat for s, lat in zip(starts, raw["latencies"])]
+    arrivals = [s - q for s, q in zip(starts, raw["queue_times"])]
+    assert _in_flight_at_arrival(starts, ends, arrivals) == _in_flight_by_pairs(starts, ends, arrivals) == 0
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 5, 40, 300):  # on a coarse grid: arrivals on starts and ends, zero latencies and queues
+        starts = rng.integers(0, 20, n).astype(float) / 10
+        ends = (starts + rng.integers(0, 6, n) / 10).tolist()
+        arrivals = (starts - rng.integers(0, 3, n) / 10 * (rng.random(n) < 0.5)).tolist()
+        starts = starts.tolist()
+        assert _in_flight_at_arrival(starts, ends, arrivals) == _in_flight_by_pairs(starts, ends, arrivals), n
+    assert _in_flight_at_arrival([], [], []) == 0
+    # 20,000 Poisson requests (the pairwise count in Python takes minutes): against the definition by blocks
+    n = 20_000
+    starts = np.cumsum(rng.exponential(1 / 40, n))
+    ends = starts + rng.exponential(0.4, n)
+    arrivals = starts - np.where(rng.random(n) < 0.3, 0.0, rng.exponential(0.02, n))
+    most = 0
+    for lo in range(0, n, 1000):
+        t = arrivals[lo:lo + 1000, None]
+        inside = (starts[None, :] <= t) & (t < ends[None, :])
+        inside[np.arange(len(t)), np.arange(lo, lo + len(t))] = False
+        most = max(most, int(inside.sum(axis=1).max()))
+    assert most > 10
+    assert _in_flight_at_arrival(starts.tolist(), ends.tolist(), arrivals.tolist()) == most
+
+    class Counted(list):  # counts the reads of its items: a pairwise count reads each request's times n times
+        reads = 0
+
+        def __getitem__(self, i):
+            Counted.reads += 1
+            return super().__getitem__(i)
+
+        def __iter__(self):
+            return (self[i] for i in range(len(self)))
+
+    k = 1000
+    _in_flight_at_arrival(Counted(starts[:k].tolist()), Counted(ends[:k].tolist()), Counted(arrivals[:k].tolist()))
+    assert Counted.reads <= 10 * 3 * k
+
+
 # ---- AIPerf ---------------------------------------------------------------------------------------
 
 def _aiperf_records(folder):
@@ -219,6 +270,48 @@ def test_aiperf_whole_streams_in_one_read_are_named(tmp_path):
     assert lv["tpot_p50_ms"] == 0.0 and "in one read" in lv["source_note"]
 
 
+def test_aiperf_counts_only_requests_whose_every_gap_is_zero(tmp_path):
+    # c2-n10: every gap of every request 0 ms; here one request gets one real gap (its latency with it)
+    folder = _copy(tmp_path, os.path.join(AP, "c2-n10"))
+
+    def one_real_gap(lines):
+        m = _first_profiling(lines)["metrics"]
+        m["inter_chunk_latency"]["value"][-1] = 2.0
+        m["request_latency"]["value"] += 2.0
+
+    _edit_jsonl(str(folder / "profile_export.jsonl"), one_real_gap)
+    import_files("aiperf", [str(folder)], system="aiperf", out_dir=str(tmp_path / "out"))
+    assert "9 of 10 requests had every chunk gap 0 ms" in _levels(tmp_path / "out").iloc[0]["source_note"]
+    # c2-n10-asyncio: 5 requests have one 0 ms gap among real ones (two chunks in one read): none is counted
+    import_files("aiperf", [os.path.join(AP, "c2-n10-asyncio")], system="aiperf", out_dir=str(tmp_path / "asyncio"))
+    assert "in one read" not in _levels(tmp_path / "asyncio").iloc[0]["source_note"]
+
+
+def test_aiperf_a_failed_profiling_request_imports_the_level_as_failed(tmp_path):
+    for case, edit, words in (
+            ("error", lambda r: r.update(error={"code": 500, "type": "InternalServerError",
+                                                "message": "the  server\nfell over"}),
+             "InternalServerError: the server fell over"),
+            ("cancelled", lambda r: r["metadata"].update(was_cancelled=True), "cancelled")):
+        (tmp_path / case).mkdir()
+        folder = _copy(tmp_path / case, os.path.join(AP, "c2-n10-asyncio"))
+        _edit_jsonl(str(folder / "profile_export.jsonl"), lambda ls, e=edit: e(_first_profiling(ls)))
+        # AIPerf's aggregate counts 9 completed of 10
+        _edit_json(str(folder / "profile_export_aiperf.json"), lambda d: d["completed_request_count"].update(avg=9.0))
+        done = import_files("aiperf", [str(folder)], system="aiperf", out_dir=str(tmp_path / case / "out"))
+        lv = _levels(tmp_path / case / "out").iloc[0]
+        assert len(done.loads) == 1 and (lv["status"], lv["requests"]) == ("error", 0), case
+        assert lv["error"].startswith("a profiling request failed in AIPerf (line "), lv["error"]
+        assert words in lv["error"], lv["error"]
+        assert "1 profiling requests failed" in lv["source_note"]
+    # the aggregate that still counts 10 completed is refused
+    (tmp_path / "count").mkdir()
+    folder = _copy(tmp_path / "count", os.path.join(AP, "c2-n10-asyncio"))
+    _edit_jsonl(str(folder / "profile_export.jsonl"), lambda ls: _first_profiling(ls).update(error={"type": "X"}))
+    with pytest.raises(ImportRefused, match="completed_request_count.avg is 10 for 9 successful"):
+        import_files("aiperf", [str(folder)], system="aiperf", out_dir=str(tmp_path / "count" / "out"))
+
+
 # ---- GuideLLM -------------------------------------------------------------------------------------
 
 def test_guidellm_benchmarks_as_levels_with_perfkit_tpot(tmp_path):
@@ -242,6 +335,53 @@ def test_guidellm_benchmarks_as_levels_with_perfkit_tpot(tmp_path):
             reqs[0]["info"]["timings"]["request_start"]
         assert _close(lv["window_s"], window, 1e-6)
         assert lv["source_version"] == "0.8.1"
+
+
+def _guidellm_with(tmp_path, name, edit):
+    """A copy of GuideLLM's real benchmarks.json, edited."""
+    (tmp_path / name).mkdir()
+    src = _copy(tmp_path / name, os.path.join(GL, "benchmarks.json"))
+    _edit_json(str(src), edit)
+    return str(src), str(tmp_path / name / "out")
+
+
+def _gl_strategy(d, index, **strategy):
+    d["benchmarks"][index]["config"]["strategy"] = strategy
+
+
+def test_guidellm_throughput_and_constant_benchmarks_are_left_out_with_a_note(tmp_path):
+    for kind, words in (("throughput", "every request issued at once"), ("constant", "evenly spaced arrivals")):
+        src, out = _guidellm_with(tmp_path, kind, lambda d, k=kind: _gl_strategy(d, 1, type_=k, rate=4.0,
+                                                                                 max_concurrency=2))
+        done = import_files("guidellm", [src], system="guidellm", out_dir=out)
+        assert len(done.loads) == 1 and list(_levels(out)["load_label"]) == ["1 user"]
+        assert len(done.left_out) == 1 and done.left_out[0].startswith(f"{src}: benchmarks[1] ({kind}) left out: ")
+        assert words in done.left_out[0]
+        record = json.load(open(os.path.join(out, "runs", f"{done.run_id}.json")))
+        assert record["import"]["left_out"] == done.left_out
+    # a file of such benchmarks only holds nothing perfkit can import: refused, nothing written
+    src, out = _guidellm_with(tmp_path, "none", lambda d: [_gl_strategy(d, i, type_="throughput") for i in (0, 1)])
+    with pytest.raises(ImportRefused, match=r"holds nothing perfkit can import \(.*benchmarks\[0\] \(throughput\)"):
+        import_files("guidellm", [src], system="guidellm", out_dir=out)
+    assert not os.path.exists(out)
+
+
+def test_guidellm_a_poisson_rate_capped_below_its_requests_is_left_out(tmp_path):
+    for cap in (2, 9, 10, None):  # the benchmark holds 10 requests
+        src, out = _guidellm_with(tmp_path, f"cap{cap}", lambda d, c=cap: _gl_strategy(
+            d, 1, type_="poisson", rate=4.0, max_concurrency=c, worker_count=1, random_seed=42))
+        done = import_files("guidellm", [src], system="guidellm", out_dir=out)
+        levels = _levels(out).set_index("load_kind")
+        if cap is not None and cap < 10:
+            assert list(levels.index) == ["users"], cap  # the closed loop of 1 user only
+            assert len(done.left_out) == 1, cap
+            assert done.left_out[0].startswith(f"{src}: benchmarks[1] (poisson 4) left out: max_concurrency {cap} "
+                                               "below its 10 requests"), done.left_out
+        else:
+            assert done.left_out == [] and levels.loc["rate", "load_value"] == 4.0, cap
+            assert levels.loc["rate", "requests"] == 10
+            assert ("max_concurrency 10, no fewer than its 10 requests" in levels.loc["rate", "source_note"]) == (
+                cap == 10)
 
 
 # ---- every format refuses what it is not ----------------------------------------------------------
@@ -288,6 +428,13 @@ def _ob_report(d):
     return d["report"]
 
 
+def _gl_errored(d, info):
+    """GuideLLM's first benchmark with one errored request (its record's `info` replaced), counted in its totals."""
+    b = d["benchmarks"][0]
+    b["requests"]["errored"] = [dict(b["requests"]["successful"][0], info=info)]
+    b["metrics"]["request_totals"]["errored"] += 1
+
+
 HOSTILE = {
     # format: (the real file or folder, the file in it to corrupt, [(case, edit, words the message holds)])
     "llama-bench": (os.path.join(LB, "pp32-tg8.json"), None, [
@@ -312,6 +459,10 @@ HOSTILE = {
         ("per_token", lambda p: _edit_json(p, lambda d: d["report"].pop("per_token")), "per_token"),
         ("unit", lambda p: _edit_json(p, lambda d: _set(d, ["report", "prefill", "latency", "unit"], "ms")), "unit"),
         ("other tool", lambda p: shutil.copy(os.path.join(GL, "benchmarks.json"), p), "report is missing"),
+        ("launcher list", lambda p: _edit_json(p, lambda d: _set(d, ["config", "launcher"], ["process"])),
+         "config.launcher is a JSON array"),
+        ("launcher string", lambda p: _edit_json(p, lambda d: _set(d, ["config", "launcher"], "process")),
+         "config.launcher is a JSON string"),
     ]),
     "vllm-bench": (os.path.join(VB, "closed-c2-n10.json"), None, [
         ("truncated", _truncate, "not valid JSON"),
@@ -357,6 +508,14 @@ HOSTILE = {
         ("missing", lambda p: _edit_json(p, lambda d: d.pop("benchmarks")), "benchmarks is missing"),
         ("other tool", lambda p: shutil.copy(os.path.join(OB, "cpu_pytorch_tiny_llama_bs1", "benchmark.json"), p),
          "metadata is missing"),
+        ("warnings number", lambda p: _edit_json(p, lambda d: _set(d["benchmarks"][0], ["warnings"], 5)),
+         "benchmarks[0].warnings is a JSON number"),
+        ("errored info list", lambda p: _edit_json(p, lambda d: _gl_errored(d, ["boom"])),
+         "benchmarks[0].requests.errored[0].info is a JSON array"),
+        ("errored info string", lambda p: _edit_json(p, lambda d: _gl_errored(d, "boom")),
+         "benchmarks[0].requests.errored[0].info is a JSON string"),
+        ("max_concurrency string", lambda p: _edit_json(p, lambda d: _set(d["benchmarks"][1]["config"], ["strategy"], {
+            "type_": "poisson", "rate": 4.0, "max_concurrency": "2"})), "strategy.max_concurrency"),
     ]),
 }
 CASES = [(fmt, case, edit, words) for fmt, (_, _, cases) in HOSTILE.items() for case, edit, words in cases]
@@ -407,6 +566,40 @@ def test_importing_twice_rewrites_the_same_keys(tmp_path):
     r = call_cli("import", "vllm-bench", os.path.join(VB, "closed-c2-n10.json"), "--system", "v", "--out", tmp_path)
     assert r.returncode == 0 and "imported 1 load levels" in r.stdout
     assert _files(str(tmp_path)) == before and len(_levels(tmp_path, "v")) == 1
+
+
+def test_the_run_record_names_and_hashes_every_file_read(tmp_path):
+    import hashlib
+
+    def sha(path):
+        return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+    for fmt, src, main, companion in (
+            ("aiperf", os.path.join(AP, "c2-n10-asyncio"), "profile_export.jsonl", "profile_export_aiperf.json"),
+            ("optimum-benchmark", os.path.join(OB, "cpu_pytorch_tiny_llama_bs2"), "benchmark_report.json",
+             "benchmark_config.json")):
+        (tmp_path / fmt).mkdir()
+        folder = _copy(tmp_path / fmt, src)
+        given = str(folder) if fmt == "aiperf" else str(folder / main)
+        first = import_files(fmt, [given], system="x", out_dir=str(tmp_path / fmt / "one"))
+        record = json.load(open(os.path.join(tmp_path / fmt / "one", "runs", f"{first.run_id}.json")))
+        assert record["import"]["files"] == [{"path": str(folder / n), "sha256": sha(folder / n)}
+                                             for n in sorted((main, companion))], fmt
+        rows = _levels(tmp_path / fmt / "one") if fmt == "aiperf" else _points(tmp_path / fmt / "one")
+        assert set(rows["source_file"]) == {str(folder / main)}  # the main file
+        # the companion rewritten (same content, other bytes): another file read, another run id
+        with open(folder / companion) as f:
+            data = json.load(f)
+        open(folder / companion, "w").write(json.dumps(data, indent=1))
+        second = import_files(fmt, [given], system="x", out_dir=str(tmp_path / fmt / "two"))
+        assert second.run_id != first.run_id, fmt
+
+
+def test_optimum_benchmark_without_a_launcher_imports(tmp_path):
+    src = _copy(tmp_path, os.path.join(OB, "cpu_pytorch_tiny_llama_bs1", "benchmark.json"))
+    _edit_json(str(src), lambda d: _set(d, ["config", "launcher"], None))
+    import_files("optimum-benchmark", [str(src)], system="ob", out_dir=str(tmp_path / "out"))
+    assert json.loads(_points(tmp_path / "out").iloc[0]["source_settings"])["launcher"] == {}
 
 
 def test_a_write_that_fails_midway_leaves_nothing_half_imported(tmp_path, monkeypatch):

@@ -83,7 +83,9 @@ def import_files(fmt: str, paths, system: str, out_dir: str, model: str | None =
         for r in records:
             r.model = model
     labels = _labels(records, system)
-    read = sorted({r.source.file for r in records})  # the files the rows come from (a folder names its files)
+    # every file the rows come from, companions included (AIPerf's aggregate, optimum-benchmark's config beside its
+    # report): each is hashed into the run id and named with its digest in the run record (a folder names its files)
+    read = sorted({p for r in records for p in (r.source.file, *r.source.also_read)})
     hashes = {p: file_digest(p) for p in read}
     run_id = "import-" + digest(fmt, system, model, sorted(hashes.values()))[:16]
     now = utc_now()

@@ -3,15 +3,18 @@ beside it for the version, the command line and the load) as a load level.
 
 Each record of the profiling phase (warm-up records, also in the file, are left out and counted) gives its
 send time (`request_start_ns`, epoch ns), AIPerf's `time_to_first_token` (first content response - send),
-`request_latency` (last content response - send: its `request_end_ns` is the last byte, after the usage
-chunk), the gaps between its content chunks (`inter_chunk_latency`, per chunk) and its token counts (AIPerf's
-client tokenizer, and the server's usage). perfkit takes TTFT and e2e per request from the first two (there is
-no per-chunk timestamp in the file, so they are AIPerf's own figures, under perfkit's definitions), and computes
-the rest: TPOT = (e2e - TTFT)/(O - 1) (AIPerf's inter_token_latency divides by O minus the first chunk's
-tokens), ITL per token where every request's O tokens came in O chunks, the window from the first send to the
-last token, throughput over it, percentiles. A `concurrency` phase is a closed loop of N users; a `poisson`
-phase without a cap an open loop at its rate; other arrival types (gamma, constant, user-centric, schedules,
-ramps) are no perfkit level and are refused. See docs/import.md.
+`request_latency` (last content response - send), the gaps between its content chunks (`inter_chunk_latency`,
+per chunk) and its token counts (AIPerf's client tokenizer, and the server's usage). perfkit takes TTFT and e2e
+per request from `time_to_first_token` and `request_latency` (there is no per-chunk timestamp in the file, so
+they are AIPerf's own figures, under perfkit's definitions), and computes the rest: TPOT = (e2e - TTFT)/(O - 1)
+(AIPerf's inter_token_latency divides by O minus the first chunk's tokens), ITL per token where every request's
+O tokens came in O chunks, the window from the first send to the last token, throughput over it, percentiles.
+`request_end_ns` is kept in the raw record, not used: in AIPerf's source (RecordProcessor.
+_create_metric_record_metadata) it is the wall clock of the same last content response that `request_latency`
+ends at, yet files of AIPerf 0.13.0 put it up to 1.4 ms later in some records, so what it marks depends on the
+version. A `concurrency` phase is a closed loop of N users; a `poisson` phase without a cap below its request
+count an open loop at its rate; other arrival types (gamma, constant, user-centric, schedules, ramps) are no
+perfkit level and are refused. See docs/import.md.
 """
 
 from __future__ import annotations
@@ -209,7 +212,7 @@ def parse(path: str) -> tuple[list[LevelRecord], list[str]]:
             "used. Token counts: " + ("the server's usage" if server_counts else "AIPerf's client tokenizer (the "
                                       "records carry no server usage)") + ".")
     source = Source(TOOL, agg.string("aiperf_version") if agg.has("aiperf_version") else NOT_RECORDED, command,
-                    records_path, utc_of_epoch_s(origin / 1e9))
+                    records_path, utc_of_epoch_s(origin / 1e9), also_read=(agg_path,))
     columns = {"dtype": NOT_RECORDED, "device_name": "unknown (served)",
                "endpoint_api": endpoint.data.get("type") if endpoint else None, "served_model": model_name,
                "server_url": shown_url(url) if url else None, "server_version": None, "duration_s": None,

@@ -196,6 +196,7 @@ class Source:
     command: str  # its command line as the file records it (secrets masked), else NOT_RECORDED
     file: str  # the file read, as given
     created_utc: str | None = None  # when the tool measured, where the file says (else the import's time)
+    also_read: tuple[str, ...] = ()  # the other files the rows come from (an aggregate, a config beside a report)
 
 
 @dataclasses.dataclass

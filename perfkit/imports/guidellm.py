@@ -9,7 +9,8 @@ from the first send to the last token, throughput over it, p50/p90/p99. GuideLLM
 is used. The file has no per-chunk times, so perfkit's per-token ITL (a distribution over gaps) is left out
 (null). A `synchronous` benchmark is a closed loop of 1 user, `concurrent` one of `streams` users, `poisson` an
 open loop at its rate; `throughput` and `constant` (evenly spaced arrivals) are no perfkit level and are left out
-with a note, as are a sweep's benchmarks of those kinds. See docs/import.md.
+with a note, as are a sweep's benchmarks of those kinds, and a `poisson` benchmark whose `max_concurrency` is
+below its number of requests (a cap that may have held arrivals back). See docs/import.md.
 """
 
 from __future__ import annotations
@@ -40,9 +41,7 @@ def _level(where: str, strategy: Fields) -> tuple[str, float, str] | str:
         return "users", float(streams), f"concurrent: a closed loop of {streams} users"
     if kind == "poisson":
         rate = strategy.number("rate", "requests/s", minimum=1e-12)
-        cap = strategy.data.get("max_concurrency")
-        note = f"poisson: Poisson arrivals at {rate:g} req/s"
-        return "rate", rate, note + (f" (max_concurrency {cap})" if cap else "")
+        return "rate", rate, f"poisson: Poisson arrivals at {rate:g} req/s"
     if kind == "throughput":
         return (f"{where} (throughput) left out: every request issued at once up to max_concurrency, workers taking "
                 "them as they free up, is neither perfkit's closed loop of N users nor its open loop")
@@ -107,6 +106,19 @@ def parse(path: str) -> tuple[list[LevelRecord], list[str]]:
             if totals.integer(k) != len(values):
                 raise totals.fail(k, f"is {totals.data[k]} but requests.{k} holds {len(values)}",
                                   "every request in the file (no --output-sampling)")
+        if kind == "rate":
+            # a cap below the requests' number can hold arrivals back, and the file cannot tell whether it did:
+            # GuideLLM splits the cap into per-worker semaphores, each request holding its slot from before its
+            # arrival time is drawn until it resolves, and records no semaphore state (AIPerf's importer's rule)
+            cap = b.obj("config").obj("strategy").opt_integer("max_concurrency", 1)
+            n = sum(len(v) for v in lists.values())
+            if cap is not None and cap < n:
+                left_out.append(f"{path}: {where} (poisson {value:g}) left out: max_concurrency {cap} below its {n} "
+                                "requests may have held arrivals back, and the file cannot show it did not; a capped "
+                                "rate is neither perfkit's open loop nor its closed loop")
+                continue
+            if cap is not None:
+                level_note += f" (max_concurrency {cap}, no fewer than its {n} requests: it held none back)"
         measured = [_request(path, f"{where}.requests.successful[{i}]", r) for i, r in enumerate(lists["successful"])]
         if not measured:
             raise reqs.fail("successful", "is empty", "at least one measured request")
@@ -122,13 +134,15 @@ def parse(path: str) -> tuple[list[LevelRecord], list[str]]:
         if lists["incomplete"]:
             notes.append(f"{len(lists['incomplete'])} requests cancelled unfinished at the benchmark's end (left out, "
                          "as GuideLLM leaves them out)")
-        for w in b.data.get("warnings") or []:  # GuideLLM's own doubts about its run travel with the level
+        # GuideLLM's own doubts about its run travel with the level
+        for w in (b.array("warnings", "a list of GuideLLM's warnings") if b.has("warnings") else []):
             if isinstance(w, dict) and isinstance(w.get("message"), str):
                 notes.append(f"GuideLLM warned: {' '.join(w['message'].split())[:200]}")
         error = None
         if lists["errored"]:
-            first = lists["errored"][0]
-            msg = (first.get("info") or {}).get("error") if isinstance(first, dict) else None
+            first = Fields(path, lists["errored"][0], f"{where}.requests.errored[0]", "a GuideLLM request record")
+            info = first.opt_obj("info")
+            msg = info.data.get("error") if info else None
             error = f"{len(lists['errored'])} requests failed in GuideLLM (first: {' '.join(str(msg).split())[:200]})"
         measured.sort(key=lambda r: r.send_ms)
         origin = measured[0].send_ms

@@ -158,10 +158,11 @@ def parse(path: str) -> tuple[list[PointRecord], list[str]]:
     if env.has("optimum_benchmark_commit"):
         version += f" (commit {env.string('optimum_benchmark_commit')})"
     backend_name = backend.string("name")
+    launcher = config.opt_obj("launcher")
     settings = {
         "backend": {k: v for k, v in sorted(backend.data.items())
                     if k not in ("version", "model", "processor", "_target_", "seed")},
-        "launcher": {k: v for k, v in sorted(config.data.get("launcher", {}).items()) if k != "_target_"},
+        "launcher": {k: v for k, v in sorted((launcher.data if launcher else {}).items()) if k != "_target_"},
         "generate_kwargs": {k: v for k, v in sorted(kwargs.data.items()) if k not in ("max_new_tokens",
                                                                                       "min_new_tokens")},
         "input_shapes": {k: v for k, v in sorted(shapes.data.items()) if k not in ("batch_size", "sequence_length")},
@@ -179,7 +180,9 @@ def parse(path: str) -> tuple[list[PointRecord], list[str]]:
                "warmup": scenario.opt_integer("warmup_runs"), "seed": backend.opt_integer("seed"),
                "peak_mem_bytes": _peak_mem_bytes(report, device), "peak_mem_scope": "process",
                "backend_mode": None}
-    source = Source(TOOL, version, NOT_RECORDED, path, None)
+    # a report's config is read from beside it: one more file the point comes from
+    source = Source(TOOL, version, NOT_RECORDED, path, None,
+                    also_read=tuple(sorted({config.file, report.file} - {path})))
     model = backend.string("model")
     record = PointRecord(f"{config.string('name') if config.has('name') else 'benchmark'}", source, model, seq, o,
                          batch, [g * 1e3 for g in generate], [p * 1e3 for p in prefill],

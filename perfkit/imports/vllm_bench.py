@@ -45,11 +45,18 @@ def _rate(f: Fields) -> float:
 
 
 def _in_flight_at_arrival(starts: list[float], ends: list[float], arrivals: list[float]) -> int:
-    """The most requests in flight when a request arrived (before it waited on the client's cap)."""
-    most = 0
-    for i, t in enumerate(arrivals):
-        most = max(most, sum(1 for j in range(len(starts)) if j != i and starts[j] <= t < ends[j]))
-    return most
+    """The most requests in flight when a request arrived (before it waited on the client's cap): for each
+    arrival t_i, the other requests j with starts[j] <= t_i < ends[j]. Every end is at or after its start, so
+    that count is (starts <= t_i) - (ends <= t_i), two binary searches over the sorted times, less request i
+    itself where its own interval holds t_i."""
+    import numpy as np
+
+    if not len(arrivals):
+        return 0
+    s, e, t = (np.asarray(x, dtype=float) for x in (starts, ends, arrivals))
+    counts = np.searchsorted(np.sort(s), t, side="right") - np.searchsorted(np.sort(e), t, side="right")
+    counts -= (s <= t) & (t < e)
+    return int(counts.max())
 
 
 def parse(path: str) -> tuple[list[LevelRecord], list[str]]:
