@@ -96,6 +96,14 @@ for c in "${LEVELS[@]}"; do
 done
 curl -sf "http://127.0.0.1:$PORT/version" > "$OUT/aiperf-raw/server-version.json" || true
 
+echo "== perfkit again, after AIPerf (A B B A at the tools' level: a server that drifted shows here)"
+rm -rf "$WORK/perfkit-again"
+taskset -c 1 $PY -m perfkit sweep "$WORK/calibration-1.yaml" --out "$WORK/perfkit-again" --no-progress
+metrics after-again-1
+taskset -c 1 $PY -m perfkit sweep params/calibration.yaml --out "$WORK/perfkit-again" --no-progress
+metrics after-again-4
+$PY -m perfkit summary "$WORK/perfkit-again" > "$WORK/perfkit-again.txt"
+
 echo "== the server's own view of each run (/metrics deltas)"
 $PY - "$WORK" "$OUT/server-metrics.json" <<'PYEOF'
 import json, re, sys
@@ -116,7 +124,9 @@ def read(name):
 
 phases = [("perfkit, 1 user (and its batch point)", "before-perfkit-1", "after-perfkit-1"),
           ("perfkit, 4 users", "after-perfkit-1", "after-perfkit-4"),
-          ("AIPerf, 1 user", "after-perfkit-4", "after-aiperf-1"), ("AIPerf, 4 users", "after-aiperf-1", "after-aiperf-4")]
+          ("AIPerf, 1 user", "after-perfkit-4", "after-aiperf-1"), ("AIPerf, 4 users", "after-aiperf-1", "after-aiperf-4"),
+          ("perfkit again, 1 user (and its batch point)", "after-aiperf-4", "after-again-1"),
+          ("perfkit again, 4 users", "after-again-1", "after-again-4")]
 result = {}
 for label, a, b in phases:
     x, y = read(a), read(b)
@@ -141,3 +151,12 @@ PYEOF
 echo "== import and compare"
 $PY -m perfkit import aiperf "$OUT"/aiperf-raw/c*/profile_export.jsonl --system aiperf --out "$OUT"
 $PY -m perfkit compare "$OUT:aiperf" "$OUT:perfkit-endpoint" | tee "$WORK/compare.txt"
+$PY - "$WORK/perfkit-again" "$OUT/perfkit-again-levels.json" <<'PYEOF'
+import json, sys
+from perfkit.loads import read_loads
+cols = ["load_label", "requests", "output_tok_s", "ttft_p50_ms", "tpot_p50_ms", "e2e_p50_ms", "client_lag_p99_ms"]
+levels = read_loads(sys.argv[1])[cols].to_dict("records")
+json.dump(levels, open(sys.argv[2], "w"), indent=1)
+for row in levels:
+    print("perfkit again:", ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
+PYEOF
