@@ -724,3 +724,15 @@ def test_a_comparison_report_names_the_tool_of_each_side(tmp_path):
         assert r.returncode == 0, r.stderr
         page = open(r.stdout.strip().splitlines()[-1]).read()
         assert words in page and "measured by" in page and "Traceback" not in page
+
+
+def test_a_report_of_a_system_with_load_levels_only_is_refused_in_one_line(tmp_path):
+    """An imported serving benchmark has levels and no batch point: its own report (built on points) is
+    refused before any notebook runs, naming what does show it."""
+    from perfkit.report.publish import publish_report
+
+    import_files("aiperf", [os.path.join(AP, "c2-n10", "profile_export.jsonl")], system="aiperf",
+                 out_dir=str(tmp_path / "out"))
+    with pytest.raises(UsageError, match=r"system 'aiperf' has load levels only.*perfkit summary .* --system aiperf"):
+        publish_report(str(tmp_path / "out"), "aiperf", reports_dir=str(tmp_path / "reports"))
+    assert not os.path.exists(tmp_path / "reports")

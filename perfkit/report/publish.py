@@ -350,6 +350,14 @@ def _report_job(results_dir: str, system: str | None = None, name: str | None = 
     """A report's checks (a UsageError before anything runs) and what _publish needs: (name, parameters,
     the line to print first)."""
     name = safe_name(name) if name is not None else None
+    from perfkit.loads import loads_only
+
+    if loads_only(results_dir, system):
+        who = f"system {system!r}" if system else "it"
+        raise UsageError(f"{results_dir}: {who} has load levels only (no batch point: an imported serving "
+                         "benchmark, say), and a system's report is built on batch points, expected a system with "
+                         f"points; `perfkit summary {results_dir}{' --system ' + system if system else ''}` prints "
+                         "its levels and `perfkit publish compare` sets them against another system's")
     load_for_report(results_dir, system)
     name = name or _slug("report-" + os.path.basename(os.path.normpath(results_dir)) + (f"-{system}" if system else ""))
     return name, {"results_dir": _for_notebook(results_dir), "system": system or ""}, ""
