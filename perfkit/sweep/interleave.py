@@ -89,7 +89,7 @@ class WorkerDied(RuntimeError):
 def _worker_main(conn, system: System, seed: int) -> None:
     """In the worker: build, open, repeat and finish on command, replying ("ok", value) or ("error", (status,
     message)). The model and the open point stay here between commands."""
-    from perfkit.measure import PointSession, is_out_of_memory
+    from perfkit.measure import is_out_of_memory
     from perfkit.provenance import environment
 
     faults = units.Faults(os.environ.get(units.FAULT_ENV))
@@ -99,21 +99,17 @@ def _worker_main(conn, system: System, seed: int) -> None:
         env = environment(system.device)
         return {**env, "system_env": system_env_json(system)} if system.env else env
 
-    def build(model: str) -> float:
+    def build(model: str) -> None:
         nonlocal resource
-        t = time.perf_counter()
         resource = units.BuiltModel(system, model, seed, system.device)
         resource.acquire()
-        return time.perf_counter() - t
 
     def open_point(job, warmup: int, point_seed: int) -> None:
         nonlocal session
         u = job.spec
         faults.check(job)  # the sweep's fault hook, as a unit's own process applies it
-        point = Point(u.model, u.input_len, u.run_output_len, job.batch)
-        memory_check.check_point(u.model, system.dtype, system.device, point.batch, point.input_len,
-                                 point.output_len)
-        session = PointSession(resource.model, system, point, warmup, point_seed)
+        session = resource.open_point(system, Point(u.model, u.input_len, u.run_output_len, job.batch), warmup,
+                                      point_seed)
 
     def repeat(rewarm: bool) -> float:
         if rewarm:  # an untimed run first: the caches are this system's again (the other's run may have gone before)

@@ -19,7 +19,7 @@ import torch
 
 from perfkit import memory_check
 from perfkit.errors import UsageError, one_line, printable
-from perfkit.measure import PointMeasurement, is_out_of_memory, measure_point
+from perfkit.measure import PointMeasurement, PointSession, is_out_of_memory, measure_point
 from perfkit.metrics import truncate_e2e_s
 from perfkit.models import build_model, parse_dtype
 from perfkit.params import SweepParams
@@ -134,10 +134,19 @@ class BuiltModel:
                                    seed=self.seed)
 
     def measure(self, system: System, point: Point, warmup: int, repeats: int, seed: int) -> PointMeasurement:
-        here = system if system.device == self.device else dataclasses.replace(system, device=self.device)
+        here = self._checked(system, point)
+        return self.measure_fn(self.model, here, point, warmup=warmup, repeats=repeats, seed=seed)
+
+    def open_point(self, system: System, point: Point, warmup: int, seed: int) -> PointSession:
+        """The point opened (set-up and warm-up) to be timed one repeat at a time, as an interleaved sweep
+        does (perfkit.sweep.interleave), after the same memory check as measure's."""
+        return PointSession(self.model, self._checked(system, point), point, warmup, seed)
+
+    def _checked(self, system: System, point: Point) -> System:
+        """`system` on this model's device, once the point's memory is checked (PredictedOutOfMemory if not)."""
         memory_check.check_point(self.name, system.dtype, self.device, point.batch, point.input_len,
                                  point.output_len)
-        return self.measure_fn(self.model, here, point, warmup=warmup, repeats=repeats, seed=seed)
+        return system if system.device == self.device else dataclasses.replace(system, device=self.device)
 
     def recover(self) -> None:
         free_memory(self.device)
